@@ -1,0 +1,52 @@
+# svidd — run `make help` for the targets.
+GO        ?= go
+BIN       := bin
+PKGS      := ./...
+FUZZTIME  ?= 20s
+export CGO_ENABLED ?= 0
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/svidd and bin/svidctl
+	$(GO) build -trimpath -o $(BIN)/svidd ./cmd/svidd
+	$(GO) build -trimpath -o $(BIN)/svidctl ./cmd/svidctl
+
+.PHONY: run
+run: build ## Build, then run svidd in the foreground with the built-in defaults
+	./$(BIN)/svidd run $(ARGS)
+
+.PHONY: test
+test: ## Vet, then every test with the race detector (what CI runs)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet $(PKGS)
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 9m $(PKGS)
+
+.PHONY: test-short
+test-short: ## Unit tests only, no race detector (quick loop)
+	$(GO) test -count=1 -short $(PKGS)
+
+.PHONY: bench
+bench: ## Go benchmarks for the hot paths
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (default 20s)
+	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet $(PKGS)
+
+.PHONY: clean
+clean: ## Remove build output and the local data dir
+	rm -rf $(BIN) .svidd

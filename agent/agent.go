@@ -1,0 +1,399 @@
+// Package agent assembles svidd: it owns the store, the CA, the attestor and the identity
+// cache, serves SDS and the admin API on their sockets, and turns every change (entry written,
+// SVID due, bundle rotated) into new Views for the affected streams.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/svidd/svidd/attestor"
+	"github.com/svidd/svidd/ca"
+	"github.com/svidd/svidd/conf"
+	"github.com/svidd/svidd/pkg/admin"
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/sds"
+	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// Config is the validated configuration (conf.Load) plus what only code can provide.
+type Config struct {
+	conf.Config
+	Logger *slog.Logger
+}
+
+// Agent is one svidd.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	lock  *os.File
+	store store.Store
+	ca    *ca.CA
+	att   *attestor.Attestor
+	cache *cache
+
+	serving atomic.Bool
+
+	qmu    sync.Mutex
+	queue  []func()
+	qready chan struct{}
+}
+
+var _ workload.Watcher = (*Agent)(nil)
+
+// New opens the data dir (creating it 0700), takes its lock so two agents never share it,
+// opens the store and loads (or creates) the CA. It starts nothing; Run does.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, qready: make(chan struct{}, 1)}
+	if err := prepareDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	a.lock = lock
+	ok := false
+	defer func() {
+		if !ok {
+			a.closeResources()
+		}
+	}()
+
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(cfg.DataDir, "svidd.db"))
+	if err != nil {
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
+	a.store = st
+	a.ca, err = ca.New(ca.Config{
+		TrustDomain: cfg.TrustDomain,
+		Dir:         cfg.DataDir,
+		KeyType:     cfg.CA.KeyType,
+		CATTL:       cfg.CA.CATTL,
+		SVIDTTL:     cfg.CA.SVIDTTL,
+		Logger:      a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("loading CA: %w", err)
+	}
+	a.att, err = attestor.New(attestor.Config{Logger: a.log.With("component", "attestor")})
+	if err != nil {
+		return nil, err
+	}
+	a.cache = newCache(a.log.With("component", "cache"), a.ca, time.Now)
+	a.cache.scheduleRotation = a.scheduleRotation
+	ok = true
+	return a, nil
+}
+
+// prepareDataDir creates dir 0700, or checks an existing one is not writable by others: the
+// CA key lives there.
+func prepareDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data dir %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("data dir %s is writable by group or others (mode %04o); it holds the CA key: chmod 0700 it", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// lockDataDir takes an exclusive, non-blocking flock on DIR/svidd.lock.
+func lockDataDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "svidd.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock file: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data dir %s is in use by another svidd (pid %s)", dir, string(pid))
+		}
+		return nil, fmt.Errorf("locking data dir: %w", err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
+	return f, nil
+}
+
+func (a *Agent) closeResources() {
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			a.log.Error("closing store", "error", err)
+		}
+	}
+	if a.lock != nil {
+		a.lock.Close()
+	}
+}
+
+// Watch implements workload.Watcher: attest the connection (once per connection, and again
+// only if attestation must now include the binary's digest), then subscribe to its View.
+func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscription, error) {
+	if !a.serving.Load() {
+		return nil, workload.ErrUnavailable
+	}
+	digest := a.cache.usesDigest()
+	v, err := p.Memo(attestKey{digest: digest}, func() (any, error) {
+		return a.att.Attest(ctx, p, attestor.Options{Digest: digest})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attesting pid %d: %w", p.PID, err)
+	}
+	return a.cache.subscribe(v.([]entry.Selector))
+}
+
+type attestKey struct{ digest bool }
+
+// Run serves until ctx is done. It returns nil after a clean stop.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	defer a.closeResources()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	if err := a.reconcile(ctx); err != nil {
+		return err
+	}
+	// Subscribe to changes before loading, so nothing written in between is lost; a change
+	// applied twice is harmless (Put is idempotent).
+	stopWatch := a.store.Watch(func(c store.Change) { a.enqueue(func() { a.cache.apply(c) }) })
+	defer stopWatch()
+	entries, err := a.store.ListEntries(ctx, store.Filter{})
+	if err != nil {
+		return fmt.Errorf("loading entries: %w", err)
+	}
+	a.cache.load(entries)
+	a.cache.setBundles([]*workload.Bundle{a.ca.Bundle()})
+
+	apiLn, err := peercred.Listen(a.cfg.SocketPath, 0o666)
+	if err != nil {
+		return fmt.Errorf("api socket: %w", err)
+	}
+	defer apiLn.Close()
+	adminLn, err := peercred.Listen(a.cfg.AdminSocketPath, 0o600)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer adminLn.Close()
+	owner := uint32(os.Geteuid())
+	adminLn.Admit = func(p *peercred.Peer) bool {
+		if p.UID == owner || p.UID == 0 {
+			return true
+		}
+		a.log.Warn("refused admin connection from another user", "uid", p.UID, "pid", p.PID)
+		return false
+	}
+
+	sdsSrv, err := sds.New(sds.Config{
+		Watcher:               a,
+		TrustDomain:           a.cfg.TrustDomain,
+		DefaultSVIDName:       a.cfg.SDS.DefaultSVIDName,
+		DefaultBundleName:     a.cfg.SDS.DefaultBundleName,
+		DefaultAllBundlesName: a.cfg.SDS.DefaultAllBundlesName,
+		Logger:                a.log,
+	})
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
+	sdsSrv.Register(gs)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+
+	adminSrv, err := admin.New(admin.Config{
+		TrustDomain: a.cfg.TrustDomain,
+		Store:       a.store,
+		Bundle:      a.ca.Bundle,
+		MaxSVIDTTL:  a.ca.MaxSVIDTTL(),
+		Ready:       a.ready,
+		Logger:      a.log,
+	})
+	if err != nil {
+		return err
+	}
+
+	errc := make(chan error, 4)
+	var wg sync.WaitGroup
+	run := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("updater", func() error { a.updater(ctx); return nil })
+	run("ca", func() error { return a.ca.Run(ctx) })
+	run("bundle watcher", func() error { a.watchBundle(ctx); return nil })
+	run("admin", func() error { return adminSrv.Serve(ctx, adminLn) })
+	run("api", func() error { return gs.Serve(apiLn) })
+
+	a.serving.Store(true)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	a.log.Info("svidd serving",
+		"trust_domain", a.cfg.TrustDomain.Name(),
+		"socket_path", a.cfg.SocketPath,
+		"admin_socket_path", a.cfg.AdminSocketPath,
+		"entries", len(entries))
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		a.log.Error("stopping after failure", "error", err)
+	}
+	a.serving.Store(false)
+	hs.Shutdown()
+	cancel()
+	stopGRPC(gs, 5*time.Second)
+	wg.Wait()
+	a.log.Info("svidd stopped")
+	return err
+}
+
+// stopGRPC drains in-flight calls for up to d, then cuts the rest (SDS streams never end on
+// their own, so a graceful stop alone would wait forever).
+func stopGRPC(gs *grpc.Server, d time.Duration) {
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		gs.Stop()
+		<-done
+	}
+}
+
+func (a *Agent) ready(ctx context.Context) error {
+	if !a.serving.Load() {
+		return errors.New("api socket not serving")
+	}
+	if a.ca.Bundle() == nil {
+		return errors.New("CA not loaded")
+	}
+	if err := a.store.Ping(ctx); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
+// reconcile makes the store's config-declared entries (those with a Name) equal to the
+// config's entry blocks: created, updated or deleted, idempotently.
+func (a *Agent) reconcile(ctx context.Context) error {
+	existing, err := a.store.ListEntries(ctx, store.Filter{})
+	if err != nil {
+		return fmt.Errorf("reconciling config entries: %w", err)
+	}
+	byName := make(map[string]entry.Entry)
+	for _, e := range existing {
+		if e.Name != "" {
+			byName[e.Name] = e
+		}
+	}
+	for _, want := range a.cfg.Entries {
+		have, ok := byName[want.Name]
+		delete(byName, want.Name)
+		switch {
+		case !ok:
+			if _, err := a.store.CreateEntry(ctx, want); err != nil {
+				return fmt.Errorf("registering config entry %q: %w", want.Name, err)
+			}
+			a.log.Info("config entry registered", "name", want.Name, "spiffe_id", want.SPIFFEID.String())
+		case !sameSpec(have, want):
+			want.ID = have.ID
+			if _, err := a.store.UpdateEntry(ctx, want); err != nil {
+				return fmt.Errorf("updating config entry %q: %w", want.Name, err)
+			}
+			a.log.Info("config entry updated", "name", want.Name, "spiffe_id", want.SPIFFEID.String())
+		}
+	}
+	for name, e := range byName {
+		if _, err := a.store.DeleteEntry(ctx, e.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("removing config entry %q: %w", name, err)
+		}
+		a.log.Info("config entry removed (no longer in the config)", "name", name, "spiffe_id", e.SPIFFEID.String())
+	}
+	return nil
+}
+
+func sameSpec(a, b entry.Entry) bool {
+	return a.SPIFFEID == b.SPIFFEID &&
+		entry.SelectorKey(entry.Normalize(a.Selectors)) == entry.SelectorKey(entry.Normalize(b.Selectors)) &&
+		a.X509SVIDTTL == b.X509SVIDTTL &&
+		fmt.Sprint(a.DNSNames) == fmt.Sprint(b.DNSNames)
+}
+
+// enqueue hands work to the updater goroutine. It never blocks (store callbacks and timers
+// call it).
+func (a *Agent) enqueue(f func()) {
+	a.qmu.Lock()
+	a.queue = append(a.queue, f)
+	a.qmu.Unlock()
+	select {
+	case a.qready <- struct{}{}:
+	default:
+	}
+}
+
+// updater applies changes one at a time, in order, so two changes never interleave their
+// view rebuilds.
+func (a *Agent) updater(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.qready:
+		}
+		a.qmu.Lock()
+		work := a.queue
+		a.queue = nil
+		a.qmu.Unlock()
+		for _, f := range work {
+			f()
+		}
+	}
+}
+
+func (a *Agent) scheduleRotation(entryID string, at time.Time) {
+	time.AfterFunc(time.Until(at), func() { a.enqueue(func() { a.cache.rotate(entryID) }) })
+}
+
+func (a *Agent) watchBundle(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.ca.BundleChanged():
+			b := a.ca.Bundle()
+			a.log.Info("trust bundle changed", "trust_domain", b.TrustDomain.Name(), "sequence", b.Sequence, "authorities", len(b.X509Authorities))
+			a.enqueue(func() { a.cache.setBundles([]*workload.Bundle{b}) })
+		}
+	}
+}

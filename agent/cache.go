@@ -1,0 +1,360 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// Minter mints X509-SVIDs; *ca.CA satisfies it. It must be safe for concurrent use.
+type Minter interface {
+	MintX509SVID(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*workload.SVID, error)
+}
+
+// cache is the agent's identity cache: the entries (indexed for matching), one SVID per entry
+// shared by every caller entitled to it, and the open subscriptions grouped by selector set.
+//
+// Callers with the same selector set (every stream of one Envoy, every process of one service
+// user) form one group: its View is built once per change and published to all its
+// subscriptions, so the cost of a change is per group, not per stream, and a new stream of a
+// known caller costs a map lookup.
+//
+// Locking: mu guards everything below it. Minting (the only slow step) happens outside mu,
+// deduplicated per entry by minting. Changes (entries, bundle, rotation) are applied by one
+// goroutine at a time (the agent's updater); Subscribe runs concurrently with them.
+type cache struct {
+	log    *slog.Logger
+	minter Minter
+	now    func() time.Time
+	// onMint and onRotate are hooks for metrics; never nil.
+	onMint func(d time.Duration, err error)
+
+	mu      sync.Mutex
+	index   *entry.Index
+	bundles []*workload.Bundle
+	svids   map[string]*workload.SVID // entry ID → current SVID
+	minting map[string]chan struct{}  // entry ID → closed when an in-flight mint ends
+	groups  map[string]*group         // entry.SelectorKey(selectors) → group
+	// rotate is called (outside mu) with an entry ID when its SVID is due for re-minting.
+	scheduleRotation func(entryID string, at time.Time)
+}
+
+type group struct {
+	key       string
+	selectors []entry.Selector
+	entries   []entry.Entry // matched, in Index.Match order
+	view      *workload.View
+	subs      map[*workload.Subscription]struct{}
+}
+
+func newCache(log *slog.Logger, m Minter, now func() time.Time) *cache {
+	return &cache{
+		log:              log,
+		minter:           m,
+		now:              now,
+		onMint:           func(time.Duration, error) {},
+		index:            entry.NewIndex(),
+		svids:            make(map[string]*workload.SVID),
+		minting:          make(map[string]chan struct{}),
+		groups:           make(map[string]*group),
+		scheduleRotation: func(string, time.Time) {},
+	}
+}
+
+// usesDigest reports whether any entry has a unix:sha256 selector, i.e. whether attestation
+// must hash the caller's binary.
+func (c *cache) usesDigest() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.index.UsesSelectorKind("unix:sha256")
+}
+
+// load replaces the whole entry set (at start).
+func (c *cache) load(entries []entry.Entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range entries {
+		c.index.Put(e)
+	}
+}
+
+// setBundles replaces the bundles and republishes every group.
+func (c *cache) setBundles(b []*workload.Bundle) {
+	c.mu.Lock()
+	c.bundles = b
+	all := make([]*group, 0, len(c.groups))
+	for _, g := range c.groups {
+		all = append(all, g)
+	}
+	c.mu.Unlock()
+	c.refresh(all)
+}
+
+// subscribe returns a subscription for a caller with the given (normalized) selectors, holding
+// its current View.
+func (c *cache) subscribe(selectors []entry.Selector) (*workload.Subscription, error) {
+	key := entry.SelectorKey(selectors)
+	for {
+		c.mu.Lock()
+		g, ok := c.groups[key]
+		if !ok {
+			g = &group{key: key, selectors: selectors, subs: make(map[*workload.Subscription]struct{})}
+			g.entries = c.index.Match(selectors)
+		}
+		view, missing := c.buildViewLocked(g)
+		if missing == nil {
+			// An existing group's View can be behind (a rotation not yet refreshed): whoever
+			// notices first publishes it to everyone, so refresh never skips a stale stream.
+			if ok && !viewEqual(g.view, view) {
+				for s := range g.subs {
+					s.Publish(view)
+				}
+			}
+			g.view = view
+			if !ok {
+				c.groups[key] = g
+			}
+			var sub *workload.Subscription
+			sub = workload.NewSubscription(view, func() { c.unsubscribe(g, sub) })
+			g.subs[sub] = struct{}{}
+			c.mu.Unlock()
+			return sub, nil
+		}
+		c.mu.Unlock()
+		if err := c.mint(missing); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (c *cache) unsubscribe(g *group, sub *workload.Subscription) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(g.subs, sub)
+	if len(g.subs) == 0 && c.groups[g.key] == g {
+		delete(c.groups, g.key)
+	}
+}
+
+// buildViewLocked builds g's View from the current SVIDs, or returns the entries whose SVIDs
+// must be minted first. c.mu must be held.
+func (c *cache) buildViewLocked(g *group) (*workload.View, []entry.Entry) {
+	var missing []entry.Entry
+	v := &workload.View{SVIDs: make([]*workload.SVID, 0, len(g.entries))}
+	now := c.now()
+	for _, e := range g.entries {
+		s := c.svids[e.ID]
+		if !svidCurrent(s, e, now) {
+			missing = append(missing, e)
+			continue
+		}
+		// Two entries may grant the same SPIFFE ID (different selector sets); serve it once.
+		if slices.ContainsFunc(v.SVIDs, func(o *workload.SVID) bool { return o.ID == s.ID }) {
+			continue
+		}
+		v.SVIDs = append(v.SVIDs, s)
+	}
+	if missing != nil {
+		return nil, missing
+	}
+	if len(v.SVIDs) > 0 {
+		v.Bundles = c.bundles
+	}
+	return v, nil
+}
+
+// svidCurrent reports whether s is a usable SVID for e: minted for this revision of the entry
+// and not expired. (An SVID past its RotateAt is still current until the rotation replaces it.)
+func svidCurrent(s *workload.SVID, e entry.Entry, now time.Time) bool {
+	return s != nil && s.EntryRevision == e.Revision && s.ID == e.SPIFFEID && now.Before(s.NotAfter)
+}
+
+// mint makes sure every entry in es has a current SVID, minting at most once per entry at a
+// time however many callers ask.
+func (c *cache) mint(es []entry.Entry) error {
+	for _, e := range es {
+		if err := c.mintOne(e, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mintOne mints an SVID for e unless a current one exists (or force, for rotation).
+func (c *cache) mintOne(e entry.Entry, force bool) error {
+	for {
+		c.mu.Lock()
+		if s := c.svids[e.ID]; !force && svidCurrent(s, e, c.now()) {
+			c.mu.Unlock()
+			return nil
+		}
+		if wait, busy := c.minting[e.ID]; busy {
+			c.mu.Unlock()
+			<-wait
+			force = false // someone else just minted; take theirs
+			continue
+		}
+		done := make(chan struct{})
+		c.minting[e.ID] = done
+		c.mu.Unlock()
+
+		start := time.Now()
+		s, err := c.minter.MintX509SVID(e.SPIFFEID, e.X509SVIDTTL, e.DNSNames)
+		c.onMint(time.Since(start), err)
+
+		c.mu.Lock()
+		delete(c.minting, e.ID)
+		close(done)
+		if err != nil {
+			c.mu.Unlock()
+			return fmt.Errorf("minting X509-SVID for %s: %w", e.SPIFFEID, err)
+		}
+		s.EntryID = e.ID
+		s.EntryRevision = e.Revision
+		s.RotateAt = rotationTime(s.NotBefore, s.NotAfter, rand.Float64())
+		// The entry may have changed or gone while we minted; only keep the SVID if it still
+		// belongs to the entry as it is now.
+		if cur, ok := c.index.Get(e.ID); ok && cur.Revision == e.Revision {
+			c.svids[e.ID] = s
+		}
+		c.mu.Unlock()
+		c.scheduleRotation(e.ID, s.RotateAt)
+		c.log.Debug("minted X509-SVID", "spiffe_id", e.SPIFFEID.String(), "serial", s.Serial, "not_after", s.NotAfter, "rotate_at", s.RotateAt)
+		return nil
+	}
+}
+
+// rotationTime is when an SVID valid from nb to na is replaced: at half its lifetime, moved by
+// up to ±10% of that half (r in [0,1)), i.e. between 45% and 55% of the lifetime, so that SVIDs
+// minted together do not all rotate in the same instant. Pure, for tests.
+func rotationTime(nb, na time.Time, r float64) time.Time {
+	half := na.Sub(nb) / 2
+	jitter := time.Duration((r*2 - 1) * 0.1 * float64(half))
+	return nb.Add(half + jitter)
+}
+
+// rotate re-mints the SVID of entryID if it is due and still in use, and pushes it. An SVID no
+// stream holds is dropped instead: it will be minted again on demand.
+func (c *cache) rotate(entryID string) {
+	c.mu.Lock()
+	s := c.svids[entryID]
+	e, ok := c.index.Get(entryID)
+	if s == nil || !ok || c.now().Before(s.RotateAt) {
+		c.mu.Unlock()
+		return
+	}
+	var affected []*group
+	for _, g := range c.groups {
+		if slices.ContainsFunc(g.entries, func(ge entry.Entry) bool { return ge.ID == entryID }) {
+			affected = append(affected, g)
+		}
+	}
+	if len(affected) == 0 {
+		delete(c.svids, entryID)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	if err := c.mintOne(e, true); err != nil {
+		// Keep serving the old SVID (still valid) and try again shortly.
+		c.log.Error("rotating X509-SVID failed; retrying", "spiffe_id", e.SPIFFEID.String(), "error", err)
+		c.scheduleRotation(entryID, c.now().Add(retryDelay(s, c.now())))
+		return
+	}
+	c.refresh(affected)
+}
+
+// retryDelay spaces retries of a failed rotation: a tenth of the remaining lifetime, at least
+// a second.
+func retryDelay(s *workload.SVID, now time.Time) time.Duration {
+	return max(s.NotAfter.Sub(now)/10, time.Second)
+}
+
+// apply applies one committed store change and pushes the new Views of the groups it affects.
+func (c *cache) apply(ch store.Change) {
+	c.mu.Lock()
+	switch ch.Op {
+	case store.OpDelete:
+		c.index.Delete(ch.Entry.ID)
+		delete(c.svids, ch.Entry.ID)
+	default:
+		c.index.Put(ch.Entry)
+	}
+	var affected []*group
+	for _, g := range c.groups {
+		if entry.Matches(ch.Entry, g.selectors) || (ch.Op == store.OpUpdate && entry.Matches(ch.Old, g.selectors)) {
+			g.entries = c.index.Match(g.selectors)
+			affected = append(affected, g)
+		}
+	}
+	c.mu.Unlock()
+	c.refresh(affected)
+}
+
+// refresh rebuilds and publishes the Views of gs, minting what is missing first.
+func (c *cache) refresh(gs []*group) {
+	for len(gs) > 0 {
+		var retry []*group
+		var missing []entry.Entry
+		c.mu.Lock()
+		for _, g := range gs {
+			if c.groups[g.key] != g {
+				continue // closed meanwhile
+			}
+			v, m := c.buildViewLocked(g)
+			if m != nil {
+				missing = append(missing, m...)
+				retry = append(retry, g)
+				continue
+			}
+			if viewEqual(g.view, v) {
+				continue
+			}
+			g.view = v
+			for sub := range g.subs {
+				sub.Publish(v)
+			}
+		}
+		c.mu.Unlock()
+		if len(missing) > 0 {
+			if err := c.mint(missing); err != nil {
+				c.log.Error("minting for changed entries failed", "error", err)
+				return
+			}
+		}
+		gs = retry
+	}
+}
+
+// viewEqual reports whether two Views hold the same SVIDs and bundles (by identity: they are
+// immutable, so a re-minted SVID or a new bundle is a new pointer).
+func viewEqual(a, b *workload.View) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return slices.Equal(a.SVIDs, b.SVIDs) && slices.Equal(a.Bundles, b.Bundles)
+}
+
+// stats is a snapshot for status and metrics.
+type stats struct {
+	Entries, Groups, Streams, SVIDs int
+}
+
+func (c *cache) stats() stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := stats{Entries: c.index.Len(), Groups: len(c.groups), SVIDs: len(c.svids)}
+	for _, g := range c.groups {
+		st.Streams += len(g.subs)
+	}
+	return st
+}

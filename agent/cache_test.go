@@ -1,0 +1,321 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// fakeMinter mints SVID values without certificates: the cache only looks at IDs and times.
+// Real minting is covered by package ca and the end-to-end tests.
+type fakeMinter struct {
+	now    func() time.Time
+	ttl    time.Duration
+	serial atomic.Int64
+	mints  sync.Map // spiffe ID string → *atomic.Int64
+	fail   atomic.Bool
+}
+
+func (m *fakeMinter) MintX509SVID(id spiffeid.ID, ttl time.Duration, _ []string) (*workload.SVID, error) {
+	if m.fail.Load() {
+		return nil, fmt.Errorf("minter broken")
+	}
+	if ttl == 0 {
+		ttl = m.ttl
+	}
+	c, _ := m.mints.LoadOrStore(id.String(), new(atomic.Int64))
+	c.(*atomic.Int64).Add(1)
+	now := m.now()
+	return &workload.SVID{ID: id, NotBefore: now, NotAfter: now.Add(ttl), Serial: fmt.Sprint(m.serial.Add(1))}, nil
+}
+
+func (m *fakeMinter) count(id string) int64 {
+	c, ok := m.mints.Load(id)
+	if !ok {
+		return 0
+	}
+	return c.(*atomic.Int64).Load()
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+func mkEntry(t *testing.T, id, spiffe string, rev int64, sels ...string) entry.Entry {
+	t.Helper()
+	s, err := entry.ParseSelectors(sels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entry.Entry{ID: id, SPIFFEID: spiffeid.RequireFromString(spiffe), Selectors: s, Revision: rev}
+}
+
+func sels(t *testing.T, ss ...string) []entry.Selector {
+	t.Helper()
+	s, err := entry.ParseSelectors(ss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func newTestCache(t *testing.T) (*cache, *fakeMinter, *clock) {
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	m := &fakeMinter{now: clk.now, ttl: time.Hour}
+	c := newCache(slog.New(slog.DiscardHandler), m, clk.now)
+	c.bundles = []*workload.Bundle{{TrustDomain: td, Sequence: 1}}
+	return c, m, clk
+}
+
+// latest drains the subscription and returns the newest View, or nil if none is pending.
+func latest(s *workload.Subscription) *workload.View {
+	var v *workload.View
+	for {
+		select {
+		case v = <-s.Updates():
+		default:
+			return v
+		}
+	}
+}
+
+func ids(v *workload.View) []string {
+	var out []string
+	for _, s := range v.SVIDs {
+		out = append(out, s.ID.String())
+	}
+	return out
+}
+
+func TestSubscribeMatchesAndOrders(t *testing.T) {
+	c, _, _ := newTestCache(t)
+	c.load([]entry.Entry{
+		mkEntry(t, "e2", "spiffe://example.org/web", 1, "unix:uid:1000"),
+		mkEntry(t, "e1", "spiffe://example.org/api", 1, "unix:uid:1000", "unix:gid:1000"),
+		mkEntry(t, "e3", "spiffe://example.org/other", 1, "unix:uid:2000"),
+		mkEntry(t, "e4", "spiffe://example.org/needs-path", 1, "unix:uid:1000", "unix:path:/usr/bin/envoy"),
+	})
+	sub, err := c.subscribe(sels(t, "unix:uid:1000", "unix:gid:1000", "unix:path:/bin/sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	v := latest(sub)
+	got := ids(v)
+	want := []string{"spiffe://example.org/api", "spiffe://example.org/web"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("SVIDs = %v, want %v (ordered by SPIFFE ID, others' entries excluded)", got, want)
+	}
+	if len(v.Bundles) != 1 {
+		t.Fatalf("bundles = %d, want 1", len(v.Bundles))
+	}
+}
+
+func TestUnentitledGetsEmptyViewThenPush(t *testing.T) {
+	c, _, _ := newTestCache(t)
+	sub, err := c.subscribe(sels(t, "unix:uid:3000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	v := latest(sub)
+	if !v.Empty() || len(v.Bundles) != 0 {
+		t.Fatalf("unentitled caller got %v SVIDs and %d bundles, want nothing", ids(v), len(v.Bundles))
+	}
+	e := mkEntry(t, "e1", "spiffe://example.org/late", 1, "unix:uid:3000")
+	c.apply(store.Change{Op: store.OpCreate, Entry: e})
+	v = latest(sub)
+	if v == nil || fmt.Sprint(ids(v)) != "[spiffe://example.org/late]" {
+		t.Fatalf("after entry created: view %v, want the new SVID pushed", v)
+	}
+}
+
+func TestOneMintPerEntryAcrossStreams(t *testing.T) {
+	c, m, _ := newTestCache(t)
+	c.load([]entry.Entry{mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")})
+	var wg sync.WaitGroup
+	subs := make([]*workload.Subscription, 200)
+	for i := range subs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Different callers (extra selectors) that share the entry: still one SVID.
+			s, err := c.subscribe(sels(t, "unix:uid:1000", fmt.Sprintf("unix:gid:%d", i%7)))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			subs[i] = s
+		}()
+	}
+	wg.Wait()
+	if n := m.count("spiffe://example.org/web"); n != 1 {
+		t.Fatalf("minted %d times for 200 streams, want 1", n)
+	}
+	first := latest(subs[0]).SVIDs[0]
+	for i, s := range subs {
+		if v := s.Latest(); v.SVIDs[0] != first {
+			t.Fatalf("stream %d holds a different SVID", i)
+		}
+		s.Close()
+	}
+	if st := c.stats(); st.Groups != 0 || st.Streams != 0 {
+		t.Fatalf("after closing every stream: %+v, want no groups or streams left", st)
+	}
+}
+
+func TestChangesReachOnlyAffectedStreams(t *testing.T) {
+	c, _, _ := newTestCache(t)
+	a := mkEntry(t, "a", "spiffe://example.org/a", 1, "unix:uid:1000")
+	b := mkEntry(t, "b", "spiffe://example.org/b", 1, "unix:uid:2000")
+	c.load([]entry.Entry{a, b})
+	subA, _ := c.subscribe(sels(t, "unix:uid:1000"))
+	subB, _ := c.subscribe(sels(t, "unix:uid:2000"))
+	defer subA.Close()
+	defer subB.Close()
+	latest(subA)
+	latest(subB)
+
+	// Update a (new DNS name → new revision) → only A gets a new View, with a new SVID.
+	old := subA.Latest().SVIDs[0]
+	a2 := a
+	a2.Revision = 2
+	a2.DNSNames = []string{"a.example"}
+	c.apply(store.Change{Op: store.OpUpdate, Entry: a2, Old: a})
+	if v := latest(subA); v == nil || v.SVIDs[0] == old {
+		t.Fatalf("update of a: stream A got %v, want a re-minted SVID", v)
+	}
+	if v := latest(subB); v != nil {
+		t.Fatalf("update of a reached stream B: %v", ids(v))
+	}
+
+	// Move b to uid 1000: B loses it, A gains it.
+	b2 := b
+	b2.Revision = 2
+	b2.Selectors = sels(t, "unix:uid:1000")
+	c.apply(store.Change{Op: store.OpUpdate, Entry: b2, Old: b})
+	if v := latest(subA); v == nil || fmt.Sprint(ids(v)) != "[spiffe://example.org/a spiffe://example.org/b]" {
+		t.Fatalf("stream A after move: %v", v)
+	}
+	if v := latest(subB); v == nil || !v.Empty() {
+		t.Fatalf("stream B after move: %v, want empty", v)
+	}
+
+	// Delete a.
+	c.apply(store.Change{Op: store.OpDelete, Entry: a2})
+	if v := latest(subA); v == nil || fmt.Sprint(ids(v)) != "[spiffe://example.org/b]" {
+		t.Fatalf("stream A after delete: %v", v)
+	}
+}
+
+func TestRotation(t *testing.T) {
+	c, m, clk := newTestCache(t)
+	var scheduled []time.Time
+	c.scheduleRotation = func(_ string, at time.Time) { scheduled = append(scheduled, at) }
+	e := mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")
+	c.load([]entry.Entry{e})
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"))
+	first := latest(sub).SVIDs[0]
+	if len(scheduled) != 1 {
+		t.Fatalf("scheduled %d rotations, want 1", len(scheduled))
+	}
+	frac := float64(first.RotateAt.Sub(first.NotBefore)) / float64(first.NotAfter.Sub(first.NotBefore))
+	if frac < 0.45 || frac > 0.55 {
+		t.Fatalf("rotation at %.2f of lifetime, want 0.45..0.55", frac)
+	}
+
+	c.rotate("e1") // not yet due: nothing
+	if v := latest(sub); v != nil {
+		t.Fatal("rotation before RotateAt pushed a new View")
+	}
+	clk.add(first.RotateAt.Sub(clk.now()))
+	c.rotate("e1")
+	v := latest(sub)
+	if v == nil || v.SVIDs[0] == first || !v.SVIDs[0].NotAfter.After(first.NotAfter) {
+		t.Fatalf("rotation did not push a fresh SVID: %v", v)
+	}
+	if n := m.count("spiffe://example.org/web"); n != 2 {
+		t.Fatalf("minted %d, want 2", n)
+	}
+
+	// Nobody holds it any more: at the next rotation it is dropped, not re-minted.
+	sub.Close()
+	clk.add(time.Hour)
+	c.rotate("e1")
+	if n := m.count("spiffe://example.org/web"); n != 2 {
+		t.Fatalf("unused SVID re-minted (mints=%d)", n)
+	}
+	if st := c.stats(); st.SVIDs != 0 {
+		t.Fatalf("unused SVID kept: %+v", st)
+	}
+}
+
+func TestRotationFailureKeepsServing(t *testing.T) {
+	c, m, clk := newTestCache(t)
+	var retries []time.Time
+	c.scheduleRotation = func(_ string, at time.Time) { retries = append(retries, at) }
+	c.load([]entry.Entry{mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")})
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"))
+	defer sub.Close()
+	first := latest(sub).SVIDs[0]
+	clk.add(first.RotateAt.Sub(clk.now()))
+	m.fail.Store(true)
+	c.rotate("e1")
+	if v := latest(sub); v != nil {
+		t.Fatal("failed rotation published a View")
+	}
+	if len(retries) != 2 || !retries[1].After(clk.now()) {
+		t.Fatalf("failed rotation not retried later: %v", retries)
+	}
+}
+
+func TestBundleChangeRepublishes(t *testing.T) {
+	c, _, _ := newTestCache(t)
+	c.load([]entry.Entry{mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")})
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"))
+	defer sub.Close()
+	latest(sub)
+	nb := &workload.Bundle{TrustDomain: td, Sequence: 2}
+	c.setBundles([]*workload.Bundle{nb})
+	v := latest(sub)
+	if v == nil || v.Bundles[0] != nb {
+		t.Fatalf("bundle change not pushed: %v", v)
+	}
+}
+
+func TestRotationTime(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	na := nb.Add(time.Hour)
+	for _, tc := range []struct {
+		r    float64
+		want time.Duration
+	}{
+		{0, 27 * time.Minute},
+		{0.5, 30 * time.Minute},
+		{0.999999, 33 * time.Minute},
+	} {
+		got := rotationTime(nb, na, tc.r).Sub(nb).Round(time.Second)
+		if got != tc.want {
+			t.Errorf("rotationTime(r=%v) = %v after NotBefore, want %v", tc.r, got, tc.want)
+		}
+	}
+}

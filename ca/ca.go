@@ -1,0 +1,445 @@
+package ca
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// Defaults and limits.
+const (
+	DefaultCATTL   = 24 * time.Hour
+	DefaultSVIDTTL = time.Hour
+	// MinCATTL keeps the rotation schedule meaningful (a sixth of the life must exceed the
+	// clock-skew backdate by a wide margin).
+	MinCATTL = time.Minute
+	// StateFileName is the CA state file inside Config.Dir.
+	StateFileName = "ca.json"
+
+	// backdate is subtracted from NotBefore so that peers whose clocks run slightly behind
+	// accept a certificate minted this instant.
+	backdate = 10 * time.Second
+)
+
+// ErrTTLTooLong is returned (wrapped) by New and MintX509SVID when an SVID TTL exceeds a
+// sixth of the CA TTL: such an SVID could outlive the overlap window in which its signing CA
+// is still published after the next one takes over. Callers validating per-entry TTLs can
+// compare against MaxSVIDTTL instead.
+var ErrTTLTooLong = errors.New("SVID TTL longer than a sixth of the CA TTL")
+
+// ErrCAExpired is returned (wrapped) by MintX509SVID when the active CA has expired, which
+// happens only if nothing called Rotate/Run since it did.
+var ErrCAExpired = errors.New("active CA expired")
+
+// Config configures a CA.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// Dir is the data directory; the state lives in Dir/ca.json (0600). Created 0700 if missing.
+	Dir string
+	// KeyType of both CA and SVID keys: "ec-p256" (default), "ec-p384", "rsa-2048". A CA
+	// loaded from disk keeps its key; a change applies from the next prepared CA on.
+	KeyType string
+	// CATTL is the lifetime of each CA certificate (default 24h, at least MinCATTL).
+	CATTL time.Duration
+	// SVIDTTL is the default SVID lifetime: 1h, or CATTL/6 if that is shorter. An explicit
+	// value above CATTL/6 is refused.
+	SVIDTTL time.Duration
+	Clock   func() time.Time
+	Logger  *slog.Logger
+}
+
+// State is an authority's place in the rotation.
+type State string
+
+const (
+	// StateActive signs new SVIDs. There is exactly one.
+	StateActive State = "active"
+	// StatePrepared is published in the bundle and will become active.
+	StatePrepared State = "prepared"
+	// StateOld was active; it stays in the bundle until it expires.
+	StateOld State = "old"
+)
+
+// AuthorityInfo describes one CA certificate, for status output.
+type AuthorityInfo struct {
+	State     State
+	NotBefore time.Time
+	NotAfter  time.Time
+	// SKI is the subject key identifier, Serial the serial number, both lowercase hex.
+	SKI     string
+	Serial  string
+	KeyType string
+	// Certificate is shared; do not modify it.
+	Certificate *x509.Certificate
+}
+
+// authority is immutable once part of a published snapshot.
+type authority struct {
+	state  State
+	cert   *x509.Certificate
+	signer crypto.Signer // nil for old authorities: they never sign again
+}
+
+// snapshot is the whole CA state at one moment; immutable once published.
+type snapshot struct {
+	authorities []*authority // by NotBefore, then serial
+	sequence    uint64
+	bundle      *workload.Bundle
+}
+
+func (s *snapshot) find(st State) *authority {
+	for _, a := range s.authorities {
+		if a.state == st {
+			return a
+		}
+	}
+	return nil
+}
+
+// CA is the trust domain's certificate authority. All methods are safe for concurrent use.
+type CA struct {
+	cfg   Config
+	td    spiffeid.TrustDomain
+	path  string
+	log   *slog.Logger
+	clock func() time.Time
+
+	// state is read without locks by MintX509SVID and Bundle: minting never waits for a
+	// rotation's disk write.
+	state atomic.Pointer[snapshot]
+	// writeMu serialises transitions, including their disk write, so two of them never
+	// interleave between computing and persisting.
+	writeMu sync.Mutex
+
+	notifyMu sync.Mutex
+	notify   chan struct{}
+
+	// kick wakes Run after a forced Prepare/Activate so it recomputes its timer.
+	kick chan struct{}
+}
+
+// New validates cfg, then loads the CA state from cfg.Dir or, on first start, creates a root
+// and persists it. Anything already due (an expired active CA after a long downtime, a
+// rotation step) is applied before New returns. It starts no goroutines.
+func New(cfg Config) (*CA, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("ca: trust domain is required")
+	}
+	if cfg.Dir == "" {
+		return nil, errors.New("ca: data dir is required")
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = KeyTypeECP256
+	}
+	if !validKeyType(cfg.KeyType) {
+		return nil, fmt.Errorf("ca: unknown key type %q (want %s, %s or %s)", cfg.KeyType, KeyTypeECP256, KeyTypeECP384, KeyTypeRSA2048)
+	}
+	if cfg.CATTL == 0 {
+		cfg.CATTL = DefaultCATTL
+	}
+	if cfg.CATTL < MinCATTL {
+		return nil, fmt.Errorf("ca: CA TTL %s is shorter than the minimum %s", cfg.CATTL, MinCATTL)
+	}
+	if cfg.SVIDTTL == 0 {
+		cfg.SVIDTTL = min(DefaultSVIDTTL, cfg.CATTL/6)
+	}
+	if cfg.SVIDTTL < 0 {
+		return nil, fmt.Errorf("ca: SVID TTL %s is negative", cfg.SVIDTTL)
+	}
+	if cfg.SVIDTTL > cfg.CATTL/6 {
+		return nil, fmt.Errorf("ca: SVID TTL %s exceeds %s (CA TTL %s / 6): %w", cfg.SVIDTTL, cfg.CATTL/6, cfg.CATTL, ErrTTLTooLong)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &CA{
+		cfg:    cfg,
+		td:     cfg.TrustDomain,
+		path:   filepath.Join(cfg.Dir, StateFileName),
+		log:    cfg.Logger.With("component", "ca"),
+		clock:  cfg.Clock,
+		notify: make(chan struct{}),
+		kick:   make(chan struct{}, 1),
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ca: creating data dir: %w", err)
+	}
+
+	// Anyone who can write the directory can replace ca.json (rename needs no access to the
+	// file itself); the file checks catch most of that, but say so loudly.
+	if fi, err := os.Stat(cfg.Dir); err == nil && fi.Mode().Perm()&0o022 != 0 {
+		c.log.Warn("data dir is writable by group or others; the CA state in it can be replaced",
+			"dir", cfg.Dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
+
+	snap, err := loadState(c.path, c.td)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		a, err := c.newAuthority(StateActive, c.clock())
+		if err != nil {
+			return nil, fmt.Errorf("ca: creating root: %w", err)
+		}
+		snap = newSnapshot(c.td, []*authority{a}, 1)
+		if err := saveState(c.path, c.td, snap); err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		c.log.Info("created CA", "trust_domain", c.td.Name(), "key_type", cfg.KeyType,
+			"not_after", a.cert.NotAfter, "ski", hex.EncodeToString(a.cert.SubjectKeyId), "path", c.path)
+	case err != nil:
+		return nil, fmt.Errorf("ca: %w", err)
+	default:
+		c.log.Info("loaded CA", "trust_domain", c.td.Name(), "path", c.path, "authorities", len(snap.authorities))
+	}
+	c.state.Store(snap)
+
+	if _, err := c.Rotate(c.clock()); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	return c, nil
+}
+
+// TrustDomain returns the CA's trust domain.
+func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
+
+// Path returns the state file's path.
+func (c *CA) Path() string { return c.path }
+
+// SVIDTTL returns the default SVID TTL (the one used when MintX509SVID gets 0).
+func (c *CA) SVIDTTL() time.Duration { return c.cfg.SVIDTTL }
+
+// MaxSVIDTTL returns the longest SVID TTL MintX509SVID accepts: a sixth of the CA TTL.
+func (c *CA) MaxSVIDTTL() time.Duration { return c.cfg.CATTL / 6 }
+
+// Bundle returns the current own-trust-domain bundle: every published authority (active,
+// prepared, old-unexpired), oldest first. The value is shared and immutable; do not modify it.
+func (c *CA) Bundle() *workload.Bundle { return c.state.Load().bundle }
+
+// BundleChanged returns a channel that is closed when Bundle() next changes. Take the
+// channel before reading Bundle() so that no change is missed; then take it again.
+func (c *CA) BundleChanged() <-chan struct{} {
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	return c.notify
+}
+
+// NotAfter returns the active CA's NotAfter: no SVID minted now outlives it.
+func (c *CA) NotAfter() time.Time { return c.state.Load().find(StateActive).cert.NotAfter }
+
+// Authorities describes every authority in the state, oldest first.
+func (c *CA) Authorities() []AuthorityInfo {
+	snap := c.state.Load()
+	out := make([]AuthorityInfo, 0, len(snap.authorities))
+	for _, a := range snap.authorities {
+		out = append(out, AuthorityInfo{
+			State:       a.state,
+			NotBefore:   a.cert.NotBefore,
+			NotAfter:    a.cert.NotAfter,
+			SKI:         hex.EncodeToString(a.cert.SubjectKeyId),
+			Serial:      a.cert.SerialNumber.Text(16),
+			KeyType:     keyTypeOf(a.cert.PublicKey),
+			Certificate: a.cert,
+		})
+	}
+	return out
+}
+
+// MintX509SVID mints an X509-SVID for id, which must be a workload ID (non-empty path) in
+// the CA's trust domain. ttl 0 means the configured SVID TTL; NotAfter is clamped to the
+// active CA's. The returned SVID has EntryID and RotateAt unset: they are the agent's.
+// Key generation and signing run outside any lock.
+func (c *CA) MintX509SVID(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*workload.SVID, error) {
+	svid, err := c.mint(id, ttl, dnsNames)
+	if err != nil {
+		return nil, fmt.Errorf("minting X509-SVID for %s: %w", id, err)
+	}
+	return svid, nil
+}
+
+func (c *CA) mint(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*workload.SVID, error) {
+	switch {
+	case id.IsZero():
+		return nil, errors.New("empty SPIFFE ID")
+	case id.TrustDomain() != c.td:
+		return nil, fmt.Errorf("ID is not in trust domain %q", c.td.Name())
+	case id.Path() == "":
+		return nil, errors.New("an X509-SVID's SPIFFE ID needs a path")
+	}
+	if ttl == 0 {
+		ttl = c.cfg.SVIDTTL
+	}
+	if ttl < 0 {
+		return nil, fmt.Errorf("negative TTL %s", ttl)
+	}
+	if ttl > c.MaxSVIDTTL() {
+		return nil, fmt.Errorf("TTL %s exceeds %s: %w", ttl, c.MaxSVIDTTL(), ErrTTLTooLong)
+	}
+	for _, n := range dnsNames {
+		if n == "" {
+			return nil, errors.New("empty DNS name")
+		}
+	}
+
+	act := c.state.Load().find(StateActive)
+	now := c.clock()
+	// Backdate for clock skew, but by at most a tenth of the TTL: rotation happens at half of
+	// [NotBefore, NotAfter], and a 10s backdate on a 4s SVID would put that point in the past.
+	notBefore := now.Add(-min(backdate, ttl/10))
+	if notBefore.Before(act.cert.NotBefore) {
+		notBefore = act.cert.NotBefore
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(act.cert.NotAfter) {
+		notAfter = act.cert.NotAfter
+	}
+	if !notAfter.After(now) {
+		return nil, fmt.Errorf("%w at %s", ErrCAExpired, act.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+
+	key, err := generateKey(c.cfg.KeyType)
+	if err != nil {
+		return nil, fmt.Errorf("generating key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	// A non-empty subject means the URI SAN need not be critical (X509-SVID §3.1).
+	subject := pkix.Name{Organization: []string{"SPIFFE"}}
+	if len(dnsNames) > 0 {
+		subject.CommonName = dnsNames[0]
+	}
+	ku := x509.KeyUsageDigitalSignature
+	if _, ok := key.(*rsa.PrivateKey); ok {
+		ku |= x509.KeyUsageKeyEncipherment // RSA key transport; allowed by §4.3
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               subject,
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              ku,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              slices.Clone(dnsNames),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, act.cert, key.Public(), act.signer)
+	if err != nil {
+		return nil, fmt.Errorf("signing certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing minted certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding key: %w", err)
+	}
+	return &workload.SVID{
+		ID:           id,
+		Certificates: []*x509.Certificate{leaf},
+		PrivateKey:   key,
+		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		CertChainDER: der,
+		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		KeyDER:       keyDER,
+		NotBefore:    leaf.NotBefore,
+		NotAfter:     leaf.NotAfter,
+		Serial:       leaf.SerialNumber.Text(16),
+	}, nil
+}
+
+// newAuthority generates a self-signed CA for the trust domain, valid from now (backdated)
+// for CATTL.
+func (c *CA) newAuthority(st State, now time.Time) (*authority, error) {
+	key, err := generateKey(c.cfg.KeyType)
+	if err != nil {
+		return nil, fmt.Errorf("generating CA key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		// The serial in the subject makes each root's name unique, so verifiers that look
+		// issuers up by name (OpenSSL, BoringSSL in Envoy) never confuse two overlapping roots.
+		Subject: pkix.Name{
+			Organization: []string{"SPIFFE"},
+			CommonName:   "svidd CA",
+			SerialNumber: serial.Text(16),
+		},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(c.cfg.CATTL),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		// It signs only leaves.
+		MaxPathLen:     0,
+		MaxPathLenZero: true,
+		// The trust domain ID, no path: allowed for signing certificates (X509-SVID §3.2).
+		URIs: []*url.URL{c.td.ID().URL()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("self-signing CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing CA certificate: %w", err)
+	}
+	return &authority{state: st, cert: cert, signer: key}, nil
+}
+
+// newSnapshot orders the authorities and builds the bundle.
+func newSnapshot(td spiffeid.TrustDomain, auths []*authority, seq uint64) *snapshot {
+	auths = slices.Clone(auths)
+	slices.SortFunc(auths, func(a, b *authority) int {
+		if c := a.cert.NotBefore.Compare(b.cert.NotBefore); c != 0 {
+			return c
+		}
+		return a.cert.SerialNumber.Cmp(b.cert.SerialNumber)
+	})
+	var pemBuf, derBuf bytes.Buffer
+	certs := make([]*x509.Certificate, 0, len(auths))
+	for _, a := range auths {
+		certs = append(certs, a.cert)
+		_ = pem.Encode(&pemBuf, &pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw})
+		derBuf.Write(a.cert.Raw)
+	}
+	return &snapshot{
+		authorities: auths,
+		sequence:    seq,
+		bundle: &workload.Bundle{
+			TrustDomain:     td,
+			X509Authorities: certs,
+			PEM:             pemBuf.Bytes(),
+			DER:             derBuf.Bytes(),
+			Sequence:        seq,
+		},
+	}
+}

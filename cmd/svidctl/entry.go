@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/svidd/svidd/pkg/admin"
+)
+
+type entryFlags struct {
+	g           globalFlags
+	entryID     string
+	spiffeID    string
+	selectors   listFlag
+	dns         listFlag
+	x509SVIDTTL int64
+	output      outputFlag
+}
+
+func (f *entryFlags) register(fs *flag.FlagSet, g globalFlags, fields ...string) {
+	f.g = g
+	f.output = "pretty"
+	commonFlags(fs, &f.g)
+	for _, name := range fields {
+		switch name {
+		case "entryID":
+			fs.StringVar(&f.entryID, "entryID", "", "the entry's ID")
+		case "spiffeID":
+			fs.StringVar(&f.spiffeID, "spiffeID", "", "SPIFFE ID, e.g. spiffe://example.org/backend")
+		case "selector":
+			fs.Var(&f.selectors, "selector", "TYPE:VALUE the caller must have, e.g. unix:uid:1000 (repeatable; all must match)")
+		case "dns":
+			fs.Var(&f.dns, "dns", "DNS name to add to the SVID (repeatable)")
+		case "x509SVIDTTL":
+			fs.Int64Var(&f.x509SVIDTTL, "x509SVIDTTL", 0, "X509-SVID lifetime in seconds (0: the agent's default)")
+		case "output":
+			fs.Var(&f.output, "output", "pretty or json")
+		}
+	}
+}
+
+func runEntryCreate(ctx context.Context, g globalFlags, args []string, env Env) error {
+	var f entryFlags
+	fs := newFlagSet("entry create", env)
+	f.register(fs, g, "spiffeID", "selector", "dns", "x509SVIDTTL", "output")
+	if err := parseSub(fs, args, env); err != nil {
+		return err
+	}
+	if f.spiffeID == "" {
+		return usageError{"entry create: -spiffeID is required"}
+	}
+	if len(f.selectors) == 0 {
+		return usageError{"entry create: at least one -selector is required"}
+	}
+	if f.x509SVIDTTL < 0 {
+		return usageError{"entry create: -x509SVIDTTL must not be negative"}
+	}
+	out, err := newClient(f.g).CreateEntry(ctx, admin.Entry{
+		SPIFFEID:    f.spiffeID,
+		Selectors:   f.selectors,
+		X509SVIDTTL: f.x509SVIDTTL,
+		DNSNames:    f.dns,
+	})
+	if err != nil {
+		return fmt.Errorf("creating entry: %w", err)
+	}
+	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
+}
+
+func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) error {
+	var f entryFlags
+	fs := newFlagSet("entry update", env)
+	f.register(fs, g, "entryID", "spiffeID", "selector", "dns", "x509SVIDTTL", "output")
+	if err := parseSub(fs, args, env); err != nil {
+		return err
+	}
+	if f.entryID == "" {
+		return usageError{"entry update: -entryID is required"}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if !set["spiffeID"] && !set["selector"] && !set["dns"] && !set["x509SVIDTTL"] {
+		return usageError{"entry update: nothing to change (give -spiffeID, -selector, -dns or -x509SVIDTTL)"}
+	}
+	if f.x509SVIDTTL < 0 {
+		return usageError{"entry update: -x509SVIDTTL must not be negative"}
+	}
+	c := newClient(f.g)
+	// Fields not given keep their value; a repeatable flag given replaces the whole list.
+	e, err := c.GetEntry(ctx, f.entryID)
+	if err != nil {
+		return fmt.Errorf("updating entry: %w", err)
+	}
+	if set["spiffeID"] {
+		e.SPIFFEID = f.spiffeID
+	}
+	if set["selector"] {
+		e.Selectors = f.selectors
+	}
+	if set["dns"] {
+		e.DNSNames = f.dns
+	}
+	if set["x509SVIDTTL"] {
+		e.X509SVIDTTL = f.x509SVIDTTL
+	}
+	out, err := c.UpdateEntry(ctx, admin.Entry{ID: e.ID, Name: e.Name, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, DNSNames: e.DNSNames})
+	if err != nil {
+		return fmt.Errorf("updating entry: %w", err)
+	}
+	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
+}
+
+func runEntryDelete(ctx context.Context, g globalFlags, args []string, env Env) error {
+	var f entryFlags
+	fs := newFlagSet("entry delete", env)
+	f.register(fs, g, "entryID")
+	if err := parseSub(fs, args, env); err != nil {
+		return err
+	}
+	if f.entryID == "" {
+		return usageError{"entry delete: -entryID is required"}
+	}
+	out, err := newClient(f.g).DeleteEntry(ctx, f.entryID)
+	if err != nil {
+		return fmt.Errorf("deleting entry: %w", err)
+	}
+	fmt.Fprintf(env.Stdout, "Deleted entry with ID: %s\n", out.ID)
+	return nil
+}
+
+func runEntryShow(ctx context.Context, g globalFlags, args []string, env Env) error {
+	var f entryFlags
+	fs := newFlagSet("entry show", env)
+	f.register(fs, g, "entryID", "output")
+	if err := parseSub(fs, args, env); err != nil {
+		return err
+	}
+	if f.entryID == "" {
+		return usageError{"entry show: -entryID is required"}
+	}
+	out, err := newClient(f.g).GetEntry(ctx, f.entryID)
+	if err != nil {
+		return fmt.Errorf("showing entry: %w", err)
+	}
+	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
+}
+
+func runEntryList(ctx context.Context, g globalFlags, args []string, env Env) error {
+	var f entryFlags
+	fs := newFlagSet("entry list", env)
+	f.register(fs, g, "spiffeID", "selector", "output")
+	if err := parseSub(fs, args, env); err != nil {
+		return err
+	}
+	out, err := newClient(f.g).ListEntries(ctx, f.spiffeID, f.selectors)
+	if err != nil {
+		return fmt.Errorf("listing entries: %w", err)
+	}
+	return printEntries(env.Stdout, f.output, out, true)
+}
+
+// printEntries writes entries in SPIRE's familiar block form, or as JSON (a list for `entry
+// list`, an object otherwise).
+func printEntries(w io.Writer, output outputFlag, es []admin.Entry, list bool) error {
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if list {
+			if es == nil {
+				es = []admin.Entry{}
+			}
+			return enc.Encode(es)
+		}
+		return enc.Encode(es[0])
+	}
+	if list {
+		switch len(es) {
+		case 1:
+			fmt.Fprintln(w, "Found 1 entry")
+		default:
+			fmt.Fprintf(w, "Found %d entries\n", len(es))
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	for _, e := range es {
+		fmt.Fprintf(tw, "Entry ID\t: %s\n", e.ID)
+		if e.Name != "" {
+			fmt.Fprintf(tw, "Name\t: %s (from the config file)\n", e.Name)
+		}
+		fmt.Fprintf(tw, "SPIFFE ID\t: %s\n", e.SPIFFEID)
+		for _, s := range e.Selectors {
+			fmt.Fprintf(tw, "Selector\t: %s\n", s)
+		}
+		if e.X509SVIDTTL > 0 {
+			fmt.Fprintf(tw, "X509-SVID TTL\t: %d\n", e.X509SVIDTTL)
+		} else {
+			fmt.Fprintf(tw, "X509-SVID TTL\t: default\n")
+		}
+		for _, d := range e.DNSNames {
+			fmt.Fprintf(tw, "DNS name\t: %s\n", d)
+		}
+		fmt.Fprintf(tw, "Revision\t: %d\n", e.Revision)
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
+}

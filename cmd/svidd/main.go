@@ -1,0 +1,114 @@
+// Command svidd is the SPIFFE node agent: `svidd run [-config FILE] [flags]`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/svidd/svidd/agent"
+	"github.com/svidd/svidd/conf"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, errReported) {
+			fmt.Fprintln(os.Stderr, "svidd:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// errReported means the error was already written in full (config diagnostics).
+var errReported = errors.New("reported")
+
+const usage = `Usage: svidd <command> [flags]
+
+Commands:
+  run       start the agent (flags override the config file, which overrides defaults)
+  config    print the default configuration
+
+Run 'svidd run -h' for the flags.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	switch args[0] {
+	case "run":
+		return runAgent(ctx, args[1:], stderr)
+	case "config":
+		_, err := stdout.Write(conf.DefaultFile)
+		return err
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("svidd run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "HCL config file (default: built-in defaults)")
+	var o conf.Overrides
+	optString(fs, &o.TrustDomain, "trustDomain", "trust domain, e.g. example.org")
+	optString(fs, &o.SocketPath, "socketPath", "api socket path (SDS and Workload API)")
+	optString(fs, &o.AdminSocketPath, "adminSocketPath", "admin socket path (svidctl)")
+	optString(fs, &o.DataDir, "dataDir", "data directory (store and CA)")
+	optString(fs, &o.LogLevel, "logLevel", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errReported
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+
+	cfg, err := conf.LoadFile(*configPath, o)
+	if err != nil {
+		var de *conf.DiagError
+		if errors.As(err, &de) {
+			de.Write(stderr, false)
+			return errReported
+		}
+		return err
+	}
+	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	a, err := agent.New(agent.Config{Config: cfg, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// optString is a string flag that records whether it was set, so only flags given on the
+// command line override the file.
+func optString(fs *flag.FlagSet, dst **string, name, help string) {
+	fs.Func(name, help, func(v string) error { *dst = &v; return nil })
+}
+
+func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,117 @@
+package conf
+
+import (
+	_ "embed"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/svidd/svidd/pkg/entry"
+)
+
+// Allowed values of ca.key_type.
+const (
+	KeyTypeECP256  = "ec-p256"
+	KeyTypeECP384  = "ec-p384"
+	KeyTypeRSA2048 = "rsa-2048"
+)
+
+// Allowed values of agent.log_format.
+const (
+	LogFormatText = "text"
+	LogFormatJSON = "json"
+)
+
+// MaxSocketPathLen is the longest Unix socket path the kernel accepts: sun_path is 108 bytes
+// including the terminating NUL.
+const MaxSocketPathLen = 107
+
+// MinSVIDTTL is the shortest SVID lifetime accepted. It is low so tests can watch rotation;
+// production values are minutes to hours.
+const MinSVIDTTL = time.Second
+
+// Config is the validated runtime configuration. Load and LoadFile only return a Config that
+// passes Validate.
+type Config struct {
+	TrustDomain     spiffeid.TrustDomain
+	SocketPath      string // the SDS / Workload API socket Envoy connects to
+	AdminSocketPath string // the svidctl socket
+	DataDir         string // CA keys and the SQLite store; may be relative
+	LogLevel        slog.Level
+	LogFormat       string // LogFormatText or LogFormatJSON
+
+	CA        CAConfig
+	SDS       SDSConfig
+	Telemetry TelemetryConfig
+	Health    HealthConfig
+
+	// Entries are the config-declared registration entries, in file order. Name is the
+	// block label; Selectors are normalized; ID, Revision and timestamps are zero (the store
+	// assigns them when the agent reconciles).
+	Entries []entry.Entry
+}
+
+// CAConfig is the ca {} block.
+type CAConfig struct {
+	KeyType string        // KeyTypeECP256, KeyTypeECP384 or KeyTypeRSA2048
+	CATTL   time.Duration // lifetime of each CA certificate
+	SVIDTTL time.Duration // default X509-SVID lifetime; at most CATTL/6
+}
+
+// SDSConfig is the sds {} block: the special resource names of DESIGN.md "Protocol rules".
+type SDSConfig struct {
+	DefaultSVIDName       string
+	DefaultBundleName     string
+	DefaultAllBundlesName string
+}
+
+// TelemetryConfig is the telemetry {} block.
+type TelemetryConfig struct {
+	PrometheusAddress string // host:port; "" disables the metrics listener
+}
+
+// HealthConfig is the health {} block.
+type HealthConfig struct {
+	Address   string // host:port; "" disables the health listener
+	LivePath  string
+	ReadyPath string
+}
+
+// Overrides carries svidd's command-line flags; a nil field was not set. Each field names
+// the flag it comes from in diagnostics.
+type Overrides struct {
+	TrustDomain     *string // -trustDomain
+	SocketPath      *string // -socketPath
+	AdminSocketPath *string // -adminSocketPath
+	DataDir         *string // -dataDir
+	LogLevel        *string // -logLevel: debug, info, warn or error
+}
+
+// DefaultFile is the documented default configuration; loading it yields Default().
+//
+//go:embed svidd.hcl
+var DefaultFile []byte
+
+// Default returns the configuration used when no file and no flags are given.
+func Default() Config {
+	return Config{
+		TrustDomain:     spiffeid.RequireTrustDomainFromString("example.org"),
+		SocketPath:      "/tmp/agent/api.sock",
+		AdminSocketPath: "/tmp/agent/admin.sock",
+		DataDir:         "./.svidd",
+		LogLevel:        slog.LevelInfo,
+		LogFormat:       LogFormatText,
+		CA: CAConfig{
+			KeyType: KeyTypeECP256,
+			CATTL:   24 * time.Hour,
+			SVIDTTL: time.Hour,
+		},
+		SDS: SDSConfig{
+			DefaultSVIDName:       "default",
+			DefaultBundleName:     "ROOTCA",
+			DefaultAllBundlesName: "ALL",
+		},
+		Telemetry: TelemetryConfig{PrometheusAddress: "127.0.0.1:9988"},
+		Health:    HealthConfig{LivePath: "/live", ReadyPath: "/ready"},
+	}
+}

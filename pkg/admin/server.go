@@ -1,0 +1,255 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// Config for the admin server.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       store.Store
+	// Bundle returns the current own-trust-domain bundle.
+	Bundle func() *workload.Bundle
+	// MaxSVIDTTL is the longest X509-SVID TTL the CA mints (a sixth of its own); an entry asking
+	// for more is refused when written rather than failing when a workload asks for it.
+	MaxSVIDTTL time.Duration
+	// Ready returns nil when the agent is ready to serve workloads.
+	Ready  func(ctx context.Context) error
+	Logger *slog.Logger
+}
+
+// Server serves the admin API.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New returns an admin server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Bundle == nil {
+		return nil, errors.New("admin: Store and Bundle are required")
+	}
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("admin: trust domain is required")
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = func(context.Context) error { return nil }
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "admin"), mux: http.NewServeMux()}
+	s.mux.HandleFunc("POST /v1/entries", s.createEntry)
+	s.mux.HandleFunc("GET /v1/entries", s.listEntries)
+	s.mux.HandleFunc("GET /v1/entries/{id}", s.getEntry)
+	s.mux.HandleFunc("PUT /v1/entries/{id}", s.updateEntry)
+	s.mux.HandleFunc("DELETE /v1/entries/{id}", s.deleteEntry)
+	s.mux.HandleFunc("GET /v1/bundle", s.bundle)
+	s.mux.HandleFunc("GET /v1/health", s.health)
+	return s, nil
+}
+
+// Handler returns the HTTP handler (for tests and for mounting).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Serve answers on ln until ctx is done, then shuts down gracefully (bounded).
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin server: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	<-errc
+	return nil
+}
+
+func (s *Server) createEntry(w http.ResponseWriter, r *http.Request) {
+	var in Entry
+	if !s.decode(w, r, &in) {
+		return
+	}
+	in.ID = ""
+	e, err := s.fromWire(in)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out, err := s.cfg.Store.CreateEntry(r.Context(), e)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("entry created", "entry_id", out.ID, "spiffe_id", out.SPIFFEID.String())
+	writeJSON(w, http.StatusCreated, EntryToWire(out))
+}
+
+func (s *Server) updateEntry(w http.ResponseWriter, r *http.Request) {
+	var in Entry
+	if !s.decode(w, r, &in) {
+		return
+	}
+	in.ID = r.PathValue("id")
+	e, err := s.fromWire(in)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out, err := s.cfg.Store.UpdateEntry(r.Context(), e)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("entry updated", "entry_id", out.ID, "spiffe_id", out.SPIFFEID.String())
+	writeJSON(w, http.StatusOK, EntryToWire(out))
+}
+
+func (s *Server) deleteEntry(w http.ResponseWriter, r *http.Request) {
+	out, err := s.cfg.Store.DeleteEntry(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("entry deleted", "entry_id", out.ID, "spiffe_id", out.SPIFFEID.String())
+	writeJSON(w, http.StatusOK, EntryToWire(out))
+}
+
+func (s *Server) getEntry(w http.ResponseWriter, r *http.Request) {
+	out, err := s.cfg.Store.GetEntry(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, EntryToWire(out))
+}
+
+func (s *Server) listEntries(w http.ResponseWriter, r *http.Request) {
+	var f store.Filter
+	q := r.URL.Query()
+	if v := q.Get("spiffe_id"); v != "" {
+		id, err := spiffeid.FromString(v)
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("%w: spiffe ID %q: %v", entry.ErrInvalid, v, err))
+			return
+		}
+		f.SPIFFEID = id
+	}
+	if sel := q["selector"]; len(sel) > 0 {
+		ss, err := entry.ParseSelectors(sel)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		f.Selectors = ss
+	}
+	es, err := s.cfg.Store.ListEntries(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]Entry, len(es))
+	for i, e := range es {
+		out[i] = EntryToWire(e)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
+	b := s.cfg.Bundle()
+	if b == nil {
+		s.fail(w, r, errors.New("no bundle yet"))
+		return
+	}
+	writeJSON(w, http.StatusOK, Bundle{TrustDomain: b.TrustDomain.Name(), Sequence: b.Sequence, PEM: string(b.PEM)})
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	if err := s.cfg.Ready(r.Context()); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, Error{Error: "not ready: " + err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, Health{Ready: true})
+}
+
+func (s *Server) fromWire(in Entry) (entry.Entry, error) {
+	e, err := in.FromWire(s.cfg.TrustDomain)
+	if err != nil {
+		return e, err
+	}
+	if s.cfg.MaxSVIDTTL > 0 && e.X509SVIDTTL > s.cfg.MaxSVIDTTL {
+		return e, fmt.Errorf("%w: x509 SVID TTL %s is longer than the CA allows (%s, a sixth of ca_ttl)", entry.ErrInvalid, e.X509SVIDTTL, s.cfg.MaxSVIDTTL)
+	}
+	return e, nil
+}
+
+// decode reads a bounded JSON body with no unknown fields.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid request body: " + err.Error()})
+		return false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid request body: trailing data after the JSON object"})
+		return false
+	}
+	return true
+}
+
+// fail maps an error to a status: bad input is the caller's to fix and is told in full; a
+// store failure is logged and reported without internals.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, entry.ErrInvalid):
+		writeJSON(w, http.StatusBadRequest, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrAlreadyExists):
+		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
+	default:
+		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+		msg := "internal error: " + err.Error()
+		if strings.Contains(msg, "\n") {
+			msg = strings.SplitN(msg, "\n", 2)[0]
+		}
+		writeJSON(w, http.StatusInternalServerError, Error{Error: msg})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

@@ -1,0 +1,71 @@
+package entry
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+// validateTests is shared with the fuzz seeds: id is parsed with spiffeid.FromString.
+var validateTests = []struct {
+	name    string
+	id      string
+	sel     []Selector
+	ttl     time.Duration
+	dns     []string
+	wantErr string
+}{
+	{name: "minimal", id: "spiffe://example.org/backend", sel: []Selector{{"unix", "uid:1000"}}},
+	{name: "full", id: "spiffe://example.org/ns/prod/sa/web", sel: []Selector{{"unix", "uid:1000"}, {"unix", "path:/usr/bin/envoy"}},
+		ttl: time.Hour, dns: []string{"web.example.org", "*.web.example.org", "localhost"}},
+	{name: "zero TTL means default", id: "spiffe://example.org/a", sel: []Selector{{"systemd", "unit:envoy.service"}}, ttl: 0},
+
+	{name: "no spiffe ID", id: "", sel: []Selector{{"unix", "uid:1000"}}, wantErr: "spiffe ID is required"},
+	{name: "other trust domain", id: "spiffe://other.org/backend", sel: []Selector{{"unix", "uid:1000"}}, wantErr: "not in trust domain"},
+	{name: "root ID", id: "spiffe://example.org", sel: []Selector{{"unix", "uid:1000"}}, wantErr: "has no path"},
+	{name: "no selectors", id: "spiffe://example.org/a", wantErr: "at least one selector"},
+	{name: "bad selector", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1000"}, {"unix", "uid:me"}}, wantErr: "not a numeric id"},
+	{name: "negative TTL", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1000"}}, ttl: -time.Second, wantErr: "negative"},
+	{name: "empty DNS name", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{""}, wantErr: "1 to 253"},
+	{name: "DNS name too long", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{strings.Repeat("a.", 127)}, wantErr: "1 to 253"},
+	{name: "DNS label too long", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{strings.Repeat("a", 64) + ".org"}, wantErr: "over-long label"},
+	{name: "DNS empty label", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a..org"}, wantErr: "empty or over-long label"},
+	{name: "DNS trailing dot", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a.org."}, wantErr: "empty or over-long label"},
+	{name: "DNS bare wildcard", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"*."}, wantErr: "empty or over-long label"},
+	{name: "DNS inner wildcard", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a.*.org"}, wantErr: "invalid character"},
+	{name: "DNS underscore", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a_b.org"}, wantErr: "invalid character"},
+	{name: "DNS space", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a b.org"}, wantErr: "invalid character"},
+}
+
+func TestEntryValidate(t *testing.T) {
+	for _, tt := range validateTests {
+		t.Run(tt.name, func(t *testing.T) {
+			var id spiffeid.ID
+			if tt.id != "" {
+				id = spiffeid.RequireFromString(tt.id)
+			}
+			e := Entry{SPIFFEID: id, Selectors: tt.sel, X509SVIDTTL: tt.ttl, DNSNames: tt.dns}
+			err := e.Validate(td)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate succeeded, want error containing %q", tt.wantErr)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %q does not contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}

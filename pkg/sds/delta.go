@@ -1,0 +1,228 @@
+package sds
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// DeltaSecrets serves incremental SDS: only Secrets whose version the client does not hold are
+// sent, and a Secret the client holds that leaves the caller's View (entry deleted, federated
+// bundle dropped) is sent in removed_resources. Only delta can take a Secret away from Envoy
+// without a restart.
+func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecretsServer) error {
+	ctx := stream.Context()
+	s.metrics.StreamOpened(KindDelta)
+	defer s.metrics.StreamClosed(KindDelta)
+
+	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
+	errs := make(chan error, 1)
+	go recvLoop(ctx, stream.Recv, reqs, errs)
+
+	st := &deltaStream{s: s, stream: stream, log: s.log.With("rpc", "DeltaSecrets")}
+	defer st.close()
+	var updates <-chan *workload.View
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case err := <-errs:
+			return recvErr(ctx, err)
+		case req := <-reqs:
+			if err := st.onRequest(ctx, req); err != nil {
+				return err
+			}
+			if updates == nil && st.sub != nil {
+				updates = st.sub.Updates()
+			}
+		case v := <-updates:
+			st.view = v
+			if err := st.push(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// deltaStream is one DeltaSecrets stream's state; only its loop touches it.
+type deltaStream struct {
+	s      *Server
+	stream secretv3.SecretDiscoveryService_DeltaSecretsServer
+	log    *slog.Logger
+	sub    *workload.Subscription
+	view   *workload.View
+
+	started    bool
+	subscribed map[string]struct{} // explicit names, without "*"
+	wildcard   bool
+	// held is what the client holds, name → version: what it said it had when it connected,
+	// plus everything sent since (including versions it NACKed, so they are not re-sent).
+	held      map[string]string
+	lastNonce string // "" until the stream has sent a response
+}
+
+func (st *deltaStream) close() {
+	if st.sub != nil {
+		st.sub.Close()
+		st.log.Debug("sds stream closed")
+	}
+}
+
+func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDiscoveryRequest) error {
+	if err := checkTypeURL(req.GetTypeUrl()); err != nil {
+		return err
+	}
+	if err := checkNames("resource_names_subscribe", req.GetResourceNamesSubscribe()); err != nil {
+		return err
+	}
+	if err := checkNames("resource_names_unsubscribe", req.GetResourceNamesUnsubscribe()); err != nil {
+		return err
+	}
+	initial := req.GetInitialResourceVersions()
+	if len(initial) > MaxResourceNames {
+		return status.Errorf(codes.InvalidArgument, "initial_resource_versions: %d names, at most %d allowed", len(initial), MaxResourceNames)
+	}
+	for n, v := range initial {
+		if err := checkName("initial_resource_versions", n); err != nil {
+			return err
+		}
+		if err := checkName("initial_resource_versions", v); err != nil {
+			return err
+		}
+	}
+
+	if !st.started {
+		sub, log, err := st.s.watch(ctx, st.log.With(nodeAttrs(req.GetNode())))
+		st.log = log
+		if err != nil {
+			return err
+		}
+		st.sub = sub
+		st.view = initialView(sub)
+		st.subscribed = make(map[string]struct{}, len(req.GetResourceNamesSubscribe()))
+		st.held = make(map[string]string, len(initial))
+		// Reconnecting after an agent restart: don't resend what the client already has.
+		maps.Copy(st.held, initial)
+		// Legacy wildcard: a first request that subscribes to nothing.
+		st.wildcard = len(req.GetResourceNamesSubscribe()) == 0
+		st.log.Debug("sds stream opened", "names", len(req.GetResourceNamesSubscribe()), "initial_versions", len(initial))
+	}
+	st.started = true
+
+	// Subscriptions apply whatever the nonce says: each delta request is a change, and
+	// dropping one would lose it for good.
+	for _, n := range req.GetResourceNamesSubscribe() {
+		if n == wildcardName {
+			st.wildcard = true
+			continue
+		}
+		st.subscribed[n] = struct{}{}
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		if n == wildcardName {
+			st.wildcard = false
+			// The client forgets what it held only through the wildcard.
+			for h := range st.held {
+				if _, ok := st.subscribed[h]; !ok {
+					delete(st.held, h)
+				}
+			}
+			continue
+		}
+		delete(st.subscribed, n)
+		// The client drops an unsubscribed resource; subscribing again must resend it.
+		delete(st.held, n)
+	}
+	if len(st.subscribed) > MaxResourceNames {
+		return status.Errorf(codes.InvalidArgument, "stream subscribes to more than %d names", MaxResourceNames)
+	}
+
+	nonce := req.GetResponseNonce()
+	switch {
+	case st.lastNonce == "" || nonce == "":
+		// Nothing of ours to acknowledge (a nonce from before an agent restart included).
+	case nonce != st.lastNonce:
+		st.s.metrics.StaleRequest(KindDelta)
+		st.log.Debug("stale nonce in sds request", "nonce", truncate(nonce), "last_nonce", st.lastNonce)
+	case req.GetErrorDetail() != nil:
+		ed := req.GetErrorDetail()
+		st.s.metrics.NACK(KindDelta)
+		st.log.Warn("envoy rejected secrets", "nonce", truncate(nonce),
+			"code", codes.Code(ed.GetCode()), "error", truncate(ed.GetMessage()))
+		// held keeps the rejected versions, so push below does not send them again.
+	default:
+		st.s.metrics.ACK(KindDelta)
+	}
+	return st.push()
+}
+
+// push sends what the client lacks: Secrets it does not hold at their current version, and
+// the removal of those it holds that the View no longer has.
+func (st *deltaStream) push() error {
+	if !st.started {
+		return nil
+	}
+	names := slices.Sorted(maps.Keys(st.subscribed))
+	rs := st.s.resolveAll(st.view, names, st.wildcard)
+
+	var changed []resource
+	for _, r := range rs {
+		if v, ok := st.held[r.name]; !ok || v != r.version {
+			changed = append(changed, r)
+		}
+	}
+	var removed []string
+	if len(st.held) > len(rs)-len(changed) {
+		present := make(map[string]struct{}, len(rs))
+		for _, r := range rs {
+			present[r.name] = struct{}{}
+		}
+		for n := range st.held {
+			if _, ok := present[n]; !ok {
+				removed = append(removed, n)
+			}
+		}
+		slices.Sort(removed)
+	}
+	if len(changed) == 0 && len(removed) == 0 {
+		return nil
+	}
+
+	tok := st.s.token()
+	resp := &discoveryv3.DeltaDiscoveryResponse{
+		SystemVersionInfo: tok,
+		Nonce:             tok,
+		TypeUrl:           SecretTypeURL,
+		Resources:         make([]*discoveryv3.Resource, 0, len(changed)),
+		RemovedResources:  removed,
+	}
+	for _, r := range changed {
+		a, err := r.marshal()
+		if err != nil {
+			st.log.Error("building sds response failed", "error", err)
+			return status.Error(codes.Internal, "building response failed")
+		}
+		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.name, Version: r.version, Resource: a})
+	}
+	if err := st.stream.Send(resp); err != nil {
+		return err
+	}
+	st.lastNonce = tok
+	for _, r := range changed {
+		st.held[r.name] = r.version
+	}
+	for _, n := range removed {
+		delete(st.held, n)
+	}
+	st.s.metrics.ResponseSent(KindDelta, len(changed)+len(removed))
+	st.log.Debug("sent secrets", "nonce", tok, "resources", len(changed), "removed", len(removed))
+	return nil
+}

@@ -1,0 +1,43 @@
+package sds
+
+import (
+	"context"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// FetchSecrets answers one request from a fresh View: every requested Secret that exists (no
+// names, or "*": everything the caller is entitled to). When none of them exists it returns
+// NotFound rather than an empty response, so a one-shot client can tell "not (yet) entitled"
+// from success; SPIRE answers InvalidArgument, which wrongly suggests the request was
+// malformed. Names that do not exist beside ones that do are left out, as on a stream.
+func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
+	if err := checkTypeURL(req.GetTypeUrl()); err != nil {
+		return nil, err
+	}
+	if err := checkNames("resource_names", req.GetResourceNames()); err != nil {
+		return nil, err
+	}
+	sub, log, err := s.watch(ctx, s.log.With("rpc", "FetchSecrets", nodeAttrs(req.GetNode())))
+	if err != nil {
+		return nil, err
+	}
+	view := initialView(sub)
+	sub.Close()
+
+	names, wildcard := requestedNames(req.GetResourceNames(), true)
+	rs := s.resolveAll(view, names, wildcard)
+	if len(rs) == 0 {
+		log.Debug("no requested secret exists for caller", "names", len(names), "wildcard", wildcard)
+		return nil, status.Error(codes.NotFound, "none of the requested secrets exists for this caller")
+	}
+	resp, err := s.buildResponse(rs)
+	if err != nil {
+		log.Error("building sds response failed", "error", err)
+		return nil, status.Error(codes.Internal, "building response failed")
+	}
+	s.metrics.ResponseSent(KindFetch, len(rs))
+	return resp, nil
+}

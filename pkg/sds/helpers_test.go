@@ -1,0 +1,427 @@
+package sds
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+var (
+	tdExample = spiffeid.RequireTrustDomainFromString("example.org")
+	tdOther   = spiffeid.RequireTrustDomainFromString("other.org")
+)
+
+// testCA is a tiny self-signed CA for one trust domain.
+type testCA struct {
+	td   spiffeid.TrustDomain
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newTestCA(t testing.TB, td spiffeid.TrustDomain) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          randSerial(t),
+		Subject:               pkix.Name{Organization: []string{"svidd test"}, CommonName: td.Name()},
+		URIs:                  []*url.URL{td.ID().URL()},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{td: td, cert: cert, key: key}
+}
+
+func randSerial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.Add(n, big.NewInt(1))
+}
+
+// mint returns an X509-SVID for id as the agent would publish it.
+func (ca *testCA) mint(t testing.TB, id string) *workload.SVID {
+	t.Helper()
+	sid := spiffeid.RequireFromString(id)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          randSerial(t),
+		URIs:                  []*url.URL{sid.URL()},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(30 * time.Minute),
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &workload.SVID{
+		EntryID:      "entry-" + id,
+		ID:           sid,
+		Certificates: []*x509.Certificate{leaf},
+		PrivateKey:   key,
+		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		CertChainDER: der,
+		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		KeyDER:       keyDER,
+		NotBefore:    leaf.NotBefore,
+		NotAfter:     leaf.NotAfter,
+		RotateAt:     leaf.NotBefore.Add(15 * time.Minute),
+		Serial:       leaf.SerialNumber.Text(16),
+	}
+}
+
+func (ca *testCA) bundle(seq uint64) *workload.Bundle {
+	return &workload.Bundle{
+		TrustDomain:     ca.td,
+		X509Authorities: []*x509.Certificate{ca.cert},
+		PEM:             pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
+		DER:             ca.cert.Raw,
+		Sequence:        seq,
+	}
+}
+
+// fixture holds the certificates most tests share: two SVIDs of the caller and two bundles.
+type fixture struct {
+	ca, fed        *testCA
+	web, db        *workload.SVID
+	own, federated *workload.Bundle
+}
+
+const (
+	idWeb = "spiffe://example.org/web"
+	idDB  = "spiffe://example.org/db"
+)
+
+var (
+	fixtureOnce sync.Once
+	sharedFix   *fixture
+)
+
+// newFixture returns shared, immutable certificates (key generation is the slow part of
+// these tests).
+func newFixture(t testing.TB) *fixture {
+	fixtureOnce.Do(func() {
+		ca, fed := newTestCA(t, tdExample), newTestCA(t, tdOther)
+		sharedFix = &fixture{
+			ca: ca, fed: fed,
+			web: ca.mint(t, idWeb), db: ca.mint(t, idDB),
+			own: ca.bundle(1), federated: fed.bundle(7),
+		}
+	})
+	return sharedFix
+}
+
+// view is the caller's usual View: the agent orders SVIDs by SPIFFE ID, so db comes first.
+func (f *fixture) view() *workload.View {
+	return &workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.federated}}
+}
+
+// fakeWatcher stands in for the agent: every Watch gets a subscription to the current View,
+// and publish pushes a new View to every open subscription.
+type fakeWatcher struct {
+	mu      sync.Mutex
+	view    *workload.View
+	err     error
+	subs    map[*workload.Subscription]struct{}
+	watches int
+	peers   []*peercred.Peer
+}
+
+func newFakeWatcher(v *workload.View) *fakeWatcher {
+	return &fakeWatcher{view: v, subs: map[*workload.Subscription]struct{}{}}
+}
+
+func (f *fakeWatcher) Watch(_ context.Context, p *peercred.Peer) (*workload.Subscription, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.watches++
+	f.peers = append(f.peers, p)
+	if f.err != nil {
+		return nil, f.err
+	}
+	var sub *workload.Subscription
+	sub = workload.NewSubscription(f.view, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.subs, sub)
+	})
+	f.subs[sub] = struct{}{}
+	return sub, nil
+}
+
+func (f *fakeWatcher) publish(v *workload.View) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.view = v
+	for sub := range f.subs {
+		sub.Publish(v)
+	}
+}
+
+func (f *fakeWatcher) open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.subs)
+}
+
+func (f *fakeWatcher) watchCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.watches
+}
+
+var testPeer = peercred.NewPeer(4242, 1000, 1000, -1)
+
+func fixedPeer(context.Context) (*peercred.Peer, bool) { return testPeer, true }
+
+// startServer serves SDS on a Unix socket in a short temp dir and returns a client. At
+// cleanup it checks every stream handler closed its subscription.
+func startServer(t *testing.T, w *fakeWatcher, mod func(*Config)) secretv3.SecretDiscoveryServiceClient {
+	t.Helper()
+	cfg := Config{Watcher: w, TrustDomain: tdExample, PeerFunc: fixedPeer}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "sds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(ln) }()
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		g.Stop()
+		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			t.Errorf("serve: %v", err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for w.open() > 0 {
+			if time.Now().After(deadline) {
+				t.Errorf("%d subscriptions left open after the server stopped", w.open())
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	return secretv3.NewSecretDiscoveryServiceClient(conn)
+}
+
+var testNode = &corev3.Node{
+	Id:      "sidecar~10.0.0.1~web",
+	Cluster: "web",
+	UserAgentVersionType: &corev3.Node_UserAgentBuildVersion{UserAgentBuildVersion: &corev3.BuildVersion{
+		Version: &typev3.SemanticVersion{MajorNumber: 1, MinorNumber: 34, Patch: 2},
+	}},
+	UserAgentName: "envoy",
+}
+
+const (
+	waitLong  = 5 * time.Second
+	waitQuiet = 200 * time.Millisecond
+)
+
+// sotwClient plays Envoy on one StreamSecrets stream.
+type sotwClient struct {
+	t      *testing.T
+	stream grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
+	resps  chan *discoveryv3.DiscoveryResponse
+	done   chan error
+	cancel context.CancelFunc
+}
+
+func openSotw(t *testing.T, c secretv3.SecretDiscoveryServiceClient) *sotwClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := c.StreamSecrets(ctx)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	sc := &sotwClient{t: t, stream: stream, resps: make(chan *discoveryv3.DiscoveryResponse, 16), done: make(chan error, 1), cancel: cancel}
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				sc.done <- err
+				return
+			}
+			sc.resps <- r
+		}
+	}()
+	t.Cleanup(cancel)
+	return sc
+}
+
+func (c *sotwClient) send(req *discoveryv3.DiscoveryRequest) {
+	c.t.Helper()
+	if req.TypeUrl == "" {
+		req.TypeUrl = SecretTypeURL
+	}
+	if err := c.stream.Send(req); err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
+}
+
+// recv waits for the next response and checks it as Envoy's validation would.
+func (c *sotwClient) recv() (*discoveryv3.DiscoveryResponse, map[string]*tlsv3.Secret) {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		if r.TypeUrl != SecretTypeURL {
+			c.t.Errorf("response type_url %q", r.TypeUrl)
+		}
+		if r.VersionInfo == "" || r.Nonce == "" {
+			c.t.Errorf("response without version_info or nonce: %q %q", r.VersionInfo, r.Nonce)
+		}
+		return r, checkSecrets(c.t, r.Resources)
+	case err := <-c.done:
+		c.t.Fatalf("stream ended while waiting for a response: %v", err)
+	case <-time.After(waitLong):
+		c.t.Fatal("no response")
+	}
+	return nil, nil
+}
+
+// none asserts that nothing arrives for a while.
+func (c *sotwClient) none() {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		c.t.Fatalf("unexpected response with %d resources (nonce %s)", len(r.Resources), r.Nonce)
+	case err := <-c.done:
+		c.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitQuiet):
+	}
+}
+
+// err waits for the stream to end and returns why.
+func (c *sotwClient) err() error {
+	c.t.Helper()
+	select {
+	case err := <-c.done:
+		return err
+	case r := <-c.resps:
+		c.t.Fatalf("response instead of an error: %v", r)
+	case <-time.After(waitLong):
+		c.t.Fatal("stream did not end")
+	}
+	return nil
+}
+
+// ack acknowledges r as Envoy does.
+func (c *sotwClient) ack(r *discoveryv3.DiscoveryResponse, names ...string) {
+	c.send(&discoveryv3.DiscoveryRequest{VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce, ResourceNames: names})
+}
+
+// checkSecrets unmarshals every resource, requires it to be a valid Secret and every name to
+// be unique, and returns them by name.
+func checkSecrets(t testing.TB, resources []*anypb.Any) map[string]*tlsv3.Secret {
+	t.Helper()
+	out, err := decodeSecrets(resources)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func decodeSecrets(resources []*anypb.Any) (map[string]*tlsv3.Secret, error) {
+	out := make(map[string]*tlsv3.Secret, len(resources))
+	for _, a := range resources {
+		if a.GetTypeUrl() != SecretTypeURL {
+			return nil, errors.New("resource type " + a.GetTypeUrl())
+		}
+		sec := &tlsv3.Secret{}
+		if err := proto.Unmarshal(a.GetValue(), sec); err != nil {
+			return nil, err
+		}
+		if err := sec.ValidateAll(); err != nil {
+			return nil, err
+		}
+		if cvc := sec.GetValidationContext().GetCustomValidatorConfig(); cvc != nil {
+			cfg := &tlsv3.SPIFFECertValidatorConfig{}
+			if err := cvc.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+				return nil, err
+			}
+			if err := cfg.ValidateAll(); err != nil {
+				return nil, err
+			}
+		}
+		if _, dup := out[sec.Name]; dup {
+			return nil, errors.New("secret " + sec.Name + " twice in one response")
+		}
+		out[sec.Name] = sec
+	}
+	return out, nil
+}

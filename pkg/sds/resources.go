@@ -1,0 +1,203 @@
+package sds
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// spiffeValidatorName is the extension name of Envoy's SPIFFE certificate validator.
+const spiffeValidatorName = "envoy.tls.cert_validator.spiffe"
+
+const spiffeScheme = "spiffe://"
+
+// resource is one requested name resolved against a View: enough to decide whether it must be
+// sent (its version) and to build its Secret when it is. Building is deferred because most
+// View updates change nothing a given stream asked for.
+type resource struct {
+	name    string
+	version string
+	svid    *workload.SVID     // a TlsCertificate
+	bundle  *workload.Bundle   // a trusted_ca validation context
+	bundles []*workload.Bundle // the SPIFFE validator with every bundle (allName)
+}
+
+// resolve looks name up in the caller's own View; ok is false when the View has nothing by
+// that name. Names are compared as strings, without parsing: a name that is not exactly a
+// SPIFFE ID or trust domain ID the View holds simply matches nothing.
+func (s *Server) resolve(v *workload.View, name string) (resource, bool) {
+	if v == nil {
+		return resource{}, false
+	}
+	switch name {
+	case s.svidName:
+		if len(v.SVIDs) == 0 {
+			return resource{}, false
+		}
+		return svidResource(name, v.SVIDs[0]), true
+	case s.rootName:
+		b := v.BundleFor(s.td)
+		if b == nil {
+			return resource{}, false
+		}
+		return bundleResource(name, b), true
+	case s.allName:
+		if len(v.Bundles) == 0 {
+			// The validator requires at least one trust domain.
+			return resource{}, false
+		}
+		return resource{name: name, version: allVersion(v.Bundles), bundles: v.Bundles}, true
+	}
+	rest, ok := strings.CutPrefix(name, spiffeScheme)
+	if !ok {
+		return resource{}, false
+	}
+	if !strings.Contains(rest, "/") {
+		for _, b := range v.Bundles {
+			if b.TrustDomain.Name() == rest {
+				return bundleResource(name, b), true
+			}
+		}
+		return resource{}, false
+	}
+	for _, sv := range v.SVIDs {
+		if sv.ID.String() == name {
+			return svidResource(name, sv), true
+		}
+	}
+	return resource{}, false
+}
+
+func svidResource(name string, sv *workload.SVID) resource {
+	return resource{name: name, version: sv.Serial, svid: sv}
+}
+
+func bundleResource(name string, b *workload.Bundle) resource {
+	return resource{name: name, version: strconv.FormatUint(b.Sequence, 10), bundle: b}
+}
+
+// allVersion changes whenever a trust domain is added, dropped or rotates its bundle.
+func allVersion(bundles []*workload.Bundle) string {
+	var sb strings.Builder
+	for i, b := range bundles {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(b.TrustDomain.Name())
+		sb.WriteByte('=')
+		sb.WriteString(strconv.FormatUint(b.Sequence, 10))
+	}
+	return sb.String()
+}
+
+// wildcardResources is everything the caller is entitled to, each under its own name.
+func wildcardResources(v *workload.View, dst []resource) []resource {
+	if v == nil {
+		return dst
+	}
+	for _, sv := range v.SVIDs {
+		dst = append(dst, svidResource(sv.ID.String(), sv))
+	}
+	for _, b := range v.Bundles {
+		dst = append(dst, bundleResource(b.TrustDomain.IDString(), b))
+	}
+	return dst
+}
+
+// resolveAll resolves the names a stream asked for (deduplicated already) plus, for a
+// wildcard stream, everything in the View. The result never holds a name twice: explicit
+// names come first, in request order.
+func (s *Server) resolveAll(v *workload.View, names []string, wildcard bool) []resource {
+	out := make([]resource, 0, len(names))
+	for _, n := range names {
+		if r, ok := s.resolve(v, n); ok {
+			out = append(out, r)
+		}
+	}
+	if !wildcard {
+		return out
+	}
+	if len(out) == 0 {
+		return wildcardResources(v, out)
+	}
+	seen := make(map[string]struct{}, len(out))
+	for _, r := range out {
+		seen[r.name] = struct{}{}
+	}
+	for _, r := range wildcardResources(v, nil) {
+		if _, dup := seen[r.name]; !dup {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// secret builds the Secret for r. The PEM slices are the View's own: no copy is made before
+// marshalling.
+func (r resource) secret() (*tlsv3.Secret, error) {
+	switch {
+	case r.svid != nil:
+		return &tlsv3.Secret{
+			Name: r.name,
+			Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+				CertificateChain: inline(r.svid.CertChainPEM),
+				PrivateKey:       inline(r.svid.KeyPEM),
+			}},
+		}, nil
+	case r.bundle != nil:
+		return &tlsv3.Secret{
+			Name: r.name,
+			Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: inline(r.bundle.PEM),
+			}},
+		}, nil
+	case len(r.bundles) > 0:
+		cfg := &tlsv3.SPIFFECertValidatorConfig{
+			TrustDomains: make([]*tlsv3.SPIFFECertValidatorConfig_TrustDomain, 0, len(r.bundles)),
+		}
+		for _, b := range r.bundles {
+			cfg.TrustDomains = append(cfg.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
+				Name:        b.TrustDomain.Name(), // the validator wants no spiffe:// prefix
+				TrustBundle: inline(b.PEM),
+			})
+		}
+		typed, err := anypb.New(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("marshalling SPIFFE validator config: %w", err)
+		}
+		return &tlsv3.Secret{
+			Name: r.name,
+			Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				CustomValidatorConfig: &corev3.TypedExtensionConfig{
+					Name:        spiffeValidatorName,
+					TypedConfig: typed,
+				},
+			}},
+		}, nil
+	}
+	return nil, fmt.Errorf("resource %q resolves to nothing", r.name)
+}
+
+// marshal builds and marshals r's Secret into the Any a response carries.
+func (r resource) marshal() (*anypb.Any, error) {
+	sec, err := r.secret()
+	if err != nil {
+		return nil, err
+	}
+	b, err := proto.Marshal(sec)
+	if err != nil {
+		return nil, fmt.Errorf("marshalling secret %q: %w", r.name, err)
+	}
+	return &anypb.Any{TypeUrl: SecretTypeURL, Value: b}, nil
+}
+
+func inline(b []byte) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+}

@@ -1,0 +1,266 @@
+package sds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// SecretTypeURL is the only resource type this server serves.
+const SecretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+// Request limits. A request beyond them fails the stream with InvalidArgument: it is not
+// something a retry fixes.
+const (
+	// MaxResourceNames bounds the names in one request and the names one stream subscribes
+	// to; Envoy asks for one name per stream, ADS for a handful.
+	MaxResourceNames = 1024
+	// MaxNameLength is the longest SPIFFE ID the spec requires us to support (2048 bytes).
+	MaxNameLength = 2048
+)
+
+// wildcardName subscribes to everything (xDS "*").
+const wildcardName = "*"
+
+// Default special names, as in SPIRE so Envoy configs carry over.
+const (
+	DefaultSVIDName       = "default"
+	DefaultBundleName     = "ROOTCA"
+	DefaultAllBundlesName = "ALL"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Watcher subscribes a caller to its View (the agent). Required.
+	Watcher workload.Watcher
+	// TrustDomain is the agent's own trust domain: DefaultBundleName is its bundle. Required.
+	TrustDomain spiffeid.TrustDomain
+	// DefaultSVIDName, DefaultBundleName and DefaultAllBundlesName are the special names;
+	// empty means "default", "ROOTCA" and "ALL". They must differ from each other, from "*"
+	// and must not look like SPIFFE IDs.
+	DefaultSVIDName       string
+	DefaultBundleName     string
+	DefaultAllBundlesName string
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// Metrics defaults to NopMetrics.
+	Metrics Metrics
+	// PeerFunc returns the caller of an RPC; it defaults to peercred.FromContext.
+	PeerFunc func(ctx context.Context) (*peercred.Peer, bool)
+}
+
+// Server implements secretv3.SecretDiscoveryServiceServer.
+type Server struct {
+	secretv3.UnimplementedSecretDiscoveryServiceServer
+
+	watcher  workload.Watcher
+	td       spiffeid.TrustDomain
+	svidName string
+	rootName string
+	allName  string
+	log      *slog.Logger
+	metrics  Metrics
+	peerFunc func(ctx context.Context) (*peercred.Peer, bool)
+
+	// tokenPrefix makes nonces and versions unique across agent restarts (Envoy carries the
+	// old ones over when it reconnects); tokenSeq makes them unique within this process.
+	tokenPrefix string
+	tokenSeq    atomic.Uint64
+}
+
+var _ secretv3.SecretDiscoveryServiceServer = (*Server)(nil)
+
+// New validates cfg and returns a Server. It starts nothing.
+func New(cfg Config) (*Server, error) {
+	if cfg.Watcher == nil {
+		return nil, errors.New("sds: watcher is required")
+	}
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("sds: trust domain is required")
+	}
+	s := &Server{
+		watcher:     cfg.Watcher,
+		td:          cfg.TrustDomain,
+		svidName:    orDefault(cfg.DefaultSVIDName, DefaultSVIDName),
+		rootName:    orDefault(cfg.DefaultBundleName, DefaultBundleName),
+		allName:     orDefault(cfg.DefaultAllBundlesName, DefaultAllBundlesName),
+		log:         cfg.Logger,
+		metrics:     cfg.Metrics,
+		peerFunc:    cfg.PeerFunc,
+		tokenPrefix: strconv.FormatInt(time.Now().UnixNano(), 36) + "-",
+	}
+	names := map[string]string{}
+	for _, n := range []struct{ key, val string }{
+		{"default SVID name", s.svidName},
+		{"default bundle name", s.rootName},
+		{"default all-bundles name", s.allName},
+	} {
+		switch {
+		case n.val == wildcardName:
+			return nil, fmt.Errorf("sds: %s %q is the xDS wildcard", n.key, n.val)
+		case strings.HasPrefix(n.val, "spiffe://"):
+			return nil, fmt.Errorf("sds: %s %q looks like a SPIFFE ID", n.key, n.val)
+		case len(n.val) > MaxNameLength:
+			return nil, fmt.Errorf("sds: %s is longer than %d bytes", n.key, MaxNameLength)
+		}
+		if other, ok := names[n.val]; ok {
+			return nil, fmt.Errorf("sds: %s and %s are both %q", other, n.key, n.val)
+		}
+		names[n.val] = n.key
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "sds")
+	if s.metrics == nil {
+		s.metrics = NopMetrics{}
+	}
+	if s.peerFunc == nil {
+		s.peerFunc = peercred.FromContext
+	}
+	return s, nil
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// Register registers the SDS service on g.
+func (s *Server) Register(g *grpc.Server) {
+	secretv3.RegisterSecretDiscoveryServiceServer(g, s)
+}
+
+// token returns a fresh string used as both version_info and nonce of one response.
+func (s *Server) token() string {
+	return s.tokenPrefix + strconv.FormatUint(s.tokenSeq.Add(1), 36)
+}
+
+// watch identifies the caller and subscribes it to its View. Errors are gRPC statuses; the
+// detail is logged, not returned.
+func (s *Server) watch(ctx context.Context, log *slog.Logger) (*workload.Subscription, *slog.Logger, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, log, status.FromContextError(err).Err()
+	}
+	p, ok := s.peerFunc(ctx)
+	if !ok || p == nil {
+		log.Warn("sds request without peer credentials")
+		return nil, log, status.Error(codes.PermissionDenied, "caller could not be identified")
+	}
+	log = log.With("pid", p.PID, "uid", p.UID)
+	sub, err := s.watcher.Watch(ctx, p)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, log, status.FromContextError(ctxErr).Err()
+		}
+		log.Warn("watching caller's identities failed", "error", err)
+		return nil, log, status.Error(codes.Unavailable, "identities unavailable")
+	}
+	return sub, log, nil
+}
+
+// checkTypeURL accepts the Secret type and, leniently, an empty one: the service implies it.
+func checkTypeURL(typeURL string) error {
+	if typeURL != "" && typeURL != SecretTypeURL {
+		return status.Errorf(codes.InvalidArgument, "unsupported type_url %q: this server only serves %s", truncate(typeURL), SecretTypeURL)
+	}
+	return nil
+}
+
+// checkNames enforces the request limits on one list of names.
+func checkNames(field string, names []string) error {
+	if len(names) > MaxResourceNames {
+		return status.Errorf(codes.InvalidArgument, "%s: %d names, at most %d allowed", field, len(names), MaxResourceNames)
+	}
+	for _, n := range names {
+		if err := checkName(field, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkName(field, n string) error {
+	if len(n) > MaxNameLength {
+		return status.Errorf(codes.InvalidArgument, "%s: name %q is %d bytes, at most %d allowed", field, truncate(n), len(n), MaxNameLength)
+	}
+	return nil
+}
+
+// truncate keeps error messages and logs small whatever a client sends.
+func truncate(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}
+
+// nodeAttrs describes the Envoy on the other end: Envoy sends node only on a stream's first
+// request.
+func nodeAttrs(n *corev3.Node) slog.Attr {
+	if n == nil {
+		return slog.Group("node")
+	}
+	attrs := []any{"id", truncate(n.GetId()), "cluster", truncate(n.GetCluster())}
+	if n.GetUserAgentName() != "" {
+		attrs = append(attrs, "user_agent", truncate(n.GetUserAgentName()))
+	}
+	if v := n.GetUserAgentBuildVersion().GetVersion(); v != nil {
+		attrs = append(attrs, "version", fmt.Sprintf("%d.%d.%d", v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch()))
+	} else if v := n.GetUserAgentVersion(); v != "" {
+		attrs = append(attrs, "version", truncate(v))
+	}
+	return slog.Group("node", attrs...)
+}
+
+// recvLoop turns stream.Recv into a channel so one select can serve requests, View updates
+// and cancellation. It returns when Recv fails (the handler returning cancels the stream's
+// context, which unblocks Recv) or the handler stops listening.
+func recvLoop[T any](ctx context.Context, recv func() (*T, error), reqs chan<- *T, errs chan<- error) {
+	for {
+		req, err := recv()
+		if err != nil {
+			select {
+			case errs <- err:
+			case <-ctx.Done():
+			}
+			return
+		}
+		select {
+		case reqs <- req:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// recvErr maps the error that ended a stream's Recv to the handler's result: a client that
+// closes its side cleanly ends the RPC cleanly.
+func recvErr(ctx context.Context, err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return status.FromContextError(ctxErr).Err()
+	}
+	return err
+}

@@ -1,0 +1,108 @@
+// Package workload defines the View: everything one caller may receive (its SVIDs and the
+// trust bundles), and the Subscription through which the agent pushes a new View whenever it
+// changes. Protocol front-ends (SDS, the Workload API, the file writer) only translate Views
+// into their wire formats; they never mint, attest or query the store.
+package workload
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/svidd/svidd/pkg/peercred"
+)
+
+// SVID is one minted X509-SVID. It is immutable once published and shared by every stream
+// entitled to it, so the PEM and DER encodings are computed once, when it is minted.
+type SVID struct {
+	// EntryID and EntryRevision name the entry (and the revision of it) this SVID was minted
+	// for; the agent sets them, the CA leaves them empty.
+	EntryID       string
+	EntryRevision int64
+	ID            spiffeid.ID
+	// Certificates is the leaf first, then any intermediates up to (not including) the root.
+	Certificates []*x509.Certificate
+	PrivateKey   crypto.Signer
+	// CertChainPEM is Certificates PEM-encoded; KeyPEM is the PKCS#8 key PEM-encoded; KeyDER
+	// and CertChainDER are the raw forms the Workload API wants.
+	CertChainPEM []byte
+	CertChainDER []byte
+	KeyPEM       []byte
+	KeyDER       []byte
+	NotBefore    time.Time
+	NotAfter     time.Time
+	// RotateAt is when the agent will replace this SVID (about half its lifetime, jittered).
+	RotateAt time.Time
+	// Serial is the leaf's serial number in lowercase hex: a stable resource version.
+	Serial string
+}
+
+// Bundle is one trust domain's X.509 authorities.
+type Bundle struct {
+	TrustDomain     spiffeid.TrustDomain
+	X509Authorities []*x509.Certificate
+	// PEM is X509Authorities PEM-encoded; DER the concatenated DER (Workload API form).
+	PEM []byte
+	DER []byte
+	// Sequence increases whenever the contents change: a stable resource version.
+	Sequence uint64
+}
+
+// View is everything a caller is entitled to, at one moment. It is immutable once published.
+// A caller that matches no entry gets an empty View (no SVIDs, no bundles): bundles are only
+// served to callers with at least one identity.
+type View struct {
+	// SVIDs are ordered by the agent's stable rule (by SPIFFE ID, then entry ID); the first is
+	// the caller's default identity. No two have the same SPIFFE ID.
+	SVIDs []*SVID
+	// Bundles: the agent's own trust domain first, then federated ones by name.
+	Bundles []*Bundle
+}
+
+// Empty reports whether the caller is entitled to nothing.
+func (v *View) Empty() bool { return v == nil || len(v.SVIDs) == 0 }
+
+// SVIDByID returns the SVID for id, or nil.
+func (v *View) SVIDByID(id spiffeid.ID) *SVID {
+	if v == nil {
+		return nil
+	}
+	for _, s := range v.SVIDs {
+		if s.ID == id {
+			return s
+		}
+	}
+	return nil
+}
+
+// BundleFor returns the bundle of td, or nil.
+func (v *View) BundleFor(td spiffeid.TrustDomain) *Bundle {
+	if v == nil {
+		return nil
+	}
+	for _, b := range v.Bundles {
+		if b.TrustDomain == td {
+			return b
+		}
+	}
+	return nil
+}
+
+// ErrUnavailable is returned by Watch when the agent cannot serve right now (stopping, CA not
+// loaded); front-ends map it to codes.Unavailable.
+var ErrUnavailable = errors.New("agent unavailable")
+
+// Watcher is the one thing front-ends need from the agent.
+type Watcher interface {
+	// Watch attests the caller and subscribes it to its View. The first View is already in
+	// Updates() when Watch returns, so a front-end answers its first request without waiting.
+	// The caller must Close the subscription; cancelling ctx does not. Watch is safe for
+	// concurrent use. An attestation failure (caller gone, /proc unreadable) is an error;
+	// a caller entitled to nothing gets an empty View, not an error, and receives a new View
+	// if an entry later entitles it.
+	Watch(ctx context.Context, peer *peercred.Peer) (*Subscription, error)
+}

@@ -1,0 +1,337 @@
+// Package test holds svidd's end-to-end tests: they build the real binaries, start svidd on
+// sockets in a temp dir, register entries with the svidctl binary, and connect as Envoy does,
+// from processes running under other uids.
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Binaries built once for the whole package, in a directory every uid can read and execute.
+var bins struct {
+	dir                       string
+	svidd, svidctl, fakeenvoy string
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "svidd-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	bins.dir = dir
+	for _, b := range []struct {
+		dst *string
+		pkg string
+	}{
+		{&bins.svidd, "github.com/svidd/svidd/cmd/svidd"},
+		{&bins.svidctl, "github.com/svidd/svidd/cmd/svidctl"},
+		{&bins.fakeenvoy, "github.com/svidd/svidd/test/cmd/fakeenvoy"},
+	} {
+		*b.dst = filepath.Join(dir, filepath.Base(b.pkg))
+		args := []string{"build", "-o", *b.dst}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, b.pkg)...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n", b.pkg, err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// requireRoot: tests that start workloads under other uids need root (CI runs as root).
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run workloads under other uids (CI runs as root)")
+	}
+}
+
+// agent is one running svidd.
+type agent struct {
+	t       *testing.T
+	dir     string // short, so socket paths stay under 108 bytes
+	api     string
+	admin   string
+	dataDir string
+	config  string
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	exited  chan struct{}
+}
+
+type agentOpt func(*agent)
+
+// withConfig writes an HCL config file (appended to the defaults the harness sets by flag).
+func withConfig(hcl string) agentOpt {
+	return func(a *agent) {
+		a.config = filepath.Join(a.dir, "svidd.hcl")
+		if err := os.WriteFile(a.config, []byte(hcl), 0o644); err != nil {
+			a.t.Fatal(err)
+		}
+	}
+}
+
+// newAgentDir makes a short temp dir every uid can traverse (the api socket lives there).
+func newAgentDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "sv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// startAgent starts svidd and waits until svidctl healthcheck says it is ready.
+func startAgent(t *testing.T, opts ...agentOpt) *agent {
+	t.Helper()
+	dir := newAgentDir(t)
+	a := &agent{t: t, dir: dir, api: filepath.Join(dir, "api.sock"), admin: filepath.Join(dir, "admin.sock"), dataDir: filepath.Join(dir, "data")}
+	for _, o := range opts {
+		o(a)
+	}
+	a.start()
+	t.Cleanup(a.stop)
+	return a
+}
+
+func (a *agent) args() []string {
+	args := []string{"run", "-socketPath", a.api, "-adminSocketPath", a.admin, "-dataDir", a.dataDir, "-logLevel", "debug"}
+	if a.config != "" {
+		args = append(args, "-config", a.config)
+	}
+	return args
+}
+
+func (a *agent) start() {
+	t := a.t
+	t.Helper()
+	a.logs = &syncBuffer{}
+	a.cmd = exec.Command(bins.svidd, a.args()...)
+	a.cmd.Stdout = a.logs
+	a.cmd.Stderr = a.logs
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a.exited = make(chan struct{})
+	go func() { a.cmd.Wait(); close(a.exited) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := a.svidctl("healthcheck"); err == nil {
+			return
+		}
+		select {
+		case <-a.exited:
+			t.Fatalf("svidd exited during start (%v):\n%s", a.cmd.ProcessState, a.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("svidd not ready after 15s:\n%s", a.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and asserts a clean exit (status 0, sockets removed).
+func (a *agent) stop() {
+	t := a.t
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-a.exited:
+		return
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(15 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+		t.Errorf("svidd did not stop within 15s of SIGTERM:\n%s", a.logs.String())
+		return
+	}
+	if code := a.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("svidd exited %d after SIGTERM, want 0:\n%s", code, a.logs.String())
+	}
+	for _, p := range []string{a.api, a.admin} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("socket %s left behind after stop", p)
+		}
+	}
+}
+
+// kill sends SIGKILL (no cleanup) and waits.
+func (a *agent) kill() {
+	_ = a.cmd.Process.Kill()
+	<-a.exited
+}
+
+// restart stops svidd cleanly and starts it again on the same dirs.
+func (a *agent) restart() {
+	a.stop()
+	a.start()
+}
+
+// svidctl runs the svidctl binary against this agent's admin socket.
+func (a *agent) svidctl(args ...string) (string, error) {
+	return runSvidctl(append([]string{"-socketPath", a.admin}, args...)...)
+}
+
+func runSvidctl(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, bins.svidctl, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("svidctl %s: %v: %s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+// mustSvidctl runs svidctl and fails the test on error.
+func (a *agent) mustSvidctl(args ...string) string {
+	a.t.Helper()
+	out, err := a.svidctl(args...)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return out
+}
+
+// createEntry registers an entry and returns its ID.
+func (a *agent) createEntry(spiffeID string, extra ...string) string {
+	a.t.Helper()
+	out := a.mustSvidctl(append([]string{"entry", "create", "-spiffeID", spiffeID, "-output", "json"}, extra...)...)
+	var e struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(out), &e); err != nil || e.ID == "" {
+		a.t.Fatalf("entry create output %q: %v", out, err)
+	}
+	return e.ID
+}
+
+// child is a process started under another uid whose stdout is read line by line.
+type child struct {
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+// startAs runs path with args as uid/gid (and extra groups).
+func startAs(t *testing.T, uid, gid uint32, groups []uint32, path string, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: groups}}
+	cmd.Dir = "/"
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, lines: make(chan string, 1024), stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = c.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+		cmd.Wait()
+		close(c.done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	return c
+}
+
+// next returns the next stdout line within d, or fails.
+func (c *child) next(t *testing.T, d time.Duration) string {
+	t.Helper()
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			<-c.done
+			t.Fatalf("child exited (%v) before printing; stderr:\n%s", c.cmd.ProcessState, c.stderr.String())
+		}
+		return l
+	case <-time.After(d):
+		t.Fatalf("child printed nothing within %v; stderr:\n%s", d, c.stderr.String())
+	}
+	return ""
+}
+
+// nextOrNone returns the next line within d, or "" when nothing came.
+func (c *child) nextOrNone(d time.Duration) (string, bool) {
+	select {
+	case l, ok := <-c.lines:
+		return l, ok
+	case <-time.After(d):
+		return "", false
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's writes and the test's reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
