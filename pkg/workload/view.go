@@ -48,6 +48,11 @@ type Bundle struct {
 	// PEM is X509Authorities PEM-encoded; DER the concatenated DER (Workload API form).
 	PEM []byte
 	DER []byte
+	// JWTAuthorities are the JWT-SVID signing keys by key ID, and JWKS the trust domain's
+	// bundle in SPIFFE bundle (JWK Set) form, as FetchJWTBundles sends it. Empty when the
+	// trust domain publishes no JWT keys.
+	JWTAuthorities map[string]crypto.PublicKey
+	JWKS           []byte
 	// Sequence increases whenever the contents change: a stable resource version.
 	Sequence uint64
 }
@@ -90,6 +95,28 @@ func (v *View) BundleFor(td spiffeid.TrustDomain) *Bundle {
 		}
 	}
 	return nil
+}
+
+// JWTSVID is one signed JWT-SVID.
+type JWTSVID struct {
+	ID        spiffeid.ID
+	Token     string
+	Audience  []string
+	IssuedAt  time.Time
+	ExpiresAt time.Time
+}
+
+// ErrNotEntitled is returned when the caller asks for an identity it has no entry for (or has
+// no identity at all); front-ends map it to codes.PermissionDenied.
+var ErrNotEntitled = errors.New("caller is not entitled to that identity")
+
+// JWTFetcher mints JWT-SVIDs for a caller. The agent implements it: it attests the caller and
+// checks entitlement, so a front-end never mints for a caller itself.
+type JWTFetcher interface {
+	// FetchJWTSVIDs returns a JWT-SVID for audience for id, or, when id is zero, one for each
+	// identity the caller holds (default first). ErrNotEntitled when the caller holds no such
+	// identity; ErrUnavailable when the agent cannot sign now.
+	FetchJWTSVIDs(ctx context.Context, peer *peercred.Peer, id spiffeid.ID, audience []string) ([]*JWTSVID, error)
 }
 
 // ErrUnavailable is returned by Watch when the agent cannot serve right now (stopping, CA not
