@@ -81,6 +81,7 @@ type agent struct {
 	admin   string
 	dataDir string
 	config  string
+	extra   []string
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	exited  chan struct{}
@@ -96,6 +97,11 @@ func withConfig(hcl string) agentOpt {
 			a.t.Fatal(err)
 		}
 	}
+}
+
+// withArgs adds flags to `svidd run`.
+func withArgs(args ...string) agentOpt {
+	return func(a *agent) { a.extra = append(a.extra, args...) }
 }
 
 // newAgentDir makes a short temp dir every uid can traverse (the api socket lives there).
@@ -130,7 +136,7 @@ func (a *agent) args() []string {
 	if a.config != "" {
 		args = append(args, "-config", a.config)
 	}
-	return args
+	return append(args, a.extra...)
 }
 
 func (a *agent) start() {

@@ -83,7 +83,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		var de *conf.DiagError
 		if errors.As(err, &de) {
-			de.Write(stderr, false)
+			// One grep-able file:line:col line per problem, then each with its source lines.
+			fmt.Fprintf(stderr, "svidd: invalid configuration:\n%s\n\n", de.Error())
+			_ = de.Write(stderr, false)
 			return errReported
 		}
 		return err
