@@ -167,7 +167,20 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscrip
 	if err != nil {
 		return nil, fmt.Errorf("attesting pid %d: %w", p.PID, err)
 	}
-	return a.cache.subscribe(v.([]entry.Selector))
+	// If the first unix:sha256 entry appears later, this stream's caller is attested again,
+	// with its binary's digest, so that entry can match it.
+	reattest := func() ([]entry.Selector, error) {
+		v, err := p.Memo(attestKey{digest: true}, func() (any, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return a.att.Attest(ctx, p, attestor.Options{Digest: true})
+		})
+		if err != nil {
+			return nil, err
+		}
+		return v.([]entry.Selector), nil
+	}
+	return a.cache.subscribe(v.([]entry.Selector), reattest)
 }
 
 type attestKey struct{ digest bool }

@@ -44,6 +44,8 @@ type cache struct {
 	svids   map[string]*workload.SVID // entry ID → current SVID
 	minting map[string]chan struct{}  // entry ID → closed when an in-flight mint ends
 	groups  map[string]*group         // entry.SelectorKey(selectors) → group
+	// subGroup is each open subscription's group.
+	subGroup map[*workload.Subscription]*group
 	// rotate is called (outside mu) with an entry ID when its SVID is due for re-minting.
 	scheduleRotation func(entryID string, at time.Time)
 }
@@ -53,7 +55,7 @@ type group struct {
 	selectors []entry.Selector
 	entries   []entry.Entry // matched, in Index.Match order
 	view      *workload.View
-	subs      map[*workload.Subscription]struct{}
+	subs      map[*workload.Subscription]Reattester
 }
 
 func newCache(log *slog.Logger, m Minter, now func() time.Time) *cache {
@@ -66,6 +68,7 @@ func newCache(log *slog.Logger, m Minter, now func() time.Time) *cache {
 		svids:            make(map[string]*workload.SVID),
 		minting:          make(map[string]chan struct{}),
 		groups:           make(map[string]*group),
+		subGroup:         make(map[*workload.Subscription]*group),
 		scheduleRotation: func(string, time.Time) {},
 	}
 }
@@ -99,33 +102,21 @@ func (c *cache) setBundles(b []*workload.Bundle) {
 	c.refresh(all)
 }
 
+// Reattester attests a subscription's caller again, with the binary's digest: used when the
+// first entry with a unix:sha256 selector appears, since callers attested before then have no
+// digest selector and could never match it.
+type Reattester func() ([]entry.Selector, error)
+
 // subscribe returns a subscription for a caller with the given (normalized) selectors, holding
-// its current View.
-func (c *cache) subscribe(selectors []entry.Selector) (*workload.Subscription, error) {
-	key := entry.SelectorKey(selectors)
+// its current View. reattest may be nil.
+func (c *cache) subscribe(selectors []entry.Selector, reattest Reattester) (*workload.Subscription, error) {
 	for {
 		c.mu.Lock()
-		g, ok := c.groups[key]
-		if !ok {
-			g = &group{key: key, selectors: selectors, subs: make(map[*workload.Subscription]struct{})}
-			g.entries = c.index.Match(selectors)
-		}
-		view, missing := c.buildViewLocked(g)
+		g, view, missing := c.groupForLocked(selectors)
 		if missing == nil {
-			// An existing group's View can be behind (a rotation not yet refreshed): whoever
-			// notices first publishes it to everyone, so refresh never skips a stale stream.
-			if ok && !viewEqual(g.view, view) {
-				for s := range g.subs {
-					s.Publish(view)
-				}
-			}
-			g.view = view
-			if !ok {
-				c.groups[key] = g
-			}
 			var sub *workload.Subscription
-			sub = workload.NewSubscription(view, func() { c.unsubscribe(g, sub) })
-			g.subs[sub] = struct{}{}
+			sub = workload.NewSubscription(view, func() { c.unsubscribe(sub) })
+			c.joinLocked(g, sub, reattest)
 			c.mu.Unlock()
 			return sub, nil
 		}
@@ -136,12 +127,108 @@ func (c *cache) subscribe(selectors []entry.Selector) (*workload.Subscription, e
 	}
 }
 
-func (c *cache) unsubscribe(g *group, sub *workload.Subscription) {
+// groupForLocked returns the group for selectors (a new one, not yet registered, if none
+// exists) with its current View, or the entries whose SVIDs must be minted first. An existing
+// group's View can be behind (a rotation not yet refreshed): whoever notices first publishes
+// it to everyone, so refresh never skips a stale stream.
+func (c *cache) groupForLocked(selectors []entry.Selector) (*group, *workload.View, []entry.Entry) {
+	key := entry.SelectorKey(selectors)
+	g, ok := c.groups[key]
+	if !ok {
+		g = &group{key: key, selectors: selectors, subs: make(map[*workload.Subscription]Reattester)}
+		g.entries = c.index.Match(selectors)
+	}
+	view, missing := c.buildViewLocked(g)
+	if missing != nil {
+		return nil, nil, missing
+	}
+	if ok && !viewEqual(g.view, view) {
+		for s := range g.subs {
+			s.Publish(view)
+		}
+	}
+	g.view = view
+	return g, view, nil
+}
+
+// joinLocked adds sub to g, registering g if it is new.
+func (c *cache) joinLocked(g *group, sub *workload.Subscription, reattest Reattester) {
+	if c.groups[g.key] != g {
+		c.groups[g.key] = g
+	}
+	g.subs[sub] = reattest
+	c.subGroup[sub] = g
+}
+
+func (c *cache) unsubscribe(sub *workload.Subscription) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.leaveLocked(sub)
+}
+
+func (c *cache) leaveLocked(sub *workload.Subscription) {
+	g := c.subGroup[sub]
+	if g == nil {
+		return
+	}
+	delete(c.subGroup, sub)
 	delete(g.subs, sub)
 	if len(g.subs) == 0 && c.groups[g.key] == g {
 		delete(c.groups, g.key)
+	}
+}
+
+// move re-homes an open subscription into the group for selectors and publishes its View
+// there; a closed subscription is left alone.
+func (c *cache) move(sub *workload.Subscription, selectors []entry.Selector) error {
+	for {
+		c.mu.Lock()
+		old := c.subGroup[sub]
+		if old == nil || old.key == entry.SelectorKey(selectors) {
+			c.mu.Unlock()
+			return nil
+		}
+		g, view, missing := c.groupForLocked(selectors)
+		if missing == nil {
+			reattest := old.subs[sub]
+			c.leaveLocked(sub)
+			c.joinLocked(g, sub, reattest)
+			sub.Publish(view)
+			c.mu.Unlock()
+			return nil
+		}
+		c.mu.Unlock()
+		if err := c.mint(missing); err != nil {
+			return err
+		}
+	}
+}
+
+// reattestAll attests every open subscription again (with the digest) and moves each to its
+// new group. Called by the updater when the first unix:sha256 entry appears.
+func (c *cache) reattestAll() {
+	type pending struct {
+		sub      *workload.Subscription
+		reattest Reattester
+	}
+	var todo []pending
+	c.mu.Lock()
+	for sub, g := range c.subGroup {
+		if r := g.subs[sub]; r != nil {
+			todo = append(todo, pending{sub, r})
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range todo {
+		sel, err := p.reattest()
+		if err != nil {
+			// The caller is gone or changed; its stream will close. Keep what it has.
+			c.log.Debug("re-attestation failed", "error", err)
+			continue
+		}
+		if err := c.move(p.sub, sel); err != nil {
+			c.log.Error("moving a stream after re-attestation failed", "error", err)
+		}
 	}
 }
 
@@ -282,6 +369,7 @@ func retryDelay(s *workload.SVID, now time.Time) time.Duration {
 // apply applies one committed store change and pushes the new Views of the groups it affects.
 func (c *cache) apply(ch store.Change) {
 	c.mu.Lock()
+	hadDigest := c.index.UsesSelectorKind("unix:sha256")
 	switch ch.Op {
 	case store.OpDelete:
 		c.index.Delete(ch.Entry.ID)
@@ -296,8 +384,12 @@ func (c *cache) apply(ch store.Change) {
 			affected = append(affected, g)
 		}
 	}
+	digestNow := !hadDigest && c.index.UsesSelectorKind("unix:sha256")
 	c.mu.Unlock()
 	c.refresh(affected)
+	if digestNow {
+		c.reattestAll()
+	}
 }
 
 // refresh rebuilds and publishes the Views of gs, minting what is missing first.

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -114,7 +115,7 @@ func TestSubscribeMatchesAndOrders(t *testing.T) {
 		mkEntry(t, "e3", "spiffe://example.org/other", 1, "unix:uid:2000"),
 		mkEntry(t, "e4", "spiffe://example.org/needs-path", 1, "unix:uid:1000", "unix:path:/usr/bin/envoy"),
 	})
-	sub, err := c.subscribe(sels(t, "unix:uid:1000", "unix:gid:1000", "unix:path:/bin/sh"))
+	sub, err := c.subscribe(sels(t, "unix:uid:1000", "unix:gid:1000", "unix:path:/bin/sh"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func TestSubscribeMatchesAndOrders(t *testing.T) {
 
 func TestUnentitledGetsEmptyViewThenPush(t *testing.T) {
 	c, _, _ := newTestCache(t)
-	sub, err := c.subscribe(sels(t, "unix:uid:3000"))
+	sub, err := c.subscribe(sels(t, "unix:uid:3000"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +160,7 @@ func TestOneMintPerEntryAcrossStreams(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// Different callers (extra selectors) that share the entry: still one SVID.
-			s, err := c.subscribe(sels(t, "unix:uid:1000", fmt.Sprintf("unix:gid:%d", i%7)))
+			s, err := c.subscribe(sels(t, "unix:uid:1000", fmt.Sprintf("unix:gid:%d", i%7)), nil)
 			if err != nil {
 				t.Error(err)
 				return
@@ -188,8 +189,8 @@ func TestChangesReachOnlyAffectedStreams(t *testing.T) {
 	a := mkEntry(t, "a", "spiffe://example.org/a", 1, "unix:uid:1000")
 	b := mkEntry(t, "b", "spiffe://example.org/b", 1, "unix:uid:2000")
 	c.load([]entry.Entry{a, b})
-	subA, _ := c.subscribe(sels(t, "unix:uid:1000"))
-	subB, _ := c.subscribe(sels(t, "unix:uid:2000"))
+	subA, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
+	subB, _ := c.subscribe(sels(t, "unix:uid:2000"), nil)
 	defer subA.Close()
 	defer subB.Close()
 	latest(subA)
@@ -233,7 +234,7 @@ func TestRotation(t *testing.T) {
 	c.scheduleRotation = func(_ string, at time.Time) { scheduled = append(scheduled, at) }
 	e := mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")
 	c.load([]entry.Entry{e})
-	sub, _ := c.subscribe(sels(t, "unix:uid:1000"))
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
 	first := latest(sub).SVIDs[0]
 	if len(scheduled) != 1 {
 		t.Fatalf("scheduled %d rotations, want 1", len(scheduled))
@@ -274,7 +275,7 @@ func TestRotationFailureKeepsServing(t *testing.T) {
 	var retries []time.Time
 	c.scheduleRotation = func(_ string, at time.Time) { retries = append(retries, at) }
 	c.load([]entry.Entry{mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")})
-	sub, _ := c.subscribe(sels(t, "unix:uid:1000"))
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
 	defer sub.Close()
 	first := latest(sub).SVIDs[0]
 	clk.add(first.RotateAt.Sub(clk.now()))
@@ -291,7 +292,7 @@ func TestRotationFailureKeepsServing(t *testing.T) {
 func TestBundleChangeRepublishes(t *testing.T) {
 	c, _, _ := newTestCache(t)
 	c.load([]entry.Entry{mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")})
-	sub, _ := c.subscribe(sels(t, "unix:uid:1000"))
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
 	defer sub.Close()
 	latest(sub)
 	nb := &workload.Bundle{TrustDomain: td, Sequence: 2}
@@ -317,5 +318,47 @@ func TestRotationTime(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("rotationTime(r=%v) = %v after NotBefore, want %v", tc.r, got, tc.want)
 		}
+	}
+}
+
+// TestDigestEntryReattestsOpenStreams: a caller attested before any entry used unix:sha256 has
+// no digest selector; when such an entry appears, open streams are attested again (with the
+// digest) and the matching one receives the SVID without reconnecting.
+func TestDigestEntryReattestsOpenStreams(t *testing.T) {
+	c, _, _ := newTestCache(t)
+	digest := "unix:sha256:" + strings.Repeat("ab", 32)
+	var reattested atomic.Int32
+	sub, err := c.subscribe(sels(t, "unix:uid:1000"), func() ([]entry.Selector, error) {
+		reattested.Add(1)
+		return sels(t, "unix:uid:1000", digest), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	other, _ := c.subscribe(sels(t, "unix:uid:2000"), func() ([]entry.Selector, error) {
+		return sels(t, "unix:uid:2000", "unix:sha256:"+strings.Repeat("cd", 32)), nil
+	})
+	defer other.Close()
+	latest(sub)
+	latest(other)
+
+	c.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "d", "spiffe://example.org/pinned", 1, digest)})
+	if reattested.Load() != 1 {
+		t.Fatalf("re-attested %d times, want once", reattested.Load())
+	}
+	if v := latest(sub); v == nil || fmt.Sprint(ids(v)) != "[spiffe://example.org/pinned]" {
+		t.Fatalf("open stream after the digest entry appeared: %v", v)
+	}
+	if v := latest(other); v != nil && !v.Empty() {
+		t.Fatalf("a caller with another digest got %v", ids(v))
+	}
+	// A second digest entry does not re-attest again (the flag only flips once).
+	c.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "d2", "spiffe://example.org/pinned2", 1, digest)})
+	if reattested.Load() != 1 {
+		t.Fatalf("re-attested again on a second digest entry")
+	}
+	if st := c.stats(); st.Streams != 2 {
+		t.Fatalf("streams = %d after moves, want 2", st.Streams)
 	}
 }
