@@ -10,11 +10,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -35,6 +37,8 @@ import (
 type Config struct {
 	conf.Config
 	Logger *slog.Logger
+	// Level, when set, is the logger's level; Reload changes it.
+	Level *slog.LevelVar
 }
 
 // Agent is one svidd.
@@ -48,13 +52,19 @@ type Agent struct {
 	cache *cache
 
 	serving atomic.Bool
+	started time.Time
+
+	reloadMu sync.Mutex // serializes Reload; guards cfg.Entries
 
 	qmu    sync.Mutex
 	queue  []func()
 	qready chan struct{}
 }
 
-var _ workload.Watcher = (*Agent)(nil)
+var (
+	_ workload.Watcher    = (*Agent)(nil)
+	_ workload.JWTFetcher = (*Agent)(nil)
+)
 
 // New opens the data dir (creating it 0700), takes its lock so two agents never share it,
 // opens the store and loads (or creates) the CA. It starts nothing; Run does.
@@ -89,6 +99,7 @@ func New(cfg Config) (*Agent, error) {
 		KeyType:     cfg.CA.KeyType,
 		CATTL:       cfg.CA.CATTL,
 		SVIDTTL:     cfg.CA.SVIDTTL,
+		JWTSVIDTTL:  cfg.CA.JWTSVIDTTL,
 		Logger:      a.log,
 	})
 	if err != nil {
@@ -154,33 +165,69 @@ func (a *Agent) closeResources() {
 	}
 }
 
-// Watch implements workload.Watcher: attest the connection (once per connection, and again
-// only if attestation must now include the binary's digest), then subscribe to its View.
-func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscription, error) {
-	if !a.serving.Load() {
-		return nil, workload.ErrUnavailable
-	}
-	digest := a.cache.usesDigest()
+// attest returns the caller's selectors: attested once per connection, and again only if
+// attestation must now include the binary's digest.
+func (a *Agent) attest(ctx context.Context, p *peercred.Peer, digest bool) ([]entry.Selector, error) {
 	v, err := p.Memo(attestKey{digest: digest}, func() (any, error) {
 		return a.att.Attest(ctx, p, attestor.Options{Digest: digest})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("attesting pid %d: %w", p.PID, err)
 	}
+	return v.([]entry.Selector), nil
+}
+
+// Watch implements workload.Watcher: attest the connection, then subscribe to its View.
+func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscription, error) {
+	if !a.serving.Load() {
+		return nil, workload.ErrUnavailable
+	}
+	sel, err := a.attest(ctx, p, a.cache.usesDigest())
+	if err != nil {
+		return nil, err
+	}
 	// If the first unix:sha256 entry appears later, this stream's caller is attested again,
 	// with its binary's digest, so that entry can match it.
 	reattest := func() ([]entry.Selector, error) {
-		v, err := p.Memo(attestKey{digest: true}, func() (any, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			return a.att.Attest(ctx, p, attestor.Options{Digest: true})
-		})
-		if err != nil {
-			return nil, err
-		}
-		return v.([]entry.Selector), nil
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return a.attest(ctx, p, true)
 	}
-	return a.cache.subscribe(v.([]entry.Selector), reattest)
+	return a.cache.subscribe(sel, reattest)
+}
+
+// FetchJWTSVIDs implements workload.JWTFetcher: JWT-SVIDs are minted per request (the
+// audience is the caller's), only for identities the attested caller is entitled to.
+func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid.ID, audience []string) ([]*workload.JWTSVID, error) {
+	if !a.serving.Load() {
+		return nil, workload.ErrUnavailable
+	}
+	sel, err := a.attest(ctx, p, a.cache.usesDigest())
+	if err != nil {
+		return nil, err
+	}
+	ids := a.cache.entitledIDs(sel)
+	if !id.IsZero() {
+		if !slices.Contains(ids, id) {
+			return nil, workload.ErrNotEntitled
+		}
+		ids = []spiffeid.ID{id}
+	}
+	if len(ids) == 0 {
+		return nil, workload.ErrNotEntitled
+	}
+	out := make([]*workload.JWTSVID, 0, len(ids))
+	for _, sid := range ids {
+		s, err := a.ca.MintJWTSVID(sid, audience, 0)
+		if errors.Is(err, ca.ErrCAExpired) {
+			return nil, fmt.Errorf("%w: %v", workload.ErrUnavailable, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("minting JWT-SVID for %s: %w", sid, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 type attestKey struct{ digest bool }
@@ -188,6 +235,7 @@ type attestKey struct{ digest bool }
 // Run serves until ctx is done. It returns nil after a clean stop.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer a.closeResources()
+	a.started = time.Now().UTC()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -245,6 +293,8 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		Store:       a.store,
 		Bundle:      a.ca.Bundle,
 		MaxSVIDTTL:  a.ca.MaxSVIDTTL(),
+		Status:      a.status,
+		CA:          caAdmin{a.ca},
 		Ready:       a.ready,
 		Logger:      a.log,
 	})
@@ -314,6 +364,44 @@ func (a *Agent) ready(ctx context.Context) error {
 	if err := a.store.Ping(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
+	return nil
+}
+
+// Reload applies a new configuration without dropping streams: the entry blocks are
+// reconciled and the log level changed. Settings that only take effect at start (sockets,
+// data dir, trust domain, CA, listeners) are reported and left as they are.
+func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	old := a.cfg.Config
+	for _, d := range []struct {
+		name     string
+		old, new any
+	}{
+		{"agent.trust_domain", old.TrustDomain, cfg.TrustDomain},
+		{"agent.socket_path", old.SocketPath, cfg.SocketPath},
+		{"agent.admin_socket_path", old.AdminSocketPath, cfg.AdminSocketPath},
+		{"agent.data_dir", old.DataDir, cfg.DataDir},
+		{"agent.log_format", old.LogFormat, cfg.LogFormat},
+		{"ca", old.CA, cfg.CA},
+		{"sds", old.SDS, cfg.SDS},
+		{"telemetry", old.Telemetry, cfg.Telemetry},
+		{"health", old.Health, cfg.Health},
+	} {
+		if fmt.Sprint(d.old) != fmt.Sprint(d.new) {
+			a.log.Warn("config change needs a restart to take effect; ignored until then", "setting", d.name)
+		}
+	}
+	if a.cfg.Level != nil && cfg.LogLevel != old.LogLevel {
+		a.cfg.Level.Set(cfg.LogLevel)
+		a.cfg.LogLevel = cfg.LogLevel
+		a.log.Info("log level changed", "level", cfg.LogLevel.String())
+	}
+	a.cfg.Entries = cfg.Entries
+	if err := a.reconcile(ctx); err != nil {
+		return err
+	}
+	a.log.Info("configuration reloaded", "entries_in_config", len(cfg.Entries))
 	return nil
 }
 

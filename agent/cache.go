@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -449,4 +450,47 @@ func (c *cache) stats() stats {
 		st.Streams += len(g.subs)
 	}
 	return st
+}
+
+// heldIdentity is one SVID the cache holds and how many open streams hold it.
+type heldIdentity struct {
+	SVID    *workload.SVID
+	Streams int
+}
+
+// identities lists every SVID currently held, by SPIFFE ID then entry ID.
+func (c *cache) identities() []heldIdentity {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	streams := make(map[string]int, len(c.svids))
+	for _, g := range c.groups {
+		for _, e := range g.entries {
+			streams[e.ID] += len(g.subs)
+		}
+	}
+	out := make([]heldIdentity, 0, len(c.svids))
+	for id, s := range c.svids {
+		out = append(out, heldIdentity{SVID: s, Streams: streams[id]})
+	}
+	slices.SortFunc(out, func(a, b heldIdentity) int {
+		if c := strings.Compare(a.SVID.ID.String(), b.SVID.ID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.SVID.EntryID, b.SVID.EntryID)
+	})
+	return out
+}
+
+// entitledIDs returns the SPIFFE IDs a caller with these selectors holds, in View order (the
+// default first), without duplicates.
+func (c *cache) entitledIDs(sel []entry.Selector) []spiffeid.ID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []spiffeid.ID
+	for _, e := range c.index.Match(sel) {
+		if !slices.Contains(out, e.SPIFFEID) {
+			out = append(out, e.SPIFFEID)
+		}
+	}
+	return out
 }

@@ -65,3 +65,15 @@ func BenchmarkMintX509SVIDParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkMintJWTSVID is one JWT-SVID: claims, JSON, one ES256 signature.
+func BenchmarkMintJWTSVID(b *testing.B) {
+	c := newTestCA(b, b.TempDir(), &fakeClock{t: t0})
+	aud := []string{"spiffe://example.org/db"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.MintJWTSVID(wlID, aud, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

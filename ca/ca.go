@@ -56,16 +56,20 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Dir is the data directory; the state lives in Dir/ca.json (0600). Created 0700 if missing.
 	Dir string
-	// KeyType of both CA and SVID keys: "ec-p256" (default), "ec-p384", "rsa-2048". A CA
-	// loaded from disk keeps its key; a change applies from the next prepared CA on.
+	// KeyType of CA, SVID and JWT signing keys (JWT: ES256, ES384, RS256): "ec-p256"
+	// (default), "ec-p384", "rsa-2048". A CA loaded from disk keeps its keys; a change applies
+	// from the next prepared CA on.
 	KeyType string
 	// CATTL is the lifetime of each CA certificate (default 24h, at least MinCATTL).
 	CATTL time.Duration
 	// SVIDTTL is the default SVID lifetime: 1h, or CATTL/6 if that is shorter. An explicit
 	// value above CATTL/6 is refused.
 	SVIDTTL time.Duration
-	Clock   func() time.Time
-	Logger  *slog.Logger
+	// JWTSVIDTTL is the default JWT-SVID lifetime: 5m, or CATTL/6 if that is shorter. An
+	// explicit value above CATTL/6 is refused, for the same overlap reason as SVIDTTL.
+	JWTSVIDTTL time.Duration
+	Clock      func() time.Time
+	Logger     *slog.Logger
 }
 
 // State is an authority's place in the rotation.
@@ -89,6 +93,9 @@ type AuthorityInfo struct {
 	SKI     string
 	Serial  string
 	KeyType string
+	// JWTKeyID is the kid of the authority's JWT-SVID signing key; empty for an old
+	// authority loaded from a state file written before JWT keys existed.
+	JWTKeyID string
 	// Certificate is shared; do not modify it.
 	Certificate *x509.Certificate
 }
@@ -98,6 +105,9 @@ type authority struct {
 	state  State
 	cert   *x509.Certificate
 	signer crypto.Signer // nil for old authorities: they never sign again
+	// jwt is the JWT-SVID key; public only for old authorities, nil for an old authority
+	// from a state file written before JWT keys existed.
+	jwt *jwtKey
 }
 
 // snapshot is the whole CA state at one moment; immutable once published.
@@ -169,6 +179,15 @@ func New(cfg Config) (*CA, error) {
 	if cfg.SVIDTTL > cfg.CATTL/6 {
 		return nil, fmt.Errorf("ca: SVID TTL %s exceeds %s (CA TTL %s / 6): %w", cfg.SVIDTTL, cfg.CATTL/6, cfg.CATTL, ErrTTLTooLong)
 	}
+	if cfg.JWTSVIDTTL == 0 {
+		cfg.JWTSVIDTTL = min(DefaultJWTSVIDTTL, cfg.CATTL/6)
+	}
+	if cfg.JWTSVIDTTL < 0 {
+		return nil, fmt.Errorf("ca: JWT-SVID TTL %s is negative", cfg.JWTSVIDTTL)
+	}
+	if cfg.JWTSVIDTTL > cfg.CATTL/6 {
+		return nil, fmt.Errorf("ca: JWT-SVID TTL %s exceeds %s (CA TTL %s / 6): %w", cfg.JWTSVIDTTL, cfg.CATTL/6, cfg.CATTL, ErrTTLTooLong)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
@@ -195,14 +214,17 @@ func New(cfg Config) (*CA, error) {
 			"dir", cfg.Dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
 
-	snap, err := loadState(c.path, c.td)
+	auths, seq, err := loadState(c.path, c.td)
+	var snap *snapshot
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		a, err := c.newAuthority(StateActive, c.clock())
 		if err != nil {
 			return nil, fmt.Errorf("ca: creating root: %w", err)
 		}
-		snap = newSnapshot(c.td, []*authority{a}, 1)
+		if snap, err = c.newSnapshot([]*authority{a}, 1); err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
 		if err := saveState(c.path, c.td, snap); err != nil {
 			return nil, fmt.Errorf("ca: %w", err)
 		}
@@ -211,9 +233,15 @@ func New(cfg Config) (*CA, error) {
 	case err != nil:
 		return nil, fmt.Errorf("ca: %w", err)
 	default:
+		if snap, err = c.newSnapshot(auths, seq); err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
 		c.log.Info("loaded CA", "trust_domain", c.td.Name(), "path", c.path, "authorities", len(snap.authorities))
 	}
 	c.state.Store(snap)
+	if err := c.addMissingJWTKeys(); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
 
 	if _, err := c.Rotate(c.clock()); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
@@ -234,7 +262,9 @@ func (c *CA) SVIDTTL() time.Duration { return c.cfg.SVIDTTL }
 func (c *CA) MaxSVIDTTL() time.Duration { return c.cfg.CATTL / 6 }
 
 // Bundle returns the current own-trust-domain bundle: every published authority (active,
-// prepared, old-unexpired), oldest first. The value is shared and immutable; do not modify it.
+// prepared, old-unexpired), oldest first, with their X.509 certificates and their JWT keys
+// (JWTAuthorities, and JWKS: the SPIFFE bundle document of the JWT keys, as FetchJWTBundles
+// sends it). The value is shared and immutable; do not modify it.
 func (c *CA) Bundle() *workload.Bundle { return c.state.Load().bundle }
 
 // BundleChanged returns a channel that is closed when Bundle() next changes. Take the
@@ -262,6 +292,9 @@ func (c *CA) Authorities() []AuthorityInfo {
 			KeyType:     keyTypeOf(a.cert.PublicKey),
 			Certificate: a.cert,
 		})
+		if a.jwt != nil {
+			out[len(out)-1].JWTKeyID = a.jwt.kid
+		}
 	}
 	return out
 }
@@ -374,7 +407,7 @@ func (c *CA) mint(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*worklo
 }
 
 // newAuthority generates a self-signed CA for the trust domain, valid from now (backdated)
-// for CATTL.
+// for CATTL, and its JWT signing key.
 func (c *CA) newAuthority(st State, now time.Time) (*authority, error) {
 	key, err := generateKey(c.cfg.KeyType)
 	if err != nil {
@@ -412,11 +445,15 @@ func (c *CA) newAuthority(st State, now time.Time) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing CA certificate: %w", err)
 	}
-	return &authority{state: st, cert: cert, signer: key}, nil
+	jk, err := newJWTKey(c.cfg.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	return &authority{state: st, cert: cert, signer: key, jwt: jk}, nil
 }
 
 // newSnapshot orders the authorities and builds the bundle.
-func newSnapshot(td spiffeid.TrustDomain, auths []*authority, seq uint64) *snapshot {
+func (c *CA) newSnapshot(auths []*authority, seq uint64) (*snapshot, error) {
 	auths = slices.Clone(auths)
 	slices.SortFunc(auths, func(a, b *authority) int {
 		if c := a.cert.NotBefore.Compare(b.cert.NotBefore); c != 0 {
@@ -431,15 +468,21 @@ func newSnapshot(td spiffeid.TrustDomain, auths []*authority, seq uint64) *snaps
 		_ = pem.Encode(&pemBuf, &pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw})
 		derBuf.Write(a.cert.Raw)
 	}
+	jwtKeys, jwks, err := marshalJWKS(auths, seq, refreshHint(c.cfg.CATTL))
+	if err != nil {
+		return nil, err
+	}
 	return &snapshot{
 		authorities: auths,
 		sequence:    seq,
 		bundle: &workload.Bundle{
-			TrustDomain:     td,
+			TrustDomain:     c.td,
 			X509Authorities: certs,
 			PEM:             pemBuf.Bytes(),
 			DER:             derBuf.Bytes(),
+			JWTAuthorities:  jwtKeys,
+			JWKS:            jwks,
 			Sequence:        seq,
 		},
-	}
+	}, nil
 }

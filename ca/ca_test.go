@@ -36,6 +36,8 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"SVID TTL above CA TTL/6", Config{TrustDomain: td, Dir: dir, CATTL: 6 * time.Hour, SVIDTTL: time.Hour + time.Second}, "SVID TTL 1h0m1s exceeds 1h0m0s", ErrTTLTooLong},
 		{"SVID TTL default 1h above 30m/6", Config{TrustDomain: td, Dir: dir, CATTL: 30 * time.Minute, SVIDTTL: time.Hour}, "exceeds 5m0s", ErrTTLTooLong},
 		{"negative SVID TTL", Config{TrustDomain: td, Dir: dir, SVIDTTL: -time.Second}, "negative", nil},
+		{"JWT-SVID TTL above CA TTL/6", Config{TrustDomain: td, Dir: dir, CATTL: 6 * time.Hour, JWTSVIDTTL: time.Hour + time.Second}, "JWT-SVID TTL 1h0m1s exceeds 1h0m0s", ErrTTLTooLong},
+		{"negative JWT-SVID TTL", Config{TrustDomain: td, Dir: dir, JWTSVIDTTL: -time.Second}, "JWT-SVID TTL -1s is negative", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,14 +60,26 @@ func TestNewValidatesConfig(t *testing.T) {
 		if kt := c.Authorities()[0].KeyType; kt != KeyTypeECP256 {
 			t.Fatalf("default key type %s", kt)
 		}
+		if c.JWTSVIDTTL() != 5*time.Minute {
+			t.Fatalf("JWTSVIDTTL %s, want 5m", c.JWTSVIDTTL())
+		}
 	})
 	t.Run("default SVID TTL shrinks to CA TTL/6", func(t *testing.T) {
 		c, err := New(Config{TrustDomain: td, Dir: t.TempDir(), Clock: clk.Now, CATTL: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.SVIDTTL() != 10*time.Minute {
-			t.Fatalf("SVIDTTL %s, want 10m", c.SVIDTTL())
+		if c.SVIDTTL() != 10*time.Minute || c.JWTSVIDTTL() != 5*time.Minute {
+			t.Fatalf("SVIDTTL %s, want 10m; JWTSVIDTTL %s, want 5m", c.SVIDTTL(), c.JWTSVIDTTL())
+		}
+	})
+	t.Run("default JWT-SVID TTL shrinks to CA TTL/6", func(t *testing.T) {
+		c, err := New(Config{TrustDomain: td, Dir: t.TempDir(), Clock: clk.Now, CATTL: 24 * time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.JWTSVIDTTL() != 4*time.Minute {
+			t.Fatalf("JWTSVIDTTL %s, want 4m", c.JWTSVIDTTL())
 		}
 	})
 }

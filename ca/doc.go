@@ -3,6 +3,12 @@
 // rotates the root with overlap so that a workload always holds a bundle that verifies every
 // SVID it may be shown.
 //
+// Each authority also holds a JWT-SVID signing key (same key type, random kid) that rotates
+// with it: published when the authority is prepared, signing while it is active, kept (public
+// part only) until the authority expires. The bundle carries these keys as JWTAuthorities and
+// as a SPIFFE bundle document (JWKS). A state file written before JWT keys existed is given
+// keys for its active and prepared authorities on load.
+//
 // Rotation is a pure function of the authorities' validity periods (nextStep, nextDue): the
 // next CA is prepared and published in the bundle at half the active CA's life, activated when
 // a sixth of it is left, and the old one stays in the bundle until it expires. Because the

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -155,7 +156,7 @@ func (c *CA) apply(auths []*authority, s step, now time.Time) ([]*authority, err
 		c.log.Warn("active CA expired; created a new one", "ski", hex.EncodeToString(n.cert.SubjectKeyId))
 		for _, a := range auths {
 			if a.state == StateActive {
-				a = &authority{state: StateOld, cert: a.cert} // pruned by the next step
+				a = &authority{state: StateOld, cert: a.cert, jwt: a.jwt.public()} // pruned by the next step
 			}
 			out = append(out, a)
 		}
@@ -170,9 +171,9 @@ func (c *CA) apply(auths []*authority, s step, now time.Time) ([]*authority, err
 		for _, a := range auths {
 			switch a.state {
 			case StateActive:
-				a = &authority{state: StateOld, cert: a.cert}
+				a = &authority{state: StateOld, cert: a.cert, jwt: a.jwt.public()}
 			case StatePrepared:
-				a = &authority{state: StateActive, cert: a.cert, signer: a.signer}
+				a = &authority{state: StateActive, cert: a.cert, signer: a.signer, jwt: a.jwt}
 			}
 			out = append(out, a)
 		}
@@ -185,10 +186,18 @@ func (c *CA) apply(auths []*authority, s step, now time.Time) ([]*authority, err
 // commit persists auths, then publishes them. Callers hold writeMu.
 func (c *CA) commit(auths []*authority) error {
 	cur := c.state.Load()
-	next := newSnapshot(c.td, auths, cur.sequence)
-	bundleChanged := !bytes.Equal(next.bundle.DER, cur.bundle.DER)
+	next, err := c.newSnapshot(auths, cur.sequence)
+	if err != nil {
+		return err
+	}
+	// JWT keys come and go with their authorities, but a state file from before JWT keys
+	// gains them without any certificate changing.
+	bundleChanged := !bytes.Equal(next.bundle.DER, cur.bundle.DER) ||
+		!slices.Equal(jwtKIDs(next.authorities), jwtKIDs(cur.authorities))
 	if bundleChanged {
-		next = newSnapshot(c.td, auths, cur.sequence+1)
+		if next, err = c.newSnapshot(auths, cur.sequence+1); err != nil {
+			return err
+		}
 	}
 	if err := saveState(c.path, c.td, next); err != nil {
 		return err

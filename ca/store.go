@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -31,76 +32,94 @@ type fileAuthority struct {
 	Certificate string `json:"certificate"`
 	// PrivateKey is PKCS#8 PEM; absent for old authorities, which never sign again.
 	PrivateKey string `json:"private_key,omitempty"`
+	// JWTKeyID, JWTPublicKey (PKIX PEM) and JWTPrivateKey (PKCS#8 PEM, absent for old
+	// authorities) are the authority's JWT-SVID signing key. All three are absent in files
+	// written before JWT-SVIDs existed; New then generates keys for the authorities that
+	// still sign.
+	JWTKeyID      string `json:"jwt_key_id,omitempty"`
+	JWTPublicKey  string `json:"jwt_public_key,omitempty"`
+	JWTPrivateKey string `json:"jwt_private_key,omitempty"`
 }
 
-// loadState reads and verifies the state file. A missing file yields an error matching
-// fs.ErrNotExist; anything else wrong is an error naming the file, and the file is left as
-// it is: a CA key is never silently replaced.
-func loadState(path string, td spiffeid.TrustDomain) (*snapshot, error) {
+// maxKeyIDLen bounds a kid read from the state file; ours are 32 hex digits.
+const maxKeyIDLen = 128
+
+// loadState reads and verifies the state file, returning its authorities and bundle
+// sequence. A missing file yields an error matching fs.ErrNotExist; anything else wrong is an
+// error naming the file, and the file is left as it is: a CA key is never silently replaced.
+func loadState(path string, td spiffeid.TrustDomain) ([]*authority, uint64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err // includes fs.ErrNotExist for the first start
+		return nil, 0, err // includes fs.ErrNotExist for the first start
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("CA state file %s: %w", path, err)
+		return nil, 0, fmt.Errorf("CA state file %s: %w", path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("CA state file %s is not a regular file", path)
+		return nil, 0, fmt.Errorf("CA state file %s is not a regular file", path)
 	}
 	// It holds private keys: refuse it if anyone else may have read or replaced it.
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("CA state file %s has mode %04o: it must not be accessible by group or others (chmod 600 it after checking it was not tampered with)", path, perm)
+		return nil, 0, fmt.Errorf("CA state file %s has mode %04o: it must not be accessible by group or others (chmod 600 it after checking it was not tampered with)", path, perm)
 	}
 	// Whoever owns it could have swapped in their own CA: it must be ours.
 	if sys, ok := fi.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
-		return nil, fmt.Errorf("CA state file %s is owned by uid %d, not by this process (uid %d)", path, sys.Uid, os.Geteuid())
+		return nil, 0, fmt.Errorf("CA state file %s is owned by uid %d, not by this process (uid %d)", path, sys.Uid, os.Geteuid())
 	}
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(f); err != nil {
-		return nil, fmt.Errorf("reading CA state file %s: %w", path, err)
+		return nil, 0, fmt.Errorf("reading CA state file %s: %w", path, err)
 	}
-	snap, err := decodeState(buf.Bytes(), td)
+	auths, seq, err := decodeState(buf.Bytes(), td)
 	if err != nil {
-		return nil, fmt.Errorf("CA state file %s is invalid (refusing to replace it): %w", path, err)
+		return nil, 0, fmt.Errorf("CA state file %s is invalid (refusing to replace it): %w", path, err)
 	}
-	return snap, nil
+	return auths, seq, nil
 }
 
-func decodeState(data []byte, td spiffeid.TrustDomain) (*snapshot, error) {
+func decodeState(data []byte, td spiffeid.TrustDomain) ([]*authority, uint64, error) {
 	var st fileState
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&st); err != nil {
-		return nil, fmt.Errorf("decoding JSON: %w", err)
+		return nil, 0, fmt.Errorf("decoding JSON: %w", err)
 	}
 	if st.Version != stateVersion {
-		return nil, fmt.Errorf("unsupported version %d (want %d)", st.Version, stateVersion)
+		return nil, 0, fmt.Errorf("unsupported version %d (want %d)", st.Version, stateVersion)
 	}
 	if st.TrustDomain != td.Name() {
-		return nil, fmt.Errorf("it belongs to trust domain %q, not the configured %q", st.TrustDomain, td.Name())
+		return nil, 0, fmt.Errorf("it belongs to trust domain %q, not the configured %q", st.TrustDomain, td.Name())
 	}
 	if st.BundleSequence == 0 {
-		return nil, errors.New("bundle_sequence is missing")
+		return nil, 0, errors.New("bundle_sequence is missing")
 	}
 	var auths []*authority
 	count := map[State]int{}
+	kids := map[string]int{}
 	for i, fa := range st.Authorities {
 		a, err := decodeAuthority(fa, td)
 		if err != nil {
-			return nil, fmt.Errorf("authority %d: %w", i, err)
+			return nil, 0, fmt.Errorf("authority %d: %w", i, err)
+		}
+		if a.jwt != nil {
+			// A bundle maps kid to key: two keys under one kid would hide one of them.
+			if j, dup := kids[a.jwt.kid]; dup {
+				return nil, 0, fmt.Errorf("authorities %d and %d have the same JWT key ID %q", j, i, a.jwt.kid)
+			}
+			kids[a.jwt.kid] = i
 		}
 		count[a.state]++
 		auths = append(auths, a)
 	}
 	if count[StateActive] != 1 {
-		return nil, fmt.Errorf("%d active authorities (want exactly 1)", count[StateActive])
+		return nil, 0, fmt.Errorf("%d active authorities (want exactly 1)", count[StateActive])
 	}
 	if count[StatePrepared] > 1 {
-		return nil, fmt.Errorf("%d prepared authorities (want at most 1)", count[StatePrepared])
+		return nil, 0, fmt.Errorf("%d prepared authorities (want at most 1)", count[StatePrepared])
 	}
-	return newSnapshot(td, auths, st.BundleSequence), nil
+	return auths, st.BundleSequence, nil
 }
 
 func decodeAuthority(fa fileAuthority, td spiffeid.TrustDomain) (*authority, error) {
@@ -121,13 +140,72 @@ func decodeAuthority(fa fileAuthority, td spiffeid.TrustDomain) (*authority, err
 		return nil, err
 	}
 	a := &authority{state: fa.State, cert: cert}
+	if a.jwt, err = decodeJWTKey(fa); err != nil {
+		return nil, err
+	}
 	if fa.State == StateOld {
 		return a, nil
 	}
 	if fa.PrivateKey == "" {
 		return nil, fmt.Errorf("%s authority has no private key", fa.State)
 	}
-	kder, err := decodePEM([]byte(fa.PrivateKey), "PRIVATE KEY")
+	signer, err := decodePrivateKey(fa.PrivateKey, cert.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	if signer == nil {
+		return nil, errors.New("private key does not match the certificate")
+	}
+	a.signer = signer
+	return a, nil
+}
+
+// decodeJWTKey reads an authority's JWT key: nil if the file has none (written before
+// JWT-SVIDs existed), public only for an old authority.
+func decodeJWTKey(fa fileAuthority) (*jwtKey, error) {
+	if fa.JWTKeyID == "" {
+		if fa.JWTPublicKey != "" || fa.JWTPrivateKey != "" {
+			return nil, errors.New("JWT key without a key ID")
+		}
+		return nil, nil
+	}
+	if len(fa.JWTKeyID) > maxKeyIDLen || strings.ContainsFunc(fa.JWTKeyID, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return nil, fmt.Errorf("JWT key ID %q is not up to %d printable ASCII characters", fa.JWTKeyID, maxKeyIDLen)
+	}
+	if fa.JWTPublicKey == "" {
+		return nil, errors.New("JWT key has no public key")
+	}
+	der, err := decodePEM([]byte(fa.JWTPublicKey), "PUBLIC KEY")
+	if err != nil {
+		return nil, fmt.Errorf("JWT public key: %w", err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return nil, fmt.Errorf("parsing JWT public key: %w", err)
+	}
+	if _, err := jwtAlgorithm(pub); err != nil {
+		return nil, err
+	}
+	k := &jwtKey{kid: fa.JWTKeyID, pub: pub}
+	if fa.State == StateOld {
+		return k, nil // an old authority's JWT key never signs again
+	}
+	if fa.JWTPrivateKey == "" {
+		return nil, fmt.Errorf("%s authority has no JWT private key", fa.State)
+	}
+	if k.signer, err = decodePrivateKey(fa.JWTPrivateKey, pub); err != nil {
+		return nil, fmt.Errorf("JWT key: %w", err)
+	}
+	if k.signer == nil {
+		return nil, errors.New("JWT private key does not match the JWT public key")
+	}
+	return k, nil
+}
+
+// decodePrivateKey parses a PKCS#8 PEM key; it returns nil, nil if the key is valid but its
+// public part is not want.
+func decodePrivateKey(p string, want crypto.PublicKey) (crypto.Signer, error) {
+	kder, err := decodePEM([]byte(p), "PRIVATE KEY")
 	if err != nil {
 		return nil, fmt.Errorf("private key: %w", err)
 	}
@@ -140,11 +218,10 @@ func decodeAuthority(fa fileAuthority, td spiffeid.TrustDomain) (*authority, err
 		return nil, fmt.Errorf("private key of type %T cannot sign", k)
 	}
 	pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool })
-	if !ok || !pub.Equal(cert.PublicKey) {
-		return nil, errors.New("private key does not match the certificate")
+	if !ok || !pub.Equal(want) {
+		return nil, nil
 	}
-	a.signer = signer
-	return a, nil
+	return signer, nil
 }
 
 // checkCACert verifies that cert is one of our roots: a self-signed signing certificate
@@ -195,6 +272,21 @@ func encodeState(td spiffeid.TrustDomain, snap *snapshot) ([]byte, error) {
 				return nil, fmt.Errorf("encoding CA key: %w", err)
 			}
 			fa.PrivateKey = string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+		}
+		if a.jwt != nil {
+			pder, err := x509.MarshalPKIXPublicKey(a.jwt.pub)
+			if err != nil {
+				return nil, fmt.Errorf("encoding JWT public key: %w", err)
+			}
+			fa.JWTKeyID = a.jwt.kid
+			fa.JWTPublicKey = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pder}))
+			if a.state != StateOld {
+				kder, err := x509.MarshalPKCS8PrivateKey(a.jwt.signer)
+				if err != nil {
+					return nil, fmt.Errorf("encoding JWT key: %w", err)
+				}
+				fa.JWTPrivateKey = string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+			}
 		}
 		st.Authorities = append(st.Authorities, fa)
 	}

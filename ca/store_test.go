@@ -171,6 +171,17 @@ func TestLoadRefusesBadState(t *testing.T) {
 			}
 		}), 0o600, "has no private key"},
 		{"unknown version", edit(goodData, func(st *fileState) { st.Version = 2 }), 0o600, "unsupported version 2"},
+		{"mismatched JWT key", edit(goodData, func(st *fileState) { st.Authorities[1].JWTPrivateKey = strangerKey }), 0o600,
+			"authority 1: JWT private key does not match the JWT public key"},
+		{"missing JWT private key", edit(goodData, func(st *fileState) { st.Authorities[0].JWTPrivateKey = "" }), 0o600,
+			"active authority has no JWT private key"},
+		{"JWT key without ID", edit(goodData, func(st *fileState) { st.Authorities[0].JWTKeyID = "" }), 0o600, "JWT key without a key ID"},
+		{"JWT key ID with a space", edit(goodData, func(st *fileState) { st.Authorities[0].JWTKeyID = "a b" }), 0o600, `JWT key ID "a b"`},
+		{"JWT public key missing", edit(goodData, func(st *fileState) { st.Authorities[0].JWTPublicKey = "" }), 0o600, "JWT key has no public key"},
+		{"JWT public key not PEM", edit(goodData, func(st *fileState) { st.Authorities[0].JWTPublicKey = "x" }), 0o600, "JWT public key: no PEM block"},
+		{"duplicate JWT key ID", edit(goodData, func(st *fileState) {
+			st.Authorities[1].JWTKeyID = st.Authorities[0].JWTKeyID
+		}), 0o600, "authorities 0 and 1 have the same JWT key ID"},
 		{"group writable", goodData, 0o620, "has mode 0620"},
 		{"world writable", goodData, 0o602, "has mode 0602"},
 		{"world readable", goodData, 0o604, "has mode 0604"},

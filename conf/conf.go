@@ -56,6 +56,8 @@ type CAConfig struct {
 	KeyType string        // KeyTypeECP256, KeyTypeECP384 or KeyTypeRSA2048
 	CATTL   time.Duration // lifetime of each CA certificate
 	SVIDTTL time.Duration // default X509-SVID lifetime; at most CATTL/6
+	// JWTSVIDTTL is the default JWT-SVID lifetime; at most CATTL/6, for the same reason.
+	JWTSVIDTTL time.Duration
 }
 
 // SDSConfig is the sds {} block: the special resource names of DESIGN.md "Protocol rules".
@@ -102,9 +104,10 @@ func Default() Config {
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       LogFormatText,
 		CA: CAConfig{
-			KeyType: KeyTypeECP256,
-			CATTL:   24 * time.Hour,
-			SVIDTTL: time.Hour,
+			KeyType:    KeyTypeECP256,
+			CATTL:      24 * time.Hour,
+			SVIDTTL:    time.Hour,
+			JWTSVIDTTL: 5 * time.Minute,
 		},
 		SDS: SDSConfig{
 			DefaultSVIDName:       "default",

@@ -39,6 +39,12 @@ var badConfigs = []struct {
 	{"negative duration", "ca {\n\n  ca_ttl = \"-1h\"\n}", "ca_ttl must be positive, got -1h", 3},
 	{"zero svid ttl", "ca { svid_ttl = \"0s\" }", "svid_ttl must be positive", 1},
 	{"svid ttl below minimum", "ca { svid_ttl = \"500ms\" }", "svid_ttl 500ms is shorter than the minimum 1s", 1},
+	{"bad jwt duration", "ca {\n  jwt_svid_ttl = \"5\"\n}", `Invalid ca.jwt_svid_ttl; invalid duration "5"`, 2},
+	{"zero jwt svid ttl", "ca {\n\n  jwt_svid_ttl = \"0s\"\n}", "jwt_svid_ttl must be positive, got 0s", 3},
+	{"jwt svid ttl below minimum", "ca { jwt_svid_ttl = \"10ms\" }", "jwt_svid_ttl 10ms is shorter than the minimum 1s", 1},
+	{"jwt ttl rule", "ca {\n  svid_ttl     = \"1h\"\n  jwt_svid_ttl = \"4h1s\"\n}", "jwt_svid_ttl 4h0m1s is longer than a sixth of ca_ttl 24h (4h): the CA could not rotate with overlap", 3},
+	{"jwt ttl rule from ca_ttl", "ca {\n  ca_ttl   = \"24m\"\n  svid_ttl = \"4m\"\n  jwt_svid_ttl = \"5m\"\n}", "jwt_svid_ttl 5m is longer than a sixth of ca_ttl 24m (4m)", 4},
+	{"jwt ttl default rule from ca_ttl", "ca {\n  ca_ttl   = \"24m\"\n  svid_ttl = \"4m\"\n}", "jwt_svid_ttl 5m is longer than a sixth of ca_ttl 24m (4m)", 2},
 	{"bad trust domain", "agent {\n  trust_domain = \"Example Org\"\n}", "Invalid agent.trust_domain; trust domain \"Example Org\"", 2},
 	{"trust domain with path", "agent {\n  trust_domain = \"spiffe://example.org/web\"\n}", `has a path; write just the name, e.g. "example.org"`, 2},
 	{"empty trust domain", "agent { trust_domain = \"\" }", "Invalid agent.trust_domain", 1},
@@ -175,7 +181,8 @@ func TestDefaults(t *testing.T) {
 	if err := def.Validate(); err != nil {
 		t.Fatalf("Default().Validate() = %v", err)
 	}
-	if def.TrustDomain.Name() != "example.org" || def.CA.SVIDTTL != time.Hour || def.LogLevel != slog.LevelInfo || def.Health.Address != "" {
+	if def.TrustDomain.Name() != "example.org" || def.CA.SVIDTTL != time.Hour || def.CA.JWTSVIDTTL != 5*time.Minute ||
+		def.LogLevel != slog.LevelInfo || def.Health.Address != "" {
 		t.Errorf("Default() = %+v, does not match DESIGN.md", def)
 	}
 	for _, tc := range []struct {
@@ -216,6 +223,7 @@ ca {
   key_type = "ec-p384"
   ca_ttl   = "168h"
   svid_ttl = "90m"
+  jwt_svid_ttl = "2m"
 }
 sds {
   default_svid_name        = "svid"
@@ -255,7 +263,7 @@ entry "frontend" {
 		DataDir:         "/var/lib/svidd",
 		LogLevel:        slog.LevelDebug,
 		LogFormat:       LogFormatJSON,
-		CA:              CAConfig{KeyType: KeyTypeECP384, CATTL: 168 * time.Hour, SVIDTTL: 90 * time.Minute},
+		CA:              CAConfig{KeyType: KeyTypeECP384, CATTL: 168 * time.Hour, SVIDTTL: 90 * time.Minute, JWTSVIDTTL: 2 * time.Minute},
 		SDS:             SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle", DefaultAllBundlesName: "all"},
 		Telemetry:       TelemetryConfig{PrometheusAddress: ""},
 		Health:          HealthConfig{Address: "127.0.0.1:0", LivePath: "/healthz/live", ReadyPath: "/healthz/ready"},

@@ -46,12 +46,14 @@ type fileAgent struct {
 }
 
 type fileCA struct {
-	KeyType      *string   `hcl:"key_type,optional"`
-	KeyTypeRange hcl.Range `hcl:"key_type,attr_range"`
-	CATTL        *string   `hcl:"ca_ttl,optional"`
-	CATTLRange   hcl.Range `hcl:"ca_ttl,attr_range"`
-	SVIDTTL      *string   `hcl:"svid_ttl,optional"`
-	SVIDTTLRange hcl.Range `hcl:"svid_ttl,attr_range"`
+	KeyType         *string   `hcl:"key_type,optional"`
+	KeyTypeRange    hcl.Range `hcl:"key_type,attr_range"`
+	CATTL           *string   `hcl:"ca_ttl,optional"`
+	CATTLRange      hcl.Range `hcl:"ca_ttl,attr_range"`
+	SVIDTTL         *string   `hcl:"svid_ttl,optional"`
+	SVIDTTLRange    hcl.Range `hcl:"svid_ttl,attr_range"`
+	JWTSVIDTTL      *string   `hcl:"jwt_svid_ttl,optional"`
+	JWTSVIDTTLRange hcl.Range `hcl:"jwt_svid_ttl,attr_range"`
 }
 
 type fileSDS struct {
@@ -269,6 +271,7 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		l.str("ca.key_type", l.file("ca.key_type", c.KeyType, c.KeyTypeRange), &cfg.CA.KeyType)
 		l.duration("ca.ca_ttl", l.file("ca.ca_ttl", c.CATTL, c.CATTLRange), &cfg.CA.CATTL)
 		l.duration("ca.svid_ttl", l.file("ca.svid_ttl", c.SVIDTTL, c.SVIDTTLRange), &cfg.CA.SVIDTTL)
+		l.duration("ca.jwt_svid_ttl", l.file("ca.jwt_svid_ttl", c.JWTSVIDTTL, c.JWTSVIDTTLRange), &cfg.CA.JWTSVIDTTL)
 	}
 	if s := f.SDS; s != nil {
 		l.str("sds.default_svid_name", l.file("sds.default_svid_name", s.DefaultSVIDName, s.DefaultSVIDNameRange), &cfg.SDS.DefaultSVIDName)

@@ -26,6 +26,9 @@ ca {
   # Default X509-SVID lifetime; SVIDs are re-minted at half of it. At most a sixth of ca_ttl,
   # so a new CA can be published and activated with overlap before the old one expires.
   svid_ttl = "1h"
+  # Default JWT-SVID lifetime (Workload API FetchJWTSVID). JWT-SVIDs are bearer tokens that
+  # cannot be revoked, so keep it short; also at most a sixth of ca_ttl.
+  jwt_svid_ttl = "5m"
 }
 
 # The special SDS resource names Envoy may ask for (see DESIGN.md "Protocol rules").

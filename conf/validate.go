@@ -59,6 +59,12 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 				fmtDuration(c.CA.SVIDTTL), fmtDuration(c.CA.CATTL), fmtDuration(max))
 		}
 	}
+	if v.positive("ca.jwt_svid_ttl", "jwt_svid_ttl", c.CA.JWTSVIDTTL) && v.minSVIDTTL("ca.jwt_svid_ttl", "jwt_svid_ttl", c.CA.JWTSVIDTTL) && caOK {
+		if max := c.CA.CATTL / 6; c.CA.JWTSVIDTTL > max {
+			v.errf(v.sourced("ca.jwt_svid_ttl", "ca.ca_ttl"), "jwt_svid_ttl %s is longer than a sixth of ca_ttl %s (%s): the CA could not rotate with overlap",
+				fmtDuration(c.CA.JWTSVIDTTL), fmtDuration(c.CA.CATTL), fmtDuration(max))
+		}
+	}
 
 	sdsNames := []struct{ key, value string }{
 		{"sds.default_svid_name", c.SDS.DefaultSVIDName},

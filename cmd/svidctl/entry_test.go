@@ -36,8 +36,10 @@ func startAdminForCLI(t *testing.T) (sock string, st store.Store) {
 	srv, err := admin.New(admin.Config{
 		TrustDomain: td,
 		Store:       st,
-		Bundle:      func() *workload.Bundle { return &workload.Bundle{TrustDomain: td, PEM: []byte("-----BEGIN CERTIFICATE-----\n")} },
-		MaxSVIDTTL:  4 * time.Hour,
+		Bundle: func() *workload.Bundle {
+			return &workload.Bundle{TrustDomain: td, PEM: []byte("-----BEGIN CERTIFICATE-----\n")}
+		},
+		MaxSVIDTTL: 4 * time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -60,6 +60,10 @@ Commands:
   entry list      list entries [-spiffeID ID] [-selector S ...] [-output json]
   bundle show     print the trust bundle (PEM) [-output json]
   healthcheck     exit 0 when svidd is ready [-verbose]
+  status          the agent at a glance: CAs and every identity held, with lifetimes [-output json]
+  ca show         the CAs in the trust bundle [-output json]
+  ca prepare      publish the next CA in the bundle now (normally at half the active CA's life)
+  ca activate     sign with the prepared CA now (normally when a sixth of the active CA's life is left)
 
 -socketPath (default ` + DefaultAdminSocket + `) may be given before or after the command.
 `
@@ -79,7 +83,7 @@ func Run(ctx context.Context, args []string, env Env) error {
 	}
 	cmd, rest := rest[0], rest[1:]
 	switch cmd {
-	case "entry", "bundle":
+	case "entry", "bundle", "ca":
 		if len(rest) == 0 {
 			fmt.Fprint(env.Stderr, usage)
 			return usageError{fmt.Sprintf("%s: which subcommand?", cmd)}
@@ -92,6 +96,8 @@ func Run(ctx context.Context, args []string, env Env) error {
 		return usageError{fmt.Sprintf("unknown command %q", sub)}
 	case "healthcheck":
 		return runHealthcheck(ctx, g, rest, env)
+	case "status":
+		return runStatus(ctx, g, rest, env)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(env.Stdout, usage)
 		return nil
@@ -111,4 +117,7 @@ var commands = map[string]func(context.Context, globalFlags, []string, Env) erro
 	"entry show":   runEntryShow,
 	"entry list":   runEntryList,
 	"bundle show":  runBundleShow,
+	"ca show":      runCAShow,
+	"ca prepare":   runCAPrepare,
+	"ca activate":  runCAActivate,
 }

@@ -90,15 +90,46 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return err
 	}
-	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
-	a, err := agent.New(agent.Config{Config: cfg, Logger: log})
+	level := new(slog.LevelVar)
+	level.Set(cfg.LogLevel)
+	log := newLogger(stderr, level, cfg.LogFormat)
+	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level})
 	if err != nil {
 		return err
 	}
+	stopReload := reloadOnSIGHUP(ctx, a, *configPath, o, log)
+	defer stopReload()
 	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// reloadOnSIGHUP re-reads the config file on every SIGHUP and hands it to the agent. A file
+// with mistakes is reported and changes nothing: the running configuration stays.
+func reloadOnSIGHUP(ctx context.Context, a *agent.Agent, path string, o conf.Overrides, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			cfg, err := conf.LoadFile(path, o)
+			if err != nil {
+				log.Error("reload: configuration not applied", "config", path, "error", err.Error())
+				continue
+			}
+			if err := a.Reload(ctx, cfg); err != nil {
+				log.Error("reload failed", "error", err)
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); <-done }
 }
 
 // optString is a string flag that records whether it was set, so only flags given on the
@@ -107,7 +138,7 @@ func optString(fs *flag.FlagSet, dst **string, name, help string) {
 	fs.Func(name, help, func(v string) error { *dst = &v; return nil })
 }
 
-func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+func newLogger(w io.Writer, level slog.Leveler, format string) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))

@@ -162,3 +162,24 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	}
 	return out, err
 }
+
+// Status returns the agent's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var out Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+	return out, err
+}
+
+// Authorities lists the CAs in the bundle.
+func (c *Client) Authorities(ctx context.Context) ([]Authority, error) {
+	var out []Authority
+	err := c.do(ctx, http.MethodGet, "/v1/ca", nil, &out)
+	return out, err
+}
+
+// CAStep forces a rotation step: "prepare" or "activate". It returns the authorities after it.
+func (c *Client) CAStep(ctx context.Context, step string) ([]Authority, error) {
+	var out []Authority
+	err := c.do(ctx, http.MethodPost, "/v1/ca/"+url.PathEscape(step), nil, &out)
+	return out, err
+}

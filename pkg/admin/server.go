@@ -28,9 +28,21 @@ type Config struct {
 	// MaxSVIDTTL is the longest X509-SVID TTL the CA mints (a sixth of its own); an entry asking
 	// for more is refused when written rather than failing when a workload asks for it.
 	MaxSVIDTTL time.Duration
+	// Status reports the agent's state (nil: GET /v1/status answers 404).
+	Status func() Status
+	// CA lists and steps the CA rotation (nil: the /v1/ca endpoints answer 404).
+	CA CA
 	// Ready returns nil when the agent is ready to serve workloads.
 	Ready  func(ctx context.Context) error
 	Logger *slog.Logger
+}
+
+// CA is the part of the CA the operator may drive: list the authorities, and force the
+// rotation steps that otherwise happen on schedule.
+type CA interface {
+	Authorities() []Authority
+	Prepare() error
+	Activate() error
 }
 
 // Server serves the admin API.
@@ -62,6 +74,14 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("DELETE /v1/entries/{id}", s.deleteEntry)
 	s.mux.HandleFunc("GET /v1/bundle", s.bundle)
 	s.mux.HandleFunc("GET /v1/health", s.health)
+	if cfg.Status != nil {
+		s.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.Status()) })
+	}
+	if cfg.CA != nil {
+		s.mux.HandleFunc("GET /v1/ca", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.CA.Authorities()) })
+		s.mux.HandleFunc("POST /v1/ca/prepare", s.caStep("prepare", cfg.CA.Prepare))
+		s.mux.HandleFunc("POST /v1/ca/activate", s.caStep("activate", cfg.CA.Activate))
+	}
 	return s, nil
 }
 
@@ -209,6 +229,20 @@ func (s *Server) fromWire(in Entry) (entry.Entry, error) {
 		return e, fmt.Errorf("%w: x509 SVID TTL %s is longer than the CA allows (%s, a sixth of ca_ttl)", entry.ErrInvalid, e.X509SVIDTTL, s.cfg.MaxSVIDTTL)
 	}
 	return e, nil
+}
+
+// caStep forces one CA rotation step. A step that is not possible now (nothing prepared to
+// activate, already prepared) is the operator's to fix: 409 with the reason.
+func (s *Server) caStep(name string, step func() error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := step(); err != nil {
+			s.log.Warn("CA step refused", "step", name, "error", err)
+			writeJSON(w, http.StatusConflict, Error{Error: fmt.Sprintf("CA %s: %v", name, err)})
+			return
+		}
+		s.log.Info("CA step forced by operator", "step", name)
+		writeJSON(w, http.StatusOK, s.cfg.CA.Authorities())
+	}
 }
 
 // decode reads a bounded JSON body with no unknown fields.

@@ -95,3 +95,36 @@ type Health struct {
 
 // MaxBodyBytes bounds a request body; an entry is a few hundred bytes.
 const MaxBodyBytes = 64 << 10
+
+// Authority is one CA in the trust domain's bundle (GET /v1/ca, and in Status).
+type Authority struct {
+	State     string    `json:"state"` // active, prepared or old
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	SKI       string    `json:"ski"`
+	Serial    string    `json:"serial,omitempty"`
+	KeyType   string    `json:"key_type,omitempty"`
+	JWTKeyID  string    `json:"jwt_key_id,omitempty"`
+}
+
+// Identity is one SVID the agent currently holds.
+type Identity struct {
+	SPIFFEID  string    `json:"spiffe_id"`
+	EntryID   string    `json:"entry_id"`
+	Serial    string    `json:"serial"`
+	Streams   int       `json:"streams"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	RotateAt  time.Time `json:"rotate_at"`
+}
+
+// Status is the answer of GET /v1/status: what an operator needs at a glance.
+type Status struct {
+	TrustDomain string      `json:"trust_domain"`
+	Now         time.Time   `json:"now"`
+	StartedAt   time.Time   `json:"started_at"`
+	Entries     int         `json:"entries"`
+	Streams     int         `json:"streams"`
+	Authorities []Authority `json:"authorities"`
+	Identities  []Identity  `json:"identities"`
+}

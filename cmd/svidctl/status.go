@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/svidd/svidd/pkg/admin"
+)
+
+// runStatus shows the agent at a glance: trust domain, CAs and every identity held, each with
+// a lifetime bar so anything close to expiry stands out.
+func runStatus(ctx context.Context, g globalFlags, args []string, env Env) error {
+	var f entryFlags
+	fs := newFlagSet("status", env)
+	f.register(fs, g, "output")
+	if err := parseSub(fs, args, env); err != nil {
+		return err
+	}
+	st, err := newClient(f.g).Status(ctx)
+	if err != nil {
+		return fmt.Errorf("getting status: %w", err)
+	}
+	if f.output == "json" {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	return renderStatus(env.Stdout, st)
+}
+
+const barWidth = 20
+
+// renderStatus writes the human form of st; times are relative to st.Now so the output is a
+// pure function of st (golden-tested).
+func renderStatus(w io.Writer, st admin.Status) error {
+	now := st.Now
+	fmt.Fprintf(w, "Trust domain: %s    up %s    entries %d    streams %d\n\n",
+		st.TrustDomain, roundDur(now.Sub(st.StartedAt)), st.Entries, st.Streams)
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CA\tSKI\tNOT BEFORE\tNOT AFTER\tLIFETIME LEFT")
+	for _, a := range st.Authorities {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.State, short(a.SKI, 12), stamp(a.NotBefore), stamp(a.NotAfter), lifetime(a.NotBefore, a.NotAfter, now))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	if len(st.Identities) == 0 {
+		_, err := fmt.Fprintln(w, "No identities held (none minted yet, or no workload has asked).")
+		return err
+	}
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SPIFFE ID\tSTREAMS\tISSUED\tEXPIRES\tNEXT ROTATION\tLIFETIME LEFT")
+	for _, id := range st.Identities {
+		next := "in " + roundDur(id.RotateAt.Sub(now))
+		if !id.RotateAt.After(now) {
+			next = "OVERDUE " + roundDur(now.Sub(id.RotateAt))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", id.SPIFFEID, id.Streams, stamp(id.NotBefore), stamp(id.NotAfter), next, lifetime(id.NotBefore, id.NotAfter, now))
+	}
+	return tw.Flush()
+}
+
+// lifetime draws how much of [nb, na] is left at now: a bar, the percentage and the time.
+func lifetime(nb, na, now time.Time) string {
+	total := na.Sub(nb)
+	left := na.Sub(now)
+	if left <= 0 {
+		return "[" + strings.Repeat("░", barWidth) + "] EXPIRED"
+	}
+	frac := 1.0
+	if total > 0 {
+		frac = min(float64(left)/float64(total), 1)
+	}
+	filled := int(frac*barWidth + 0.5)
+	return fmt.Sprintf("[%s%s] %3d%% %s", strings.Repeat("█", filled), strings.Repeat("░", barWidth-filled), int(frac*100+0.5), roundDur(left))
+}
+
+func stamp(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") }
+
+// roundDur prints a duration at a precision a person reads at a glance.
+func roundDur(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "-" + roundDur(-d)
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	case d < 48*time.Hour:
+		return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+	}
+	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+func short(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
