@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,7 +31,9 @@ import (
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/telemetry"
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workloadapi"
 )
 
 // Config is the validated configuration (conf.Load) plus what only code can provide.
@@ -39,17 +42,20 @@ type Config struct {
 	Logger *slog.Logger
 	// Level, when set, is the logger's level; Reload changes it.
 	Level *slog.LevelVar
+	// OnReady, when set, is called once the sockets serve (svidd tells systemd).
+	OnReady func()
 }
 
 // Agent is one svidd.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
-	lock  *os.File
-	store store.Store
-	ca    *ca.CA
-	att   *attestor.Attestor
-	cache *cache
+	cfg     Config
+	log     *slog.Logger
+	lock    *os.File
+	store   store.Store
+	ca      *ca.CA
+	att     *attestor.Attestor
+	cache   *cache
+	metrics *telemetry.Metrics
 
 	serving atomic.Bool
 	started time.Time
@@ -88,6 +94,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}()
 
+	a.metrics = telemetry.New(telemetry.Config{Logger: a.log})
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(cfg.DataDir, "svidd.db"))
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
@@ -101,6 +108,7 @@ func New(cfg Config) (*Agent, error) {
 		SVIDTTL:     cfg.CA.SVIDTTL,
 		JWTSVIDTTL:  cfg.CA.JWTSVIDTTL,
 		Logger:      a.log,
+		OnStep:      a.metrics.CARotation,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("loading CA: %w", err)
@@ -111,6 +119,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.cache = newCache(a.log.With("component", "cache"), a.ca, time.Now)
 	a.cache.scheduleRotation = a.scheduleRotation
+	a.cache.onMint = a.metrics.SVIDMinted
+	a.cache.onRotate = a.metrics.SVIDRotated
 	ok = true
 	return a, nil
 }
@@ -169,7 +179,10 @@ func (a *Agent) closeResources() {
 // attestation must now include the binary's digest.
 func (a *Agent) attest(ctx context.Context, p *peercred.Peer, digest bool) ([]entry.Selector, error) {
 	v, err := p.Memo(attestKey{digest: digest}, func() (any, error) {
-		return a.att.Attest(ctx, p, attestor.Options{Digest: digest})
+		start := time.Now()
+		sel, err := a.att.Attest(ctx, p, attestor.Options{Digest: digest})
+		a.metrics.AttestationDone(time.Since(start), err)
+		return sel, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("attesting pid %d: %w", p.PID, err)
@@ -219,6 +232,7 @@ func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid
 	out := make([]*workload.JWTSVID, 0, len(ids))
 	for _, sid := range ids {
 		s, err := a.ca.MintJWTSVID(sid, audience, 0)
+		a.metrics.JWTSVIDMinted(err)
 		if errors.Is(err, ca.ErrCAExpired) {
 			return nil, fmt.Errorf("%w: %v", workload.ErrUnavailable, err)
 		}
@@ -279,12 +293,24 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		DefaultBundleName:     a.cfg.SDS.DefaultBundleName,
 		DefaultAllBundlesName: a.cfg.SDS.DefaultAllBundlesName,
 		Logger:                a.log,
+		Metrics:               a.metrics.SDS(),
+	})
+	if err != nil {
+		return err
+	}
+	wlSrv, err := workloadapi.New(workloadapi.Config{
+		Watcher:     a,
+		JWT:         a,
+		TrustDomain: a.cfg.TrustDomain,
+		Logger:      a.log,
+		Metrics:     a.metrics.WorkloadAPI(),
 	})
 	if err != nil {
 		return err
 	}
 	gs := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
 	sdsSrv.Register(gs)
+	wlSrv.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 
@@ -302,14 +328,39 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return err
 	}
 
-	errc := make(chan error, 4)
+	var metricsLn, healthLn net.Listener
+	if addr := a.cfg.Telemetry.PrometheusAddress; addr != "" {
+		if metricsLn, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+	}
+	if addr := a.cfg.Health.Address; addr != "" {
+		if healthLn, err = net.Listen("tcp", addr); err != nil {
+			if metricsLn != nil {
+				metricsLn.Close()
+			}
+			return fmt.Errorf("health listener: %w", err)
+		}
+	}
+	a.metrics.OnGather(a.gaugeMetrics)
+	if metricsLn != nil {
+		a.log.Info("metrics serving", "address", metricsLn.Addr().String(), "path", "/metrics")
+	}
+	if healthLn != nil {
+		a.log.Info("health serving", "address", healthLn.Addr().String())
+	}
+
+	errc := make(chan error, 1)
 	var wg sync.WaitGroup
 	run := func(name string, f func() error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := f(); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
+				select {
+				case errc <- fmt.Errorf("%s: %w", name, err):
+				default: // the first failure already stops the agent
+				}
 			}
 		}()
 	}
@@ -318,6 +369,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	run("bundle watcher", func() error { a.watchBundle(ctx); return nil })
 	run("admin", func() error { return adminSrv.Serve(ctx, adminLn) })
 	run("api", func() error { return gs.Serve(apiLn) })
+	if metricsLn != nil {
+		run("metrics", func() error { return telemetry.ServeMetrics(ctx, metricsLn, a.metrics.Handler()) })
+	}
+	if healthLn != nil {
+		h := telemetry.HealthHandler(a.cfg.Health.LivePath, a.cfg.Health.ReadyPath, a.ready)
+		run("health", func() error { return telemetry.Serve(ctx, healthLn, h) })
+	}
 
 	a.serving.Store(true)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -326,6 +384,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		"socket_path", a.cfg.SocketPath,
 		"admin_socket_path", a.cfg.AdminSocketPath,
 		"entries", len(entries))
+	if a.cfg.OnReady != nil {
+		a.cfg.OnReady()
+	}
 
 	select {
 	case <-ctx.Done():
@@ -451,11 +512,28 @@ func sameSpec(a, b entry.Entry) bool {
 		fmt.Sprint(a.DNSNames) == fmt.Sprint(b.DNSNames)
 }
 
+// gaugeMetrics sets the state gauges at scrape time.
+func (a *Agent) gaugeMetrics() {
+	st := a.cache.stats()
+	a.metrics.SetEntries(st.Entries)
+	a.metrics.SetSVIDs(st.SVIDs)
+	var soonest time.Time
+	for _, h := range a.cache.identities() {
+		if h.Streams > 0 && (soonest.IsZero() || h.SVID.NotAfter.Before(soonest)) {
+			soonest = h.SVID.NotAfter
+		}
+	}
+	a.metrics.SetSoonestSVIDNotAfter(soonest)
+	a.metrics.SetCANotAfter(a.ca.NotAfter())
+}
+
 // enqueue hands work to the updater goroutine. It never blocks (store callbacks and timers
 // call it).
 func (a *Agent) enqueue(f func()) {
+	t0 := time.Now()
 	a.qmu.Lock()
-	a.queue = append(a.queue, f)
+	// Push latency: from the change being observed to every affected stream's View published.
+	a.queue = append(a.queue, func() { f(); a.metrics.PushLatency(time.Since(t0)) })
 	a.qmu.Unlock()
 	select {
 	case a.qready <- struct{}{}:
@@ -493,6 +571,7 @@ func (a *Agent) watchBundle(ctx context.Context) {
 			return
 		case <-a.ca.BundleChanged():
 			b := a.ca.Bundle()
+			a.metrics.BundleChanged()
 			a.log.Info("trust bundle changed", "trust_domain", b.TrustDomain.Name(), "sequence", b.Sequence, "authorities", len(b.X509Authorities))
 			a.enqueue(func() { a.cache.setBundles([]*workload.Bundle{b}) })
 		}

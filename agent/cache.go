@@ -37,7 +37,8 @@ type cache struct {
 	minter Minter
 	now    func() time.Time
 	// onMint and onRotate are hooks for metrics; never nil.
-	onMint func(d time.Duration, err error)
+	onMint   func(d time.Duration, err error)
+	onRotate func()
 
 	mu      sync.Mutex
 	index   *entry.Index
@@ -65,6 +66,7 @@ func newCache(log *slog.Logger, m Minter, now func() time.Time) *cache {
 		minter:           m,
 		now:              now,
 		onMint:           func(time.Duration, error) {},
+		onRotate:         func() {},
 		index:            entry.NewIndex(),
 		svids:            make(map[string]*workload.SVID),
 		minting:          make(map[string]chan struct{}),
@@ -358,6 +360,7 @@ func (c *cache) rotate(entryID string) {
 		c.scheduleRotation(entryID, c.now().Add(retryDelay(s, c.now())))
 		return
 	}
+	c.onRotate()
 	c.refresh(affected)
 }
 

@@ -70,6 +70,9 @@ type Config struct {
 	JWTSVIDTTL time.Duration
 	Clock      func() time.Time
 	Logger     *slog.Logger
+	// OnStep, when set, is called after each rotation step is committed, with the step's name
+	// (prepare, activate, prune, replace-expired); for metrics. It must not block.
+	OnStep func(step string)
 }
 
 // State is an authority's place in the rotation.

@@ -135,6 +135,9 @@ func (c *CA) Rotate(now time.Time) (changed bool, err error) {
 		return false, fmt.Errorf("rotating CA: %w", err)
 	}
 	c.log.Info("CA rotated", "steps", fmt.Sprint(applied), "next_change", nextDue(auths))
+	for _, s := range applied {
+		c.onStep(s.String())
+	}
 	return true, nil
 }
 
@@ -232,6 +235,7 @@ func (c *CA) Prepare() error {
 		return fmt.Errorf("preparing CA: %w", err)
 	}
 	c.log.Info("CA prepared on request")
+	c.onStep(stepPrepare.String())
 	c.wake()
 	return nil
 }
@@ -257,6 +261,7 @@ func (c *CA) Activate() error {
 		return fmt.Errorf("activating CA: %w", err)
 	}
 	c.log.Info("CA activated on request")
+	c.onStep(stepActivate.String())
 	c.wake()
 	return nil
 }
@@ -290,5 +295,11 @@ func (c *CA) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-c.kick:
 		}
+	}
+}
+
+func (c *CA) onStep(name string) {
+	if c.cfg.OnStep != nil {
+		c.cfg.OnStep(name)
 	}
 }

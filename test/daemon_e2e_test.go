@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -241,4 +242,48 @@ func TestAPISocketAnswersGRPCHealth(t *testing.T) {
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health check: %v, %v; want SERVING", resp, err)
 	}
+}
+
+// TestSystemdNotify: under a Type=notify unit svidd says READY=1 once it serves, RELOADING=1
+// then READY=1 around a SIGHUP reload, and STOPPING=1 on SIGTERM.
+func TestSystemdNotify(t *testing.T) {
+	dir := newAgentDir(t)
+	sock := filepath.Join(dir, "notify.sock")
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	msgs := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := ln.ReadFromUnix(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case got := <-msgs:
+			if got != want {
+				t.Fatalf("notify message %q, want %q", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %q from svidd", want)
+		}
+	}
+	a := startAgent(t, withConfig("# none\n"), withEnv("NOTIFY_SOCKET="+sock))
+	expect("READY=1")
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	expect("RELOADING=1")
+	expect("READY=1")
+	a.stop()
+	expect("STOPPING=1")
 }

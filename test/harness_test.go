@@ -82,6 +82,7 @@ type agent struct {
 	dataDir string
 	config  string
 	extra   []string
+	env     []string
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	exited  chan struct{}
@@ -97,6 +98,11 @@ func withConfig(hcl string) agentOpt {
 			a.t.Fatal(err)
 		}
 	}
+}
+
+// withEnv adds environment variables to svidd's.
+func withEnv(kv ...string) agentOpt {
+	return func(a *agent) { a.env = append(a.env, kv...) }
 }
 
 // withArgs adds flags to `svidd run`.
@@ -131,6 +137,43 @@ func startAgent(t *testing.T, opts ...agentOpt) *agent {
 	return a
 }
 
+// testListeners keeps concurrent test agents off the default metrics port; the agent logs the
+// address it bound ("metrics serving").
+const testListeners = "telemetry {\n  prometheus {\n    address = \"127.0.0.1:0\"\n  }\n}\n"
+
+// isolateListeners prepends testListeners to the agent's config (creating one if needed),
+// unless the test's config sets telemetry itself.
+func (a *agent) isolateListeners() {
+	if a.config == "" {
+		a.config = filepath.Join(a.dir, "svidd.hcl")
+	}
+	old, err := os.ReadFile(a.config)
+	if err != nil && !os.IsNotExist(err) {
+		a.t.Fatal(err)
+	}
+	if strings.Contains(string(old), "telemetry") {
+		return
+	}
+	if err := os.WriteFile(a.config, append([]byte(testListeners), old...), 0o644); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+// metricsAddr returns the address the agent's metrics listener bound.
+func (a *agent) metricsAddr() string {
+	a.t.Helper()
+	waitLog(a.t, a, "metrics serving")
+	for _, line := range strings.Split(a.logs.String(), "\n") {
+		if i := strings.Index(line, "metrics serving"); i >= 0 {
+			if j := strings.Index(line, "address="); j >= 0 {
+				return strings.Fields(line[j+len("address="):])[0]
+			}
+		}
+	}
+	a.t.Fatal("no metrics address in the log")
+	return ""
+}
+
 func (a *agent) args() []string {
 	args := []string{"run", "-socketPath", a.api, "-adminSocketPath", a.admin, "-dataDir", a.dataDir, "-logLevel", "debug"}
 	if a.config != "" {
@@ -142,10 +185,12 @@ func (a *agent) args() []string {
 func (a *agent) start() {
 	t := a.t
 	t.Helper()
+	a.isolateListeners()
 	a.logs = &syncBuffer{}
 	a.cmd = exec.Command(bins.svidd, a.args()...)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = a.logs
+	a.cmd.Env = append(os.Environ(), a.env...)
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

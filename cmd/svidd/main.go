@@ -93,13 +93,15 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(cfg.LogLevel)
 	log := newLogger(stderr, level, cfg.LogFormat)
-	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level})
+	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level, OnReady: func() { sdNotify("READY=1") }})
 	if err != nil {
 		return err
 	}
 	stopReload := reloadOnSIGHUP(ctx, a, *configPath, o, log)
 	defer stopReload()
-	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	err = a.Run(ctx)
+	sdNotify("STOPPING=1")
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
@@ -110,26 +112,28 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 func reloadOnSIGHUP(ctx context.Context, a *agent.Agent, path string, o conf.Overrides, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-quit: // Run ended on its own (a failure), not by a signal
+				return
 			case <-hup:
 			}
+			sdNotify("RELOADING=1")
 			cfg, err := conf.LoadFile(path, o)
 			if err != nil {
 				log.Error("reload: configuration not applied", "config", path, "error", err.Error())
-				continue
-			}
-			if err := a.Reload(ctx, cfg); err != nil {
+			} else if err := a.Reload(ctx, cfg); err != nil {
 				log.Error("reload failed", "error", err)
 			}
+			sdNotify("READY=1")
 		}
 	}()
-	return func() { signal.Stop(hup); <-done }
+	return func() { signal.Stop(hup); close(quit); <-done }
 }
 
 // optString is a string flag that records whether it was set, so only flags given on the

@@ -1,0 +1,440 @@
+package workloadapi
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	wlapi "github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+var (
+	tdExample = spiffeid.RequireTrustDomainFromString("example.org")
+	tdOther   = spiffeid.RequireTrustDomainFromString("other.org")
+)
+
+const (
+	idWeb = "spiffe://example.org/web"
+	idDB  = "spiffe://example.org/db"
+
+	waitLong  = 5 * time.Second
+	waitQuiet = 200 * time.Millisecond
+)
+
+// testCA is a tiny self-signed X.509 CA plus a JWT signing key for one trust domain.
+type testCA struct {
+	td     spiffeid.TrustDomain
+	cert   *x509.Certificate
+	key    *ecdsa.PrivateKey
+	jwtKey *ecdsa.PrivateKey
+	kid    string
+}
+
+func genKey(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func randSerial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.Add(n, big.NewInt(1))
+}
+
+func newTestCA(t testing.TB, td spiffeid.TrustDomain, kid string) *testCA {
+	t.Helper()
+	key := genKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber:          randSerial(t),
+		Subject:               pkix.Name{Organization: []string{"svidd test"}, CommonName: td.Name()},
+		URIs:                  []*url.URL{td.ID().URL()},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{td: td, cert: cert, key: key, jwtKey: genKey(t), kid: kid}
+}
+
+// mint returns an X509-SVID for id as the agent would publish it.
+func (ca *testCA) mint(t testing.TB, id string) *workload.SVID {
+	t.Helper()
+	sid := spiffeid.RequireFromString(id)
+	key := genKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber:          randSerial(t),
+		URIs:                  []*url.URL{sid.URL()},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(30 * time.Minute),
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &workload.SVID{
+		EntryID:      "entry-" + id,
+		ID:           sid,
+		Certificates: []*x509.Certificate{leaf},
+		PrivateKey:   key,
+		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		CertChainDER: der,
+		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		KeyDER:       keyDER,
+		NotBefore:    leaf.NotBefore,
+		NotAfter:     leaf.NotAfter,
+		RotateAt:     leaf.NotBefore.Add(15 * time.Minute),
+		Serial:       leaf.SerialNumber.Text(16),
+	}
+}
+
+// bundle returns the CA's bundle with its X.509 root and JWT key, JWKS built as go-spiffe
+// builds it.
+func (ca *testCA) bundle(t testing.TB, seq uint64) *workload.Bundle {
+	t.Helper()
+	auth := map[string]crypto.PublicKey{ca.kid: ca.jwtKey.Public()}
+	jb := jwtbundle.New(ca.td)
+	if err := jb.AddJWTAuthority(ca.kid, ca.jwtKey.Public()); err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := jb.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &workload.Bundle{
+		TrustDomain:     ca.td,
+		X509Authorities: []*x509.Certificate{ca.cert},
+		PEM:             pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
+		DER:             ca.cert.Raw,
+		JWTAuthorities:  auth,
+		JWKS:            jwks,
+		Sequence:        seq,
+	}
+}
+
+// sign returns a JWT-SVID for id signed with the CA's JWT key.
+func (ca *testCA) sign(t testing.TB, id spiffeid.ID, aud []string, ttl time.Duration) string {
+	t.Helper()
+	tok, err := signJWT(ca.jwtKey, ca.kid, id, aud, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func signJWT(key *ecdsa.PrivateKey, kid string, id spiffeid.ID, aud []string, ttl time.Duration) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: kid}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	return jwt.Signed(signer).Claims(jwt.Claims{
+		Subject:  id.String(),
+		Audience: aud,
+		IssuedAt: jwt.NewNumericDate(now),
+		Expiry:   jwt.NewNumericDate(now.Add(ttl)),
+	}).Claims(map[string]any{"svidd_test": "yes"}).Serialize()
+}
+
+// fixture holds the certificates most tests share: two SVIDs of the caller and two bundles.
+type fixture struct {
+	ca, fed        *testCA
+	web, db        *workload.SVID
+	own, federated *workload.Bundle
+}
+
+var (
+	fixtureOnce sync.Once
+	sharedFix   *fixture
+)
+
+// newFixture returns shared, immutable certificates (key generation is the slow part).
+func newFixture(t testing.TB) *fixture {
+	fixtureOnce.Do(func() {
+		ca, fed := newTestCA(t, tdExample, "k1"), newTestCA(t, tdOther, "fed1")
+		sharedFix = &fixture{
+			ca: ca, fed: fed,
+			web: ca.mint(t, idWeb), db: ca.mint(t, idDB),
+			own: ca.bundle(t, 1), federated: fed.bundle(t, 7),
+		}
+	})
+	return sharedFix
+}
+
+// view is the caller's usual View: the agent orders SVIDs by SPIFFE ID, so db comes first.
+func (f *fixture) view() *workload.View {
+	return &workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.federated}}
+}
+
+// fakeWatcher stands in for the agent: every Watch gets a subscription to the current View,
+// and publish pushes a new View to every open subscription.
+type fakeWatcher struct {
+	mu      sync.Mutex
+	view    *workload.View
+	err     error
+	subs    map[*workload.Subscription]struct{}
+	watches int
+	peers   []*peercred.Peer
+}
+
+func newFakeWatcher(v *workload.View) *fakeWatcher {
+	return &fakeWatcher{view: v, subs: map[*workload.Subscription]struct{}{}}
+}
+
+func (f *fakeWatcher) Watch(_ context.Context, p *peercred.Peer) (*workload.Subscription, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.watches++
+	f.peers = append(f.peers, p)
+	if f.err != nil {
+		return nil, f.err
+	}
+	var sub *workload.Subscription
+	sub = workload.NewSubscription(f.view, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.subs, sub)
+	})
+	f.subs[sub] = struct{}{}
+	return sub, nil
+}
+
+func (f *fakeWatcher) current() *workload.View {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.view
+}
+
+func (f *fakeWatcher) publish(v *workload.View) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.view = v
+	for sub := range f.subs {
+		sub.Publish(v)
+	}
+}
+
+func (f *fakeWatcher) open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.subs)
+}
+
+func (f *fakeWatcher) watchCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.watches
+}
+
+// fakeJWT stands in for the agent's JWT minting: it signs a real token for each identity in
+// the watcher's current View with the trust domain's key, and records what it was asked.
+type fakeJWT struct {
+	w  *fakeWatcher
+	ca *testCA
+
+	mu    sync.Mutex
+	err   error
+	calls []jwtCall
+}
+
+type jwtCall struct {
+	peer *peercred.Peer
+	id   spiffeid.ID
+	aud  []string
+}
+
+func (f *fakeJWT) FetchJWTSVIDs(_ context.Context, p *peercred.Peer, id spiffeid.ID, aud []string) ([]*workload.JWTSVID, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, jwtCall{peer: p, id: id, aud: append([]string(nil), aud...)})
+	err := f.err
+	f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	v := f.w.current()
+	if v.Empty() {
+		return nil, workload.ErrNotEntitled
+	}
+	svids := v.SVIDs
+	if !id.IsZero() {
+		s := v.SVIDByID(id)
+		if s == nil {
+			return nil, workload.ErrNotEntitled
+		}
+		svids = []*workload.SVID{s}
+	}
+	out := make([]*workload.JWTSVID, 0, len(svids))
+	for _, s := range svids {
+		tok, err := signJWT(f.ca.jwtKey, f.ca.kid, s.ID, aud, 5*time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &workload.JWTSVID{ID: s.ID, Token: tok, Audience: aud})
+	}
+	return out, nil
+}
+
+func (f *fakeJWT) lastCall(t *testing.T) jwtCall {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.calls) == 0 {
+		t.Fatal("JWT fetcher was not called")
+	}
+	return f.calls[len(f.calls)-1]
+}
+
+func (f *fakeJWT) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
+var testPeer = peercred.NewPeer(4242, 1000, 1000, -1)
+
+func fixedPeer(context.Context) (*peercred.Peer, bool) { return testPeer, true }
+
+// testServer is a Workload API server on a Unix socket in a short temp dir.
+type testServer struct {
+	addr string // "unix:///…"
+	w    *fakeWatcher
+	jwt  *fakeJWT
+}
+
+// startServer serves the Workload API for w's caller. At cleanup it checks every handler
+// closed its subscription.
+func startServer(t *testing.T, w *fakeWatcher, mod func(*Config)) *testServer {
+	t.Helper()
+	f := newFixture(t)
+	fj := &fakeJWT{w: w, ca: f.ca}
+	cfg := Config{Watcher: w, JWT: fj, TrustDomain: tdExample, PeerFunc: fixedPeer}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "wlapi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(ln) }()
+	t.Cleanup(func() {
+		g.Stop()
+		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			t.Errorf("serve: %v", err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for w.open() > 0 {
+			if time.Now().After(deadline) {
+				t.Errorf("%d subscriptions left open after the server stopped", w.open())
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	return &testServer{addr: "unix://" + sock, w: w, jwt: fj}
+}
+
+// client returns go-spiffe's own Workload API client for ts, closed at cleanup.
+func (ts *testServer) client(t *testing.T) *wlapi.Client {
+	t.Helper()
+	c, err := wlapi.New(context.Background(), wlapi.WithAddr(ts.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// raw returns a generated client, for requests go-spiffe's client never makes (no header,
+// malformed fields). Add the header with withHeader.
+func (ts *testServer) raw(t *testing.T) workloadpb.SpiffeWorkloadAPIClient {
+	t.Helper()
+	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return workloadpb.NewSpiffeWorkloadAPIClient(conn)
+}
+
+func withHeader(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, HeaderKey, HeaderValue)
+}
+
+// testCtx is a context for one test step, cancelled at cleanup.
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// fastBackoff makes go-spiffe's client retry PermissionDenied quickly.
+type fastBackoff struct{}
+
+func (fastBackoff) NewBackoff() wlapi.Backoff { return fastBackoff{} }
+func (fastBackoff) Next() time.Duration       { return 20 * time.Millisecond }
+func (fastBackoff) Reset()                    {}
