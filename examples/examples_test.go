@@ -5,20 +5,28 @@
 package examples_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
+	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/svidd/svidd/conf"
+	"github.com/svidd/svidd/pkg/svidfiles"
 
 	// typed_config Anys resolve through protoregistry.GlobalTypes: link in every type the
 	// examples name, or protojson cannot decode them.
@@ -377,4 +386,216 @@ func checkBundleName(name string) error {
 		return nil
 	}
 	return fmt.Errorf("validation secret %q is not a trust domain ID (spiffe://domain), %s or %s", name, rootCABundle, allBundles)
+}
+
+// filesDir is where the envoy-files bootstraps expect `svidctl svid watch -dir` to write.
+const filesDir = "/run/svid/envoy"
+
+// filesExamples: the bootstraps in envoy-files/ and the cluster whose TLS comes from files.
+var filesExamples = map[string]struct {
+	xdsCluster string
+	uriSANs    []string
+}{
+	"ads-bootstrap.yaml": {xdsCluster: "xds", uriSANs: []string{"spiffe://example.org/xds"}},
+}
+
+// TestEnvoyFilesExamples: each bootstrap in envoy-files/ parses and validates like the others,
+// gets its ADS cluster's certificate and trust from the resource files `svidctl svid watch`
+// writes, and — checked against files really written by pkg/svidfiles — asks for secret names
+// those files hold (Envoy rejects a mismatch) naming certificate files that exist.
+func TestEnvoyFilesExamples(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("envoy-files", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != len(filesExamples) {
+		t.Errorf("envoy-files holds %v, the table %d examples: keep them in step", files, len(filesExamples))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if _, ok := filesExamples[filepath.Base(f)]; !ok {
+				t.Fatalf("no expectations for %s: add it to filesExamples", f)
+			}
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := checkFilesExample(t, filepath.Base(f), src); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestFilesCheckerRejects proves checkFilesExample can fail.
+func TestFilesCheckerRejects(t *testing.T) {
+	const name = "ads-bootstrap.yaml"
+	good, err := os.ReadFile(filepath.Join("envoy-files", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name        string
+		old, new    string
+		wantInError string
+	}{
+		{"secret name svidctl does not write", "- name: svid\n", "- name: spiffe://example.org/edge-proxy\n", "secret"},
+		{"resource file swapped", "path: /run/svid/envoy/tls_certificate_sds_secret.yaml", "path: /run/svid/envoy/validation_context_sds_secret.yaml", "secret"},
+		{"no watched directory", "                watched_directory: { path: /run/svid/envoy }\n", "", "watched_directory"},
+		{"another directory", "path: /run/svid/envoy/validation_context_sds_secret.yaml", "path: /etc/envoy/validation_context_sds_secret.yaml", "/run/svid/envoy"},
+		{"SAN check dropped", "exact: spiffe://example.org/xds", "exact: spiffe://example.org/other", "URI SAN"},
+		{"ADS at another cluster", "- envoy_grpc: { cluster_name: xds }", "- envoy_grpc: { cluster_name: other }", "cluster"},
+		{"unknown field", "connect_timeout: 2s", "connect_timeout: 2s\n    conect_timeout: 2s", "unknown field"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(string(good), tt.old) {
+				t.Fatalf("example no longer contains %q: update this test", tt.old)
+			}
+			err := checkFilesExample(t, name, []byte(strings.Replace(string(good), tt.old, tt.new, 1)))
+			if err == nil || !strings.Contains(err.Error(), tt.wantInError) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tt.wantInError)
+			}
+		})
+	}
+}
+
+// checkFilesExample validates one envoy-files bootstrap. It writes a real generation with
+// pkg/svidfiles into a temporary directory and reads every path_config_source from there, as
+// Envoy would read it from filesDir.
+func checkFilesExample(t *testing.T, name string, src []byte) error {
+	w := filesExamples[name]
+	b, err := parseBootstrap(src)
+	if err != nil {
+		return err
+	}
+	ads := b.GetDynamicResources().GetAdsConfig()
+	if gs := ads.GetGrpcServices(); len(gs) != 1 || gs[0].GetEnvoyGrpc().GetClusterName() != w.xdsCluster {
+		return fmt.Errorf("ads_config reaches %v, want cluster %s", gs, w.xdsCluster)
+	}
+	var xds *clusterv3.Cluster
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() == w.xdsCluster {
+			xds = c
+		}
+	}
+	if xds == nil {
+		return fmt.Errorf("no static cluster %s", w.xdsCluster)
+	}
+	u := &tlsv3.UpstreamTlsContext{}
+	if err := xds.GetTransportSocket().GetTypedConfig().UnmarshalTo(u); err != nil {
+		return fmt.Errorf("cluster %s: no UpstreamTlsContext: %w", w.xdsCluster, err)
+	}
+	ctx := u.GetCommonTlsContext()
+	certs := ctx.GetTlsCertificateSdsSecretConfigs()
+	if len(certs) != 1 {
+		return fmt.Errorf("cluster %s: %d tls_certificate SDS configs, want 1", w.xdsCluster, len(certs))
+	}
+	cvc := ctx.GetCombinedValidationContext()
+	var sans []string
+	for _, m := range cvc.GetDefaultValidationContext().GetMatchTypedSubjectAltNames() {
+		sans = append(sans, m.GetMatcher().GetExact()+m.GetMatcher().GetPrefix())
+	}
+	if !slices.Equal(sans, w.uriSANs) {
+		return fmt.Errorf("required URI SANs %v, want %v", sans, w.uriSANs)
+	}
+
+	// The files svidctl writes, in a temporary stand-in for filesDir.
+	dir := t.TempDir()
+	writer, err := svidfiles.NewWriter(svidfiles.Config{Dir: dir})
+	if err != nil {
+		return err
+	}
+	if _, err := writer.Write(selfSignedFileSet(t)); err != nil {
+		return err
+	}
+	for _, c := range []*tlsv3.SdsSecretConfig{certs[0], cvc.GetValidationContextSdsSecretConfig()} {
+		secret, err := secretFromFiles(c, dir)
+		if err != nil {
+			return err
+		}
+		if secret.GetName() != c.GetName() {
+			return fmt.Errorf("SDS config asks for secret %q, but %s holds secret %q (Envoy would reject it)",
+				c.GetName(), c.GetSdsConfig().GetPathConfigSource().GetPath(), secret.GetName())
+		}
+		var paths []string
+		if tc := secret.GetTlsCertificate(); tc != nil {
+			paths = []string{tc.GetCertificateChain().GetFilename(), tc.GetPrivateKey().GetFilename()}
+		} else if vc := secret.GetValidationContext(); vc != nil {
+			paths = []string{vc.GetTrustedCa().GetFilename()}
+		}
+		if c == certs[0] && secret.GetTlsCertificate() == nil {
+			return fmt.Errorf("secret %q for the client certificate is not a tls_certificate", secret.GetName())
+		}
+		if c != certs[0] && secret.GetValidationContext() == nil {
+			return fmt.Errorf("secret %q for validation is not a validation_context", secret.GetName())
+		}
+		for _, p := range paths {
+			if _, err := os.ReadFile(p); err != nil {
+				return fmt.Errorf("secret %q names %s: %w", secret.GetName(), p, err)
+			}
+		}
+	}
+	return nil
+}
+
+// secretFromFiles reads the Secret that SDS config c points at, with filesDir mapped to dir.
+func secretFromFiles(c *tlsv3.SdsSecretConfig, dir string) (*tlsv3.Secret, error) {
+	pcs := c.GetSdsConfig().GetPathConfigSource()
+	if pcs == nil {
+		return nil, fmt.Errorf("secret %q: sds_config is not a path_config_source", c.GetName())
+	}
+	if c.GetSdsConfig().GetResourceApiVersion() != corev3.ApiVersion_V3 {
+		return nil, fmt.Errorf("secret %q: resource_api_version is not V3", c.GetName())
+	}
+	if pcs.GetWatchedDirectory().GetPath() != filesDir {
+		return nil, fmt.Errorf("secret %q: watched_directory %q, want %s (Envoy would miss the swap of current)",
+			c.GetName(), pcs.GetWatchedDirectory().GetPath(), filesDir)
+	}
+	rel, ok := strings.CutPrefix(pcs.GetPath(), filesDir+"/")
+	if !ok || strings.Contains(rel, "/") {
+		return nil, fmt.Errorf("secret %q: path %s is not a resource file in %s", c.GetName(), pcs.GetPath(), filesDir)
+	}
+	src, err := os.ReadFile(filepath.Join(dir, rel))
+	if err != nil {
+		return nil, fmt.Errorf("secret %q: svidctl writes no %s: %w", c.GetName(), rel, err)
+	}
+	js, err := yaml.YAMLToJSON(src)
+	if err != nil {
+		return nil, err
+	}
+	resp := &discoveryv3.DiscoveryResponse{}
+	if err := protojson.Unmarshal(js, resp); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", rel, err)
+	}
+	if len(resp.GetResources()) != 1 {
+		return nil, fmt.Errorf("%s holds %d resources, want 1", rel, len(resp.GetResources()))
+	}
+	s := &tlsv3.Secret{}
+	if err := resp.GetResources()[0].UnmarshalTo(s); err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	if err := s.ValidateAll(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// selfSignedFileSet is a minimal valid generation: a fresh key and a certificate for it.
+func selfSignedFileSet(t *testing.T) svidfiles.FileSet {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return svidfiles.FileSet{SVID: cert, Key: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk}), Bundle: cert}
 }

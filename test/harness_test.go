@@ -22,8 +22,8 @@ import (
 
 // Binaries built once for the whole package, in a directory every uid can read and execute.
 var bins struct {
-	dir                       string
-	svidd, svidctl, fakeenvoy string
+	dir                                     string
+	svidd, svidctl, fakeenvoy, spiffeclient string
 }
 
 func TestMain(m *testing.M) {
@@ -49,6 +49,7 @@ func runMain(m *testing.M) int {
 		{&bins.svidd, "github.com/svidd/svidd/cmd/svidd"},
 		{&bins.svidctl, "github.com/svidd/svidd/cmd/svidctl"},
 		{&bins.fakeenvoy, "github.com/svidd/svidd/test/cmd/fakeenvoy"},
+		{&bins.spiffeclient, "github.com/svidd/svidd/test/cmd/spiffeclient"},
 	} {
 		*b.dst = filepath.Join(dir, filepath.Base(b.pkg))
 		args := []string{"build", "-o", *b.dst}

@@ -64,6 +64,9 @@ Commands:
   ca show         the CAs in the trust bundle [-output json]
   ca prepare      publish the next CA in the bundle now (normally at half the active CA's life)
   ca activate     sign with the prepared CA now (normally when a sixth of the active CA's life is left)
+  svid fetch      as the workload: show its SVIDs, or write them to files with -dir DIR [-spiffeID ID] [-jwtAudience AUD] [-output json]
+  svid watch      as the workload: keep -dir DIR up to date, then signal -cmd PROGRAM or the process in -pidFile
+                  (the svid commands talk to the Workload API: their -socketPath defaults to ` + DefaultAPISocket + `)
 
 -socketPath (default ` + DefaultAdminSocket + `) may be given before or after the command.
 `
@@ -83,7 +86,7 @@ func Run(ctx context.Context, args []string, env Env) error {
 	}
 	cmd, rest := rest[0], rest[1:]
 	switch cmd {
-	case "entry", "bundle", "ca":
+	case "entry", "bundle", "ca", "svid":
 		if len(rest) == 0 {
 			fmt.Fprint(env.Stderr, usage)
 			return usageError{fmt.Sprintf("%s: which subcommand?", cmd)}
@@ -120,4 +123,6 @@ var commands = map[string]func(context.Context, globalFlags, []string, Env) erro
 	"ca show":      runCAShow,
 	"ca prepare":   runCAPrepare,
 	"ca activate":  runCAActivate,
+	"svid fetch":   runSVIDFetch,
+	"svid watch":   runSVIDWatch,
 }
