@@ -206,8 +206,30 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscrip
 		defer cancel()
 		return a.attest(ctx, p, true)
 	}
-	return a.cache.subscribe(sel, reattest)
+	method, _ := grpc.Method(ctx)
+	opened := time.Now()
+	var served []string
+	onClose := func() {
+		a.log.Info("stream closed", "rpc", method, "pid", p.PID, "uid", p.UID, "duration", time.Since(opened).Round(time.Millisecond))
+	}
+	sub, err := a.cache.subscribe(sel, reattest, onClose)
+	if err != nil {
+		return nil, err
+	}
+	v := sub.Latest()
+	for i, s := range v.SVIDs {
+		if i == maxLoggedIDs {
+			served = append(served, fmt.Sprintf("(+%d more)", len(v.SVIDs)-i))
+			break
+		}
+		served = append(served, s.ID.String())
+	}
+	a.log.Info("stream opened", "rpc", method, "pid", p.PID, "uid", p.UID, "gid", p.GID, "spiffe_ids", served)
+	return sub, nil
 }
+
+// maxLoggedIDs bounds the SPIFFE IDs listed on a stream's log line.
+const maxLoggedIDs = 8
 
 // FetchJWTSVIDs implements workload.JWTFetcher: JWT-SVIDs are minted per request (the
 // audience is the caller's), only for identities the attested caller is entitled to.

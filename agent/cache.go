@@ -111,14 +111,20 @@ func (c *cache) setBundles(b []*workload.Bundle) {
 type Reattester func() ([]entry.Selector, error)
 
 // subscribe returns a subscription for a caller with the given (normalized) selectors, holding
-// its current View. reattest may be nil.
-func (c *cache) subscribe(selectors []entry.Selector, reattest Reattester) (*workload.Subscription, error) {
+// its current View. reattest and onClose may be nil; onClose runs once when the subscription
+// is closed.
+func (c *cache) subscribe(selectors []entry.Selector, reattest Reattester, onClose func()) (*workload.Subscription, error) {
 	for {
 		c.mu.Lock()
 		g, view, missing := c.groupForLocked(selectors)
 		if missing == nil {
 			var sub *workload.Subscription
-			sub = workload.NewSubscription(view, func() { c.unsubscribe(sub) })
+			sub = workload.NewSubscription(view, func() {
+				c.unsubscribe(sub)
+				if onClose != nil {
+					onClose()
+				}
+			})
 			c.joinLocked(g, sub, reattest)
 			c.mu.Unlock()
 			return sub, nil

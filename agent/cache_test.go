@@ -115,7 +115,7 @@ func TestSubscribeMatchesAndOrders(t *testing.T) {
 		mkEntry(t, "e3", "spiffe://example.org/other", 1, "unix:uid:2000"),
 		mkEntry(t, "e4", "spiffe://example.org/needs-path", 1, "unix:uid:1000", "unix:path:/usr/bin/envoy"),
 	})
-	sub, err := c.subscribe(sels(t, "unix:uid:1000", "unix:gid:1000", "unix:path:/bin/sh"), nil)
+	sub, err := c.subscribe(sels(t, "unix:uid:1000", "unix:gid:1000", "unix:path:/bin/sh"), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestSubscribeMatchesAndOrders(t *testing.T) {
 
 func TestUnentitledGetsEmptyViewThenPush(t *testing.T) {
 	c, _, _ := newTestCache(t)
-	sub, err := c.subscribe(sels(t, "unix:uid:3000"), nil)
+	sub, err := c.subscribe(sels(t, "unix:uid:3000"), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestOneMintPerEntryAcrossStreams(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// Different callers (extra selectors) that share the entry: still one SVID.
-			s, err := c.subscribe(sels(t, "unix:uid:1000", fmt.Sprintf("unix:gid:%d", i%7)), nil)
+			s, err := c.subscribe(sels(t, "unix:uid:1000", fmt.Sprintf("unix:gid:%d", i%7)), nil, nil)
 			if err != nil {
 				t.Error(err)
 				return
@@ -189,8 +189,8 @@ func TestChangesReachOnlyAffectedStreams(t *testing.T) {
 	a := mkEntry(t, "a", "spiffe://example.org/a", 1, "unix:uid:1000")
 	b := mkEntry(t, "b", "spiffe://example.org/b", 1, "unix:uid:2000")
 	c.load([]entry.Entry{a, b})
-	subA, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
-	subB, _ := c.subscribe(sels(t, "unix:uid:2000"), nil)
+	subA, _ := c.subscribe(sels(t, "unix:uid:1000"), nil, nil)
+	subB, _ := c.subscribe(sels(t, "unix:uid:2000"), nil, nil)
 	defer subA.Close()
 	defer subB.Close()
 	latest(subA)
@@ -234,7 +234,7 @@ func TestRotation(t *testing.T) {
 	c.scheduleRotation = func(_ string, at time.Time) { scheduled = append(scheduled, at) }
 	e := mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")
 	c.load([]entry.Entry{e})
-	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil, nil)
 	first := latest(sub).SVIDs[0]
 	if len(scheduled) != 1 {
 		t.Fatalf("scheduled %d rotations, want 1", len(scheduled))
@@ -275,7 +275,7 @@ func TestRotationFailureKeepsServing(t *testing.T) {
 	var retries []time.Time
 	c.scheduleRotation = func(_ string, at time.Time) { retries = append(retries, at) }
 	c.load([]entry.Entry{mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")})
-	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil, nil)
 	defer sub.Close()
 	first := latest(sub).SVIDs[0]
 	clk.add(first.RotateAt.Sub(clk.now()))
@@ -292,7 +292,7 @@ func TestRotationFailureKeepsServing(t *testing.T) {
 func TestBundleChangeRepublishes(t *testing.T) {
 	c, _, _ := newTestCache(t)
 	c.load([]entry.Entry{mkEntry(t, "e1", "spiffe://example.org/web", 1, "unix:uid:1000")})
-	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil)
+	sub, _ := c.subscribe(sels(t, "unix:uid:1000"), nil, nil)
 	defer sub.Close()
 	latest(sub)
 	nb := &workload.Bundle{TrustDomain: td, Sequence: 2}
@@ -331,14 +331,14 @@ func TestDigestEntryReattestsOpenStreams(t *testing.T) {
 	sub, err := c.subscribe(sels(t, "unix:uid:1000"), func() ([]entry.Selector, error) {
 		reattested.Add(1)
 		return sels(t, "unix:uid:1000", digest), nil
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close()
 	other, _ := c.subscribe(sels(t, "unix:uid:2000"), func() ([]entry.Selector, error) {
 		return sels(t, "unix:uid:2000", "unix:sha256:"+strings.Repeat("cd", 32)), nil
-	})
+	}, nil)
 	defer other.Close()
 	latest(sub)
 	latest(other)

@@ -30,9 +30,9 @@ import (
 const (
 	DefaultCATTL   = 24 * time.Hour
 	DefaultSVIDTTL = time.Hour
-	// MinCATTL keeps the rotation schedule meaningful (a sixth of the life must exceed the
-	// clock-skew backdate by a wide margin).
-	MinCATTL = time.Minute
+	// MinCATTL keeps the rotation schedule meaningful. Lifetimes this short are for tests that
+	// watch several CA rotations (the backdate scales down with them); production wants hours.
+	MinCATTL = 10 * time.Second
 	// StateFileName is the CA state file inside Config.Dir.
 	StateFileName = "ca.json"
 
@@ -429,7 +429,9 @@ func (c *CA) newAuthority(st State, now time.Time) (*authority, error) {
 			CommonName:   "svidd CA",
 			SerialNumber: serial.Text(16),
 		},
-		NotBefore:             now.Add(-backdate),
+		// Backdated for clock skew, by at most a tenth of the life so the rotation schedule
+		// (a function of NotBefore and NotAfter) keeps its shape for short test lifetimes.
+		NotBefore:             now.Add(-min(backdate, c.cfg.CATTL/10)),
 		NotAfter:              now.Add(c.cfg.CATTL),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,

@@ -32,7 +32,7 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"no trust domain", Config{Dir: dir}, "trust domain is required", nil},
 		{"no dir", Config{TrustDomain: td}, "data dir is required", nil},
 		{"bad key type", Config{TrustDomain: td, Dir: dir, KeyType: "ed25519"}, `unknown key type "ed25519"`, nil},
-		{"CA TTL too short", Config{TrustDomain: td, Dir: dir, CATTL: 30 * time.Second}, "shorter than the minimum", nil},
+		{"CA TTL too short", Config{TrustDomain: td, Dir: dir, CATTL: 5 * time.Second}, "shorter than the minimum", nil},
 		{"SVID TTL above CA TTL/6", Config{TrustDomain: td, Dir: dir, CATTL: 6 * time.Hour, SVIDTTL: time.Hour + time.Second}, "SVID TTL 1h0m1s exceeds 1h0m0s", ErrTTLTooLong},
 		{"SVID TTL default 1h above 30m/6", Config{TrustDomain: td, Dir: dir, CATTL: 30 * time.Minute, SVIDTTL: time.Hour}, "exceeds 5m0s", ErrTTLTooLong},
 		{"negative SVID TTL", Config{TrustDomain: td, Dir: dir, SVIDTTL: -time.Second}, "negative", nil},

@@ -599,15 +599,16 @@ func TestRefreshHint(t *testing.T) {
 	for _, tt := range []struct{ caTTL, want time.Duration }{
 		{24 * time.Hour, 5 * time.Minute},
 		{time.Hour, 4 * time.Minute},
-		{MinCATTL, 4 * time.Second},
-		{10 * time.Second, time.Second},
+		{time.Minute, 4 * time.Second},
+		{MinCATTL, time.Second},
 	} {
 		if got := refreshHint(tt.caTTL); got != tt.want {
 			t.Errorf("refreshHint(%s) = %s, want %s", tt.caTTL, got, tt.want)
 		}
 	}
-	// The publish-ahead window (a third of the CA life) is at least five refresh hints.
-	for _, ttl := range []time.Duration{MinCATTL, time.Hour, 24 * time.Hour, 30 * 24 * time.Hour} {
+	// The publish-ahead window (a third of the CA life) is at least five refresh hints, from a
+	// one-minute CA up (below that, lifetimes are test-scale and the hint is floored at 1s).
+	for _, ttl := range []time.Duration{time.Minute, time.Hour, 24 * time.Hour, 30 * 24 * time.Hour} {
 		if h := refreshHint(ttl); ttl/3 < 5*h {
 			t.Errorf("CA TTL %s: hint %s is more than a fifteenth", ttl, h)
 		}

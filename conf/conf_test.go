@@ -44,12 +44,10 @@ var badConfigs = []struct {
 	{"jwt svid ttl below minimum", "ca { jwt_svid_ttl = \"10ms\" }", "jwt_svid_ttl 10ms is shorter than the minimum 1s", 1},
 	{"jwt ttl rule", "ca {\n  svid_ttl     = \"1h\"\n  jwt_svid_ttl = \"4h1s\"\n}", "jwt_svid_ttl 4h0m1s is longer than a sixth of ca_ttl 24h (4h): the CA could not rotate with overlap", 3},
 	{"jwt ttl rule from ca_ttl", "ca {\n  ca_ttl   = \"24m\"\n  svid_ttl = \"4m\"\n  jwt_svid_ttl = \"5m\"\n}", "jwt_svid_ttl 5m is longer than a sixth of ca_ttl 24m (4m)", 4},
-	{"jwt ttl default rule from ca_ttl", "ca {\n  ca_ttl   = \"24m\"\n  svid_ttl = \"4m\"\n}", "jwt_svid_ttl 5m is longer than a sixth of ca_ttl 24m (4m)", 2},
 	{"bad trust domain", "agent {\n  trust_domain = \"Example Org\"\n}", "Invalid agent.trust_domain; trust domain \"Example Org\"", 2},
 	{"trust domain with path", "agent {\n  trust_domain = \"spiffe://example.org/web\"\n}", `has a path; write just the name, e.g. "example.org"`, 2},
 	{"empty trust domain", "agent { trust_domain = \"\" }", "Invalid agent.trust_domain", 1},
 	{"ttl rule", "ca {\n  ca_ttl   = \"24h\"\n  svid_ttl = \"5h\"\n}", "svid_ttl 5h is longer than a sixth of ca_ttl 24h (4h): the CA could not rotate with overlap", 3},
-	{"ttl rule from ca_ttl", "\nca { ca_ttl = \"3h\" }", "svid_ttl 1h is longer than a sixth of ca_ttl 3h (30m)", 2},
 	{"socket path too long", "agent {\n  socket_path = \"/tmp/" + strings.Repeat("s", 110) + ".sock\"\n}", "longer than the kernel's limit of 107", 2},
 	{"admin socket path relative", "agent {\n  admin_socket_path = \"admin.sock\"\n}", `socket path "admin.sock" must be absolute`, 2},
 	{"same sockets", "agent {\n  socket_path = \"/tmp/a.sock\"\n  admin_socket_path = \"/tmp/a.sock\"\n}", "admin socket must be separate", 3},
@@ -549,5 +547,24 @@ func TestFmtDuration(t *testing.T) {
 		if got := fmtDuration(d); got != want {
 			t.Errorf("fmtDuration(%v) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+// TestShortCATTLShrinksDefaults: setting only ca_ttl shrinks the default SVID lifetimes to a
+// sixth of it instead of failing on keys the operator never wrote; explicit ones still fail.
+func TestShortCATTLShrinksDefaults(t *testing.T) {
+	cfg, err := Load("t.hcl", []byte("ca {\n  ca_ttl = \"1h\"\n}\n"), Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.CA.SVIDTTL != 10*time.Minute || cfg.CA.JWTSVIDTTL != 5*time.Minute {
+		t.Fatalf("svid_ttl %s, jwt_svid_ttl %s; want 10m and 5m", cfg.CA.SVIDTTL, cfg.CA.JWTSVIDTTL)
+	}
+	cfg, err = Load("t.hcl", []byte("ca {\n  ca_ttl = \"12s\"\n}\n"), Overrides{})
+	if err != nil || cfg.CA.SVIDTTL != 2*time.Second || cfg.CA.JWTSVIDTTL != 2*time.Second {
+		t.Fatalf("12s CA: %+v, %v", cfg.CA, err)
+	}
+	if _, err := Load("t.hcl", []byte("ca {\n  ca_ttl = \"1h\"\n  svid_ttl = \"1h\"\n}\n"), Overrides{}); err == nil || !strings.Contains(err.Error(), "t.hcl:3:") {
+		t.Fatalf("explicit svid_ttl over the limit: %v, want an error at line 3", err)
 	}
 }

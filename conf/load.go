@@ -272,6 +272,17 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		l.duration("ca.ca_ttl", l.file("ca.ca_ttl", c.CATTL, c.CATTLRange), &cfg.CA.CATTL)
 		l.duration("ca.svid_ttl", l.file("ca.svid_ttl", c.SVIDTTL, c.SVIDTTLRange), &cfg.CA.SVIDTTL)
 		l.duration("ca.jwt_svid_ttl", l.file("ca.jwt_svid_ttl", c.JWTSVIDTTL, c.JWTSVIDTTLRange), &cfg.CA.JWTSVIDTTL)
+		// A default SVID lifetime follows a shortened ca_ttl down to a sixth of it (as the CA
+		// does), so setting only ca_ttl is never an error about a key the operator did not
+		// write; explicit values are held to the rule by validate.
+		if cfg.CA.CATTL > 0 {
+			if c.SVIDTTL == nil {
+				cfg.CA.SVIDTTL = min(cfg.CA.SVIDTTL, cfg.CA.CATTL/6)
+			}
+			if c.JWTSVIDTTL == nil {
+				cfg.CA.JWTSVIDTTL = min(cfg.CA.JWTSVIDTTL, cfg.CA.CATTL/6)
+			}
+		}
 	}
 	if s := f.SDS; s != nil {
 		l.str("sds.default_svid_name", l.file("sds.default_svid_name", s.DefaultSVIDName, s.DefaultSVIDNameRange), &cfg.SDS.DefaultSVIDName)

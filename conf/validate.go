@@ -88,7 +88,8 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 
 	v.address("telemetry.prometheus.address", c.Telemetry.PrometheusAddress)
 	v.address("health.address", c.Health.Address)
-	if c.Health.Address != "" && c.Health.Address == c.Telemetry.PrometheusAddress {
+	// Port 0 asks the kernel for a free port, so two ":0" listeners never collide.
+	if c.Health.Address != "" && c.Health.Address == c.Telemetry.PrometheusAddress && !strings.HasSuffix(c.Health.Address, ":0") {
 		v.errf(v.sourced("health.address", "telemetry.prometheus.address"),
 			"health address %q is also the prometheus address; each listener needs its own", c.Health.Address)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -286,4 +287,32 @@ func TestSystemdNotify(t *testing.T) {
 	expect("READY=1")
 	a.stop()
 	expect("STOPPING=1")
+}
+
+// TestHealthEndpoints: svidctl healthcheck fails before svidd runs and succeeds once it is
+// ready; the HTTP health listener answers /live and /ready.
+func TestHealthEndpoints(t *testing.T) {
+	dir := newAgentDir(t)
+	if _, err := runSvidctl("-socketPath", filepath.Join(dir, "admin.sock"), "healthcheck"); err == nil {
+		t.Fatal("healthcheck succeeded with no agent running")
+	}
+	a := startAgent(t, withConfig("health {\n  address = \"127.0.0.1:0\"\n}\n"))
+	if out := a.mustSvidctl("healthcheck"); !strings.Contains(out, "healthy") {
+		t.Fatalf("healthcheck: %q", out)
+	}
+	addr := a.loggedAddr("health serving")
+	for path, want := range map[string]int{"/live": 200, "/ready": 200, "/nope": 404} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+	a.stop()
+	if _, err := a.svidctl("healthcheck"); err == nil {
+		t.Fatal("healthcheck succeeded after svidd stopped")
+	}
 }

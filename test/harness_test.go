@@ -161,17 +161,20 @@ func (a *agent) isolateListeners() {
 }
 
 // metricsAddr returns the address the agent's metrics listener bound.
-func (a *agent) metricsAddr() string {
+func (a *agent) metricsAddr() string { return a.loggedAddr("metrics serving") }
+
+// loggedAddr returns the address= of the first log line containing msg.
+func (a *agent) loggedAddr(msg string) string {
 	a.t.Helper()
-	waitLog(a.t, a, "metrics serving")
+	waitLog(a.t, a, msg)
 	for _, line := range strings.Split(a.logs.String(), "\n") {
-		if i := strings.Index(line, "metrics serving"); i >= 0 {
+		if i := strings.Index(line, msg); i >= 0 {
 			if j := strings.Index(line, "address="); j >= 0 {
 				return strings.Fields(line[j+len("address="):])[0]
 			}
 		}
 	}
-	a.t.Fatal("no metrics address in the log")
+	a.t.Fatalf("no address on the %q log line", msg)
 	return ""
 }
 

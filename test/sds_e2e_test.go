@@ -126,8 +126,14 @@ func TestTwoWorkloadsGetTheirSVIDsAndHandshake(t *testing.T) {
 	}
 }
 
-// handshake runs a TLS 1.3 mutual handshake over a loopback TCP connection.
+// handshake runs a TLS 1.3 mutual handshake over a loopback TCP connection, both sides
+// trusting bundle.
 func handshake(server, client *x509svid.SVID, bundle *x509bundle.Bundle, wantClient, wantServer spiffeid.ID) error {
+	return handshakeWith(server, bundle, client, bundle, wantClient, wantServer)
+}
+
+// handshakeWith is handshake where each side trusts the bundle it holds.
+func handshakeWith(server *x509svid.SVID, serverBundle *x509bundle.Bundle, client *x509svid.SVID, clientBundle *x509bundle.Bundle, wantClient, wantServer spiffeid.ID) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -141,7 +147,7 @@ func handshake(server, client *x509svid.SVID, bundle *x509bundle.Bundle, wantCli
 			return
 		}
 		defer c.Close()
-		tc := tls.Server(c, tlsconfig.MTLSServerConfig(server, bundle, tlsconfig.AuthorizeID(wantClient)))
+		tc := tls.Server(c, tlsconfig.MTLSServerConfig(server, serverBundle, tlsconfig.AuthorizeID(wantClient)))
 		err = tc.Handshake()
 		if err == nil {
 			_, err = tc.Write([]byte("ok"))
@@ -154,7 +160,7 @@ func handshake(server, client *x509svid.SVID, bundle *x509bundle.Bundle, wantCli
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	tc := tls.Client(c, tlsconfig.MTLSClientConfig(client, bundle, tlsconfig.AuthorizeID(wantServer)))
+	tc := tls.Client(c, tlsconfig.MTLSClientConfig(client, clientBundle, tlsconfig.AuthorizeID(wantServer)))
 	if err := tc.Handshake(); err != nil {
 		<-srvErr
 		return err
