@@ -367,6 +367,15 @@ func (c *cache) rotate(entryID string) {
 		return
 	}
 	c.onRotate()
+	streams := 0
+	c.mu.Lock()
+	for _, g := range affected {
+		streams += len(g.subs)
+	}
+	if ns := c.svids[entryID]; ns != nil {
+		c.log.Info("rotated X509-SVID", "spiffe_id", e.SPIFFEID.String(), "serial", ns.Serial, "not_after", ns.NotAfter, "streams", streams)
+	}
+	c.mu.Unlock()
 	c.refresh(affected)
 }
 
