@@ -31,8 +31,18 @@ test-short: ## Unit tests only, no race detector (quick loop)
 	$(GO) test -count=1 -short $(PKGS)
 
 .PHONY: bench
-bench: ## Go benchmarks for the hot paths
+bench: ## Go benchmarks for the hot paths, then the load suite (make bench-load) and its plot
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	$(MAKE) bench-load bench-plot
+
+.PHONY: bench-load
+bench-load: ## Load suite against a real svidd (~3.5 min; root for 1,000 uids) -> docs/bench.csv
+	rm -f docs/bench.csv
+	$(GO) run ./test/load -suite -waitQuiet 30s -csv docs/bench.csv
+
+.PHONY: bench-plot
+bench-plot: ## docs/bench.png from docs/bench.csv
+	$(GO) run ./test/load/plot -csv docs/bench.csv -out docs/bench.png
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 20s)

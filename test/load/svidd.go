@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/svidd/svidd/pkg/admin"
+)
+
+// clkTck is USER_HZ, the unit of /proc/PID/stat's utime and stime: 100 on every Linux ABI Go
+// supports (the kernel converts to it whatever its internal HZ).
+const clkTck = 100
+
+// agentProc is one svidd process under test.
+type agentProc struct {
+	bin     string
+	dir     string // short: the sockets live here
+	api     string
+	admin   string
+	data    string
+	config  string
+	logPath string
+	env     []string
+	// metrics is the 127.0.0.1 address svidd is told to serve Prometheus metrics on ("" none).
+	metrics string
+
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	startedAt time.Time
+	client    *admin.Client
+}
+
+func newAgentProc(bin, dir, metrics, logLevel string, ttl time.Duration, env []string) (*agentProc, error) {
+	a := &agentProc{
+		bin:     bin,
+		dir:     dir,
+		api:     filepath.Join(dir, "api.sock"),
+		admin:   filepath.Join(dir, "admin.sock"),
+		data:    filepath.Join(dir, "data"),
+		config:  filepath.Join(dir, "svidd.hcl"),
+		logPath: filepath.Join(dir, "svidd.log"),
+		env:     env,
+		metrics: metrics,
+	}
+	a.client = admin.NewClient(a.admin)
+	var b strings.Builder
+	fmt.Fprintf(&b, "agent {\n  log_level = %q\n}\n", logLevel)
+	if ttl > 0 {
+		// Short SVIDs for -change rotate: the CA's own TTL must be at least six of them.
+		fmt.Fprintf(&b, "ca {\n  svid_ttl = %q\n  ca_ttl = %q\n}\n", ttl.String(), max(24*time.Hour, 6*ttl).String())
+	}
+	fmt.Fprintf(&b, "telemetry {\n  prometheus {\n    address = %q\n  }\n}\n", metrics)
+	if err := os.WriteFile(a.config, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// start starts svidd; it does not wait for it to be ready.
+func (a *agentProc) start() error {
+	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(a.bin, "run", "-config", a.config, "-socketPath", a.api, "-adminSocketPath", a.admin, "-dataDir", a.data)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), a.env...)
+	// If the tool dies, so does the agent: nothing is left running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	a.startedAt = time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting svidd: %w", err)
+	}
+	a.cmd = cmd
+	a.exited = make(chan struct{})
+	go func() { cmd.Wait(); close(a.exited) }()
+	return nil
+}
+
+func (a *agentProc) pid() int { return a.cmd.Process.Pid }
+
+// waitReady polls the admin Health endpoint until svidd says it is ready.
+func (a *agentProc) waitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		h, err := a.client.Health(ctx)
+		cancel()
+		if err == nil && h.Ready {
+			return nil
+		}
+		select {
+		case <-a.exited:
+			return fmt.Errorf("svidd exited during start (%v); log: %s", a.cmd.ProcessState, a.logPath)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("svidd not ready after %s (last: %v %+v); log: %s", timeout, err, h, a.logPath)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits, then SIGKILL.
+func (a *agentProc) stop(timeout time.Duration) error {
+	if a.cmd == nil {
+		return nil
+	}
+	select {
+	case <-a.exited:
+		return nil
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+		return nil
+	case <-time.After(timeout):
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+		return fmt.Errorf("svidd did not stop within %s of SIGTERM (killed)", timeout)
+	}
+}
+
+func (a *agentProc) signal(sig syscall.Signal) { _ = a.cmd.Process.Signal(sig) }
+
+// usage is a sample of the agent's resource use.
+type usage struct {
+	RSSKiB int64
+	// AnonKiB is the anonymous part of RSS (heap, stacks): what streams cost, without the
+	// binary's mapped pages, which are shared and reclaimable.
+	AnonKiB int64
+	CPU     time.Duration
+	// Goroutines and HeapKiB come from the agent's metrics; -1 when it serves none.
+	Goroutines int64
+	HeapKiB    int64
+	// Mints counts X509-SVIDs minted so far (svidd_svid_x509_mint_duration_seconds_count);
+	// -1 without metrics.
+	Mints int64
+}
+
+// sample reads VmRSS from /proc/PID/status, utime+stime from /proc/PID/stat and, if svidd
+// serves metrics, go_goroutines and go_memstats_heap_inuse_bytes.
+func (a *agentProc) sample() (usage, error) {
+	u := usage{Goroutines: -1, HeapKiB: -1, Mints: -1}
+	pid := a.pid()
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return u, fmt.Errorf("reading svidd status: %w", err)
+	}
+	for line := range strings.Lines(string(st)) {
+		for _, m := range []struct {
+			prefix string
+			dst    *int64
+		}{{"VmRSS:", &u.RSSKiB}, {"RssAnon:", &u.AnonKiB}} {
+			if v, ok := strings.CutPrefix(line, m.prefix); ok {
+				if f := strings.Fields(v); len(f) > 0 {
+					*m.dst, _ = strconv.ParseInt(f[0], 10, 64)
+				}
+			}
+		}
+	}
+	u.CPU, err = procCPU(pid)
+	if err != nil {
+		return u, err
+	}
+	if a.metrics != "" {
+		if m, err := scrape(a.metrics); err == nil {
+			if v, ok := m["go_goroutines"]; ok {
+				u.Goroutines = int64(v)
+			}
+			if v, ok := m["go_memstats_heap_inuse_bytes"]; ok {
+				u.HeapKiB = int64(v / 1024)
+			}
+			if v, ok := m["svidd_svid_x509_mint_duration_seconds_count"]; ok {
+				u.Mints = int64(v)
+			}
+		}
+	}
+	return u, nil
+}
+
+// procCPU is a process's user+system CPU time from /proc/PID/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading svidd stat: %w", err)
+	}
+	// The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("unexpected /proc/PID/stat format")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("unexpected /proc/PID/stat format")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64) // field 14, utime
+	stt, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("unexpected /proc/PID/stat format")
+	}
+	return time.Duration(ut+stt) * time.Second / clkTck, nil
+}
+
+// scrape reads un-labelled samples from a Prometheus text endpoint.
+func scrape(addr string) (map[string]float64, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("metrics: %s", resp.Status)
+	}
+	return parseMetrics(resp.Body)
+}
+
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	out := make(map[string]float64)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		// name{labels} value: labelled samples are summed under the bare name.
+		name, rest := line, ""
+		if i := strings.IndexByte(line, '{'); i >= 0 {
+			j := strings.LastIndexByte(line, '}')
+			if j < i {
+				continue
+			}
+			name, rest = line[:i], line[j+1:]
+		} else if i := strings.IndexByte(line, ' '); i >= 0 {
+			name, rest = line[:i], line[i:]
+		}
+		f := strings.Fields(rest)
+		if len(f) < 1 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		out[name] += v
+	}
+	return out, sc.Err()
+}
+
+// freeAddr returns a 127.0.0.1 address nothing listens on right now.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
