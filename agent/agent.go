@@ -27,6 +27,7 @@ import (
 	"github.com/svidd/svidd/ca"
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/admin"
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/sds"
@@ -56,6 +57,8 @@ type Agent struct {
 	att     *attestor.Attestor
 	cache   *cache
 	metrics *telemetry.Metrics
+	// admission holds the per-uid limits of the api socket.
+	admission *admission.Controller
 
 	serving atomic.Bool
 	started time.Time
@@ -114,6 +117,20 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("loading CA: %w", err)
 	}
 	a.att, err = attestor.New(attestor.Config{Logger: a.log.With("component", "attestor")})
+	if err != nil {
+		return nil, err
+	}
+	lim := cfg.Limits
+	a.admission, err = admission.New(admission.Config{
+		ConnectionsPerSecond:     float64(lim.ConnectionsPerSecond),
+		ConnectionBurst:          lim.ConnectionBurst,
+		MaxOpenConnectionsPerUID: lim.MaxOpenConnectionsPerUID,
+		StreamsPerSecond:         float64(lim.StreamsPerSecond),
+		StreamBurst:              lim.StreamBurst,
+		MaxOpenStreamsPerUID:     lim.MaxOpenStreamsPerUID,
+		MaxMessageBytes:          lim.MaxMessageBytes,
+		Logger:                   a.log.With("component", "admission"),
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -289,10 +306,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	a.cache.load(entries)
 	a.cache.setBundles([]*workload.Bundle{a.ca.Bundle()})
 
-	apiLn, err := peercred.Listen(a.cfg.SocketPath, 0o666)
+	pcLn, err := peercred.Listen(a.cfg.SocketPath, 0o666)
 	if err != nil {
 		return fmt.Errorf("api socket: %w", err)
 	}
+	apiLn := a.admission.Listener(pcLn) // closes connections over their uid's limits
 	defer apiLn.Close()
 	adminLn, err := peercred.Listen(a.cfg.AdminSocketPath, 0o600)
 	if err != nil {
@@ -330,7 +348,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
+	gs := grpc.NewServer(append(a.admission.ServerOptions(), grpc.Creds(peercred.TransportCredentials()))...)
 	sdsSrv.Register(gs)
 	wlSrv.Register(gs)
 	hs := health.NewServer()
@@ -470,6 +488,7 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		{"sds", old.SDS, cfg.SDS},
 		{"telemetry", old.Telemetry, cfg.Telemetry},
 		{"health", old.Health, cfg.Health},
+		{"limits", old.Limits, cfg.Limits},
 	} {
 		if fmt.Sprint(d.old) != fmt.Sprint(d.new) {
 			a.log.Warn("config change needs a restart to take effect; ignored until then", "setting", d.name)

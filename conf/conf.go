@@ -44,6 +44,7 @@ type Config struct {
 	SDS       SDSConfig
 	Telemetry TelemetryConfig
 	Health    HealthConfig
+	Limits    LimitsConfig
 
 	// Entries are the config-declared registration entries, in file order. Name is the
 	// block label; Selectors are normalized; ID, Revision and timestamps are zero (the store
@@ -77,6 +78,18 @@ type HealthConfig struct {
 	Address   string // host:port; "" disables the health listener
 	LivePath  string
 	ReadyPath string
+}
+
+// LimitsConfig is the limits {} block: what one uid may ask of the api socket (see
+// pkg/admission), and the size of one message. Every value is positive.
+type LimitsConfig struct {
+	ConnectionsPerSecond     int // steady rate of new connections per uid
+	ConnectionBurst          int // new connections a uid may make at once
+	MaxOpenConnectionsPerUID int
+	StreamsPerSecond         int // steady rate of new streams and calls per uid
+	StreamBurst              int // new streams a uid may open at once
+	MaxOpenStreamsPerUID     int // also each connection's HTTP/2 MAX_CONCURRENT_STREAMS
+	MaxMessageBytes          int // largest gRPC message a client may send
 }
 
 // Overrides carries svidd's command-line flags; a nil field was not set. Each field names
@@ -116,5 +129,17 @@ func Default() Config {
 		},
 		Telemetry: TelemetryConfig{PrometheusAddress: "127.0.0.1:9988"},
 		Health:    HealthConfig{LivePath: "/live", ReadyPath: "/ready"},
+		// Sized so nothing legitimate meets them: an Envoy reopening dozens of streams, and
+		// the benchmarks' 10,000 streams on one connection and 1,000 connections from one
+		// uid, each opened at once (so each burst equals its cap).
+		Limits: LimitsConfig{
+			ConnectionsPerSecond:     200,
+			ConnectionBurst:          2048,
+			MaxOpenConnectionsPerUID: 2048,
+			StreamsPerSecond:         2000,
+			StreamBurst:              20000,
+			MaxOpenStreamsPerUID:     20000,
+			MaxMessageBytes:          256 << 10,
+		},
 	}
 }

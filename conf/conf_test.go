@@ -62,6 +62,13 @@ var badConfigs = []struct {
 	{"health equals prometheus", "health {\n  address = \"127.0.0.1:9988\"\n}", "also the prometheus address", 2},
 	{"health paths equal", "health {\n  live_path = \"/ready\"\n}", `live_path and ready_path are both "/ready"`, 2},
 	{"health path relative", "health {\n  live_path = \"live\"\n}", `HTTP path "live" must start with /`, 2},
+	{"zero stream rate", "limits {\n  streams_per_second = 0\n}", "Invalid limits.streams_per_second; streams_per_second must be positive, got 0", 2},
+	{"negative open streams", "limits {\n\n  max_open_streams_per_uid = -1\n}", "max_open_streams_per_uid must be positive, got -1", 3},
+	{"fractional burst", "limits {\n  stream_burst = 1.5\n}", "Unsuitable value type", 2},
+	{"string limit", "limits {\n  connection_burst = \"many\"\n}", "Unsuitable value type", 2},
+	{"tiny message bound", "limits {\n  max_message_bytes = 100\n}", "max_message_bytes must be at least 4096, got 100", 2},
+	{"huge connection cap", "limits {\n  max_open_connections_per_uid = 4294967296\n}", "max_open_connections_per_uid must be at most 2147483647", 2},
+	{"unknown limit", "limits {\n  streams_per_minute = 5\n}", `An argument named "streams_per_minute" is not expected here`, 2},
 	{"bad selector at its line", "entry \"backend\" {\n  spiffe_id = \"spiffe://example.org/backend\"\n  selectors = [\n    \"unix:uid:1000\",\n    \"unix:uid:abc\",\n  ]\n}",
 		`Invalid selectors in entry "backend"; selector "unix:uid:abc": "abc" is not a numeric id`, 5},
 	{"unknown selector", "entry \"b\" {\n  spiffe_id = \"spiffe://example.org/b\"\n  selectors = [\"k8s:ns:default\"]\n}", `unknown selector "k8s:ns"`, 3},
@@ -190,7 +197,7 @@ func TestDefaults(t *testing.T) {
 		{"no file", func() (Config, error) { return LoadFile("", Overrides{}) }},
 		{"empty file", func() (Config, error) { return Load("empty.hcl", nil, Overrides{}) }},
 		{"empty blocks", func() (Config, error) {
-			return Load("blocks.hcl", []byte("agent {}\nca {}\nsds {}\ntelemetry {\n prometheus {}\n}\nhealth {}\n"), Overrides{})
+			return Load("blocks.hcl", []byte("agent {}\nca {}\nsds {}\ntelemetry {\n prometheus {}\n}\nhealth {}\nlimits {}\n"), Overrides{})
 		}},
 		{"default file", func() (Config, error) { return Load("svidd.hcl", DefaultFile, Overrides{}) }},
 		{"default file on disk", func() (Config, error) { return LoadFile("svidd.hcl", Overrides{}) }},
@@ -238,6 +245,15 @@ health {
   live_path  = "/healthz/live"
   ready_path = "/healthz/ready"
 }
+limits {
+  connections_per_second       = 10
+  connection_burst             = 20
+  max_open_connections_per_uid = 30
+  streams_per_second           = 40
+  stream_burst                 = 50
+  max_open_streams_per_uid     = 60
+  max_message_bytes            = 65536
+}
 entry "backend" {
   spiffe_id     = "spiffe://prod.example.com/backend"
   selectors     = ["unix:uid:1000", "unix:path:/usr/bin/envoy", "unix:uid:1000"]
@@ -265,6 +281,8 @@ entry "frontend" {
 		SDS:             SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle", DefaultAllBundlesName: "all"},
 		Telemetry:       TelemetryConfig{PrometheusAddress: ""},
 		Health:          HealthConfig{Address: "127.0.0.1:0", LivePath: "/healthz/live", ReadyPath: "/healthz/ready"},
+		Limits: LimitsConfig{ConnectionsPerSecond: 10, ConnectionBurst: 20, MaxOpenConnectionsPerUID: 30,
+			StreamsPerSecond: 40, StreamBurst: 50, MaxOpenStreamsPerUID: 60, MaxMessageBytes: 65536},
 		Entries: []entry.Entry{
 			{
 				Name:     "backend",

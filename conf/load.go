@@ -27,6 +27,7 @@ type fileRoot struct {
 	SDS       *fileSDS       `hcl:"sds,block"`
 	Telemetry *fileTelemetry `hcl:"telemetry,block"`
 	Health    *fileHealth    `hcl:"health,block"`
+	Limits    *fileLimits    `hcl:"limits,block"`
 	Entries   []fileEntry    `hcl:"entry,block"`
 }
 
@@ -81,6 +82,23 @@ type fileHealth struct {
 	LivePathRange  hcl.Range `hcl:"live_path,attr_range"`
 	ReadyPath      *string   `hcl:"ready_path,optional"`
 	ReadyPathRange hcl.Range `hcl:"ready_path,attr_range"`
+}
+
+type fileLimits struct {
+	ConnectionsPerSecond          *int      `hcl:"connections_per_second,optional"`
+	ConnectionsPerSecondRange     hcl.Range `hcl:"connections_per_second,attr_range"`
+	ConnectionBurst               *int      `hcl:"connection_burst,optional"`
+	ConnectionBurstRange          hcl.Range `hcl:"connection_burst,attr_range"`
+	MaxOpenConnectionsPerUID      *int      `hcl:"max_open_connections_per_uid,optional"`
+	MaxOpenConnectionsPerUIDRange hcl.Range `hcl:"max_open_connections_per_uid,attr_range"`
+	StreamsPerSecond              *int      `hcl:"streams_per_second,optional"`
+	StreamsPerSecondRange         hcl.Range `hcl:"streams_per_second,attr_range"`
+	StreamBurst                   *int      `hcl:"stream_burst,optional"`
+	StreamBurstRange              hcl.Range `hcl:"stream_burst,attr_range"`
+	MaxOpenStreamsPerUID          *int      `hcl:"max_open_streams_per_uid,optional"`
+	MaxOpenStreamsPerUIDRange     hcl.Range `hcl:"max_open_streams_per_uid,attr_range"`
+	MaxMessageBytes               *int      `hcl:"max_message_bytes,optional"`
+	MaxMessageBytesRange          hcl.Range `hcl:"max_message_bytes,attr_range"`
 }
 
 type fileEntry struct {
@@ -225,6 +243,20 @@ func (l *loader) duration(key string, v *value, dst *time.Duration) {
 	*dst = d
 }
 
+// integer takes a whole-number attribute (gohcl has already refused other values and
+// reported them; l.file notices that from the range).
+func (l *loader) integer(key string, p *int, r hcl.Range, dst *int) {
+	if r == (hcl.Range{}) {
+		return // absent
+	}
+	var s string
+	if l.file(key, &s, r) == nil || p == nil {
+		return
+	}
+	l.src[key] = where{rng: r.Ptr()}
+	*dst = *p
+}
+
 func (l *loader) trustDomain(key string, v *value, dst *spiffeid.TrustDomain) {
 	if v == nil {
 		return
@@ -297,6 +329,24 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		l.str("health.address", l.file("health.address", h.Address, h.AddressRange), &cfg.Health.Address)
 		l.str("health.live_path", l.file("health.live_path", h.LivePath, h.LivePathRange), &cfg.Health.LivePath)
 		l.str("health.ready_path", l.file("health.ready_path", h.ReadyPath, h.ReadyPathRange), &cfg.Health.ReadyPath)
+	}
+	if lim := f.Limits; lim != nil {
+		for _, n := range []struct {
+			key string
+			p   *int
+			r   hcl.Range
+			dst *int
+		}{
+			{"limits.connections_per_second", lim.ConnectionsPerSecond, lim.ConnectionsPerSecondRange, &cfg.Limits.ConnectionsPerSecond},
+			{"limits.connection_burst", lim.ConnectionBurst, lim.ConnectionBurstRange, &cfg.Limits.ConnectionBurst},
+			{"limits.max_open_connections_per_uid", lim.MaxOpenConnectionsPerUID, lim.MaxOpenConnectionsPerUIDRange, &cfg.Limits.MaxOpenConnectionsPerUID},
+			{"limits.streams_per_second", lim.StreamsPerSecond, lim.StreamsPerSecondRange, &cfg.Limits.StreamsPerSecond},
+			{"limits.stream_burst", lim.StreamBurst, lim.StreamBurstRange, &cfg.Limits.StreamBurst},
+			{"limits.max_open_streams_per_uid", lim.MaxOpenStreamsPerUID, lim.MaxOpenStreamsPerUIDRange, &cfg.Limits.MaxOpenStreamsPerUID},
+			{"limits.max_message_bytes", lim.MaxMessageBytes, lim.MaxMessageBytesRange, &cfg.Limits.MaxMessageBytes},
+		} {
+			l.integer(n.key, n.p, n.r, n.dst)
+		}
 	}
 	seen := map[string]hcl.Range{}
 	for i, fe := range f.Entries {

@@ -50,6 +50,26 @@ health {
   ready_path = "/ready"
 }
 
+# What one local user (uid, as the kernel reports it: forking or more connections do not
+# escape a limit) may ask of socket_path, so that no process can starve svidd for the others.
+# Over a limit a connection is closed as soon as it is accepted, and a stream fails at once
+# with RESOURCE_EXHAUSTED, before any attestation work; other uids are served as usual.
+# Root is limited too. The defaults are far above what one Envoy needs (dozens of streams,
+# all reopened on a restart) and fit the benchmarks (10,000 streams on one connection, 1,000
+# connections, each opened at once); on a small host, lower them.
+limits {
+  connections_per_second       = 200   # new connections per second, per uid, steady
+  connection_burst             = 2048  # new connections a uid may make at once
+  max_open_connections_per_uid = 2048
+  streams_per_second           = 2000  # new streams and calls per second, per uid, steady
+  stream_burst                 = 20000 # new streams a uid may open at once
+  # Also the HTTP/2 MAX_CONCURRENT_STREAMS of each connection.
+  max_open_streams_per_uid     = 20000
+  # Largest request message, in bytes. Names per request (1024) and name length (2048 bytes)
+  # are bounded on their own.
+  max_message_bytes            = 262144
+}
+
 # Registration entries can also be declared here; they are reconciled into the store at
 # start. The label names the entry. For example:
 #

@@ -99,8 +99,42 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 		v.errf(v.sourced("health.ready_path", "health.live_path"), "live_path and ready_path are both %q; they must differ", c.Health.LivePath)
 	}
 
+	v.limits(c.Limits)
 	v.entries(c)
 	return v.diags
+}
+
+// MinMessageBytes is the smallest limits.max_message_bytes accepted: below it even a plain
+// SDS request with Envoy's node would be refused.
+const MinMessageBytes = 4096
+
+// maxLimit keeps every limit within gRPC's 32-bit settings.
+const maxLimit = 1<<31 - 1
+
+func (v *validator) limits(l LimitsConfig) {
+	for _, n := range []struct {
+		key      string
+		val, min int
+	}{
+		{"limits.connections_per_second", l.ConnectionsPerSecond, 1},
+		{"limits.connection_burst", l.ConnectionBurst, 1},
+		{"limits.max_open_connections_per_uid", l.MaxOpenConnectionsPerUID, 1},
+		{"limits.streams_per_second", l.StreamsPerSecond, 1},
+		{"limits.stream_burst", l.StreamBurst, 1},
+		{"limits.max_open_streams_per_uid", l.MaxOpenStreamsPerUID, 1},
+		{"limits.max_message_bytes", l.MaxMessageBytes, MinMessageBytes},
+	} {
+		name := strings.TrimPrefix(n.key, "limits.")
+		switch {
+		case v.bad(n.key):
+		case n.val < n.min && n.min == 1:
+			v.errf(n.key, "%s must be positive, got %d", name, n.val)
+		case n.val < n.min:
+			v.errf(n.key, "%s must be at least %d, got %d", name, n.min, n.val)
+		case n.val > maxLimit:
+			v.errf(n.key, "%s must be at most %d, got %d", name, maxLimit, n.val)
+		}
+	}
 }
 
 // probeSelector is a selector known to be valid, used to validate one field of an entry at a

@@ -123,7 +123,11 @@ func TestHandshakesThroughCARotations(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	activeCAs = len(seenActive)
-	t.Logf("%d handshakes, SVIDs from %d CAs, %d roots seen", handshakes, activeCAs, len(holders[server].roots))
+	h := holders[server]
+	h.mu.Lock()
+	roots := len(h.roots)
+	h.mu.Unlock()
+	t.Logf("%d handshakes, SVIDs from %d CAs, %d roots seen", handshakes, activeCAs, roots)
 	if activeCAs < 3 {
 		t.Fatalf("SVIDs were signed by %d CAs over the run; want at least 3 (two activations)", activeCAs)
 	}

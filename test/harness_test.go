@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/svidd/svidd/pkg/admin"
 )
 
 // Binaries built once for the whole package, in a directory every uid can read and execute.
@@ -63,6 +65,8 @@ func runMain(m *testing.M) int {
 			return 1
 		}
 	}
+	// Race-built binaries otherwise sleep a second on every exit; the suite runs hundreds.
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	return m.Run()
 }
 
@@ -201,8 +205,12 @@ func (a *agent) start() {
 	a.exited = make(chan struct{})
 	go func() { a.cmd.Wait(); close(a.exited) }()
 	deadline := time.Now().Add(15 * time.Second)
+	admc := admin.NewClient(a.admin)
 	for {
-		if _, err := a.svidctl("healthcheck"); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		h, err := admc.Health(ctx)
+		cancel()
+		if err == nil && h.Ready {
 			return
 		}
 		select {
