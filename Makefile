@@ -25,6 +25,9 @@ test: ## Vet, then every test with the race detector (what CI runs)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 9m $(PKGS)
+	@# Under -race the two long-haul tests run scaled down; run them at full size too
+	@# (100,000 stream cycles, 200 SIGKILL rounds), without the race detector.
+	$(GO) test -count=1 -timeout 5m -run 'TestHygieneStreamCycles|TestKillDuringWritesLosesNothing' ./test
 
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector (quick loop)
