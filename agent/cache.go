@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -151,9 +153,16 @@ func (c *cache) groupForLocked(selectors []entry.Selector) (*group, *workload.Vi
 	if missing != nil {
 		return nil, nil, missing
 	}
-	if ok && !viewEqual(g.view, view) {
-		for s := range g.subs {
-			s.Publish(view)
+	if ok {
+		if viewEqual(g.view, view) {
+			// Nothing changed: hand out the View the group's streams already hold, so the
+			// encodings the front-ends memoize on it (View.Memo) are shared by every stream
+			// of the group, not rebuilt for each new one.
+			view = g.view
+		} else {
+			for s := range g.subs {
+				s.Publish(view)
+			}
 		}
 	}
 	g.view = view
@@ -275,14 +284,67 @@ func svidCurrent(s *workload.SVID, e entry.Entry, now time.Time) bool {
 }
 
 // mint makes sure every entry in es has a current SVID, minting at most once per entry at a
-// time however many callers ask.
+// time however many callers ask. Several SVIDs are minted concurrently, so a caller entitled to
+// many identities waits for the slowest share of the work instead of the sum of it (minting is
+// CPU-bound: a few workers per core keep every core busy without piling up goroutines). The
+// first error is returned once every worker has stopped; a View is only ever built from SVIDs
+// that exist, so a caller never sees a partial one.
 func (c *cache) mint(es []entry.Entry) error {
-	for _, e := range es {
-		if err := c.mintOne(e, false); err != nil {
-			return err
+	es = uniqueEntries(es)
+	workers := min(len(es), mintWorkers())
+	if workers <= 1 {
+		for _, e := range es {
+			if err := c.mintOne(e, false); err != nil {
+				return err
+			}
 		}
+		return nil
 	}
-	return nil
+	var (
+		next    atomic.Int64
+		failed  atomic.Bool
+		errOnce sync.Once
+		first   error
+		wg      sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for !failed.Load() {
+				i := int(next.Add(1)) - 1
+				if i >= len(es) {
+					return
+				}
+				if err := c.mintOne(es[i], false); err != nil {
+					errOnce.Do(func() { first = err })
+					failed.Store(true)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// mintWorkers bounds the mints one call of mint runs at once. A variable for benchmarks.
+var mintWorkers = func() int { return 2 * runtime.GOMAXPROCS(0) }
+
+// uniqueEntries drops repeated entry IDs (refresh collects the missing entries of several
+// groups, which often share them), keeping the first of each, in order. es is not modified.
+func uniqueEntries(es []entry.Entry) []entry.Entry {
+	if len(es) < 2 {
+		return es
+	}
+	seen := make(map[string]struct{}, len(es))
+	out := make([]entry.Entry, 0, len(es))
+	for _, e := range es {
+		if _, dup := seen[e.ID]; dup {
+			continue
+		}
+		seen[e.ID] = struct{}{}
+		out = append(out, e)
+	}
+	return out
 }
 
 // mintOne mints an SVID for e unless a current one exists (or force, for rotation).

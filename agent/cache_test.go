@@ -24,10 +24,26 @@ type fakeMinter struct {
 	serial atomic.Int64
 	mints  sync.Map // spiffe ID string → *atomic.Int64
 	fail   atomic.Bool
+	// failID, when set, is the one SPIFFE ID whose mint fails.
+	failID string
+	// delay makes each mint take that long; inflight and maxInflight count concurrent mints.
+	delay                 time.Duration
+	inflight, maxInflight atomic.Int64
 }
 
 func (m *fakeMinter) MintX509SVID(id spiffeid.ID, ttl time.Duration, _ []string) (*workload.SVID, error) {
-	if m.fail.Load() {
+	n := m.inflight.Add(1)
+	defer m.inflight.Add(-1)
+	for {
+		old := m.maxInflight.Load()
+		if n <= old || m.maxInflight.CompareAndSwap(old, n) {
+			break
+		}
+	}
+	if m.delay > 0 {
+		time.Sleep(m.delay)
+	}
+	if m.fail.Load() || id.String() == m.failID {
 		return nil, fmt.Errorf("minter broken")
 	}
 	if ttl == 0 {
@@ -173,10 +189,20 @@ func TestOneMintPerEntryAcrossStreams(t *testing.T) {
 		t.Fatalf("minted %d times for 200 streams, want 1", n)
 	}
 	first := latest(subs[0]).SVIDs[0]
+	views := map[string]*workload.View{} // selector key → the View its streams hold
 	for i, s := range subs {
-		if v := s.Latest(); v.SVIDs[0] != first {
+		v := s.Latest()
+		if v.SVIDs[0] != first {
 			t.Fatalf("stream %d holds a different SVID", i)
 		}
+		// Streams of one caller share one View (and what front-ends memoize on it).
+		key := fmt.Sprint(i % 7)
+		if w, ok := views[key]; ok && w != v {
+			t.Fatalf("stream %d holds another View than its caller's other streams", i)
+		}
+		views[key] = v
+	}
+	for _, s := range subs {
 		s.Close()
 	}
 	if st := c.stats(); st.Groups != 0 || st.Streams != 0 {
@@ -360,5 +386,97 @@ func TestDigestEntryReattestsOpenStreams(t *testing.T) {
 	}
 	if st := c.stats(); st.Streams != 2 {
 		t.Fatalf("streams = %d after moves, want 2", st.Streams)
+	}
+}
+
+// TestManyEntriesMintedConcurrently: a caller entitled to many identities gets its first View
+// after about one mint's time per worker share, not the sum of every mint; every entry is
+// still minted once however many streams of that caller arrive together, and the first View
+// is complete.
+func TestManyEntriesMintedConcurrently(t *testing.T) {
+	c, m, _ := newTestCache(t)
+	m.delay = 20 * time.Millisecond
+	const n = 16
+	var es []entry.Entry
+	for i := range n {
+		es = append(es, mkEntry(t, fmt.Sprintf("e%02d", i), fmt.Sprintf("spiffe://example.org/w/%02d", i), 1, "unix:uid:1000"))
+	}
+	c.load(es)
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	subs := make([]*workload.Subscription, 8)
+	for i := range subs {
+		wg.Go(func() {
+			s, err := c.subscribe(sels(t, "unix:uid:1000"), nil, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			subs[i] = s
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if t.Failed() {
+		t.FailNow()
+	}
+	for i, s := range subs {
+		if got := len(s.Latest().SVIDs); got != n {
+			t.Fatalf("stream %d: first View holds %d SVIDs, want all %d", i, got, n)
+		}
+		s.Close()
+	}
+	for _, e := range es {
+		if got := m.count(e.SPIFFEID.String()); got != 1 {
+			t.Fatalf("%s minted %d times, want once", e.SPIFFEID, got)
+		}
+	}
+	if got := m.maxInflight.Load(); got < 2 || got > int64(mintWorkers()) {
+		t.Fatalf("at most %d mints ran at once, want 2..%d", got, mintWorkers())
+	}
+	// Sequential would be n×delay = 320 ms; with at least two workers it is at most half.
+	if seq := n * m.delay; took > seq*3/4 {
+		t.Fatalf("first View after %v, sequential minting takes %v: not minted concurrently", took, seq)
+	}
+}
+
+// TestConcurrentMintFailure: when one of a caller's SVIDs cannot be minted, subscribe fails
+// (no partial View is published) and the other mints are not left running or lost.
+func TestConcurrentMintFailure(t *testing.T) {
+	c, m, _ := newTestCache(t)
+	m.delay = time.Millisecond
+	var es []entry.Entry
+	for i := range 12 {
+		es = append(es, mkEntry(t, fmt.Sprintf("e%02d", i), fmt.Sprintf("spiffe://example.org/w/%02d", i), 1, "unix:uid:1000"))
+	}
+	c.load(es)
+	m.failID = "spiffe://example.org/w/05"
+	if sub, err := c.subscribe(sels(t, "unix:uid:1000"), nil, nil); err == nil {
+		sub.Close()
+		t.Fatal("subscribe succeeded although one SVID could not be minted")
+	} else if !strings.Contains(err.Error(), "spiffe://example.org/w/05") {
+		t.Fatalf("error %q does not name the failing identity", err)
+	}
+	if got := m.inflight.Load(); got != 0 {
+		t.Fatalf("%d mints still running after subscribe returned", got)
+	}
+	if st := c.stats(); st.Groups != 0 || st.Streams != 0 {
+		t.Fatalf("failed subscribe left %+v", st)
+	}
+	// The minter recovers: the next subscribe completes, reusing what was minted.
+	m.failID = ""
+	sub, err := c.subscribe(sels(t, "unix:uid:1000"), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if got := len(sub.Latest().SVIDs); got != len(es) {
+		t.Fatalf("View holds %d SVIDs, want %d", got, len(es))
+	}
+	for _, e := range es {
+		if got := m.count(e.SPIFFEID.String()); got != 1 && e.SPIFFEID.String() != "spiffe://example.org/w/05" {
+			t.Fatalf("%s minted %d times, want once", e.SPIFFEID, got)
+		}
 	}
 }

@@ -23,13 +23,29 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 	s.metrics.StreamOpened(KindDelta)
 	defer s.metrics.StreamClosed(KindDelta)
 
+	st := &deltaStream{s: s, stream: stream, log: newStreamLog(s.log, "DeltaSecrets")}
+	defer st.close()
+
+	// The first request is read on the handler's goroutine, which grows its stack to answer it
+	// anyway (decoding Envoy's node, attesting, encoding the response). The receiving
+	// goroutine started after it only decodes the small requests that follow (ACKs, name
+	// changes), so its stack stays small: with thousands of streams, growing and copying two
+	// deep stacks per stream was a fifth of the CPU (issue 6).
+	first, err := stream.Recv()
+	if err != nil {
+		return recvErr(ctx, err)
+	}
+	if err := st.onRequest(ctx, first); err != nil {
+		return err
+	}
 	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
 	errs := make(chan error, 1)
 	go recvLoop(ctx, stream.Recv, reqs, errs)
 
-	st := &deltaStream{s: s, stream: stream, log: s.log.With("rpc", "DeltaSecrets")}
-	defer st.close()
 	var updates <-chan *workload.View
+	if st.sub != nil {
+		updates = st.sub.Updates()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -56,7 +72,7 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 type deltaStream struct {
 	s      *Server
 	stream secretv3.SecretDiscoveryService_DeltaSecretsServer
-	log    *slog.Logger
+	log    *streamLog
 	sub    *workload.Subscription
 	view   *workload.View
 
@@ -72,7 +88,9 @@ type deltaStream struct {
 func (st *deltaStream) close() {
 	if st.sub != nil {
 		st.sub.Close()
-		st.log.Debug("sds stream closed")
+		if l := st.log.at(slog.LevelDebug); l != nil {
+			l.Debug("sds stream closed")
+		}
 	}
 }
 
@@ -100,8 +118,8 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 	}
 
 	if !st.started {
-		sub, log, err := st.s.watch(ctx, st.log.With(nodeAttrs(req.GetNode())))
-		st.log = log
+		st.log.setNode(req.GetNode())
+		sub, err := st.s.watch(ctx, st.log)
 		if err != nil {
 			return err
 		}
@@ -113,7 +131,9 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 		maps.Copy(st.held, initial)
 		// Legacy wildcard: a first request that subscribes to nothing.
 		st.wildcard = len(req.GetResourceNamesSubscribe()) == 0
-		st.log.Debug("sds stream opened", "names", len(req.GetResourceNamesSubscribe()), "initial_versions", len(initial))
+		if l := st.log.at(slog.LevelDebug); l != nil {
+			l.Debug("sds stream opened", "names", len(req.GetResourceNamesSubscribe()), "initial_versions", len(initial))
+		}
 	}
 	st.started = true
 
@@ -151,12 +171,16 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 		// Nothing of ours to acknowledge (a nonce from before an agent restart included).
 	case nonce != st.lastNonce:
 		st.s.metrics.StaleRequest(KindDelta)
-		st.log.Debug("stale nonce in sds request", "nonce", truncate(nonce), "last_nonce", st.lastNonce)
+		if l := st.log.at(slog.LevelDebug); l != nil {
+			l.Debug("stale nonce in sds request", "nonce", truncate(nonce), "last_nonce", st.lastNonce)
+		}
 	case req.GetErrorDetail() != nil:
 		ed := req.GetErrorDetail()
 		st.s.metrics.NACK(KindDelta)
-		st.log.Warn("envoy rejected secrets", "nonce", truncate(nonce),
-			"code", codes.Code(ed.GetCode()), "error", truncate(ed.GetMessage()))
+		if l := st.log.at(slog.LevelWarn); l != nil {
+			l.Warn("envoy rejected secrets", "nonce", truncate(nonce),
+				"code", codes.Code(ed.GetCode()), "error", truncate(ed.GetMessage()))
+		}
 		// held keeps the rejected versions, so push below does not send them again.
 	default:
 		st.s.metrics.ACK(KindDelta)
@@ -205,9 +229,11 @@ func (st *deltaStream) push() error {
 		RemovedResources:  removed,
 	}
 	for _, r := range changed {
-		a, err := r.marshal()
+		a, err := r.encoded(st.view)
 		if err != nil {
-			st.log.Error("building sds response failed", "error", err)
+			if l := st.log.at(slog.LevelError); l != nil {
+				l.Error("building sds response failed", "error", err)
+			}
 			return status.Error(codes.Internal, "building response failed")
 		}
 		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.name, Version: r.version, Resource: a})
@@ -223,6 +249,8 @@ func (st *deltaStream) push() error {
 		delete(st.held, n)
 	}
 	st.s.metrics.ResponseSent(KindDelta, len(changed)+len(removed))
-	st.log.Debug("sent secrets", "nonce", tok, "resources", len(changed), "removed", len(removed))
+	if l := st.log.at(slog.LevelDebug); l != nil {
+		l.Debug("sent secrets", "nonce", tok, "resources", len(changed), "removed", len(removed))
+	}
 	return nil
 }

@@ -25,6 +25,8 @@
 // the trust domains and their sequences), so a View update that changes nothing a stream
 // asked for sends nothing on that stream.
 //
-// Streams are cheap: one goroutine reading requests besides gRPC's own, no timers, and the
-// Secret is built from the View's precomputed PEM only when it is sent.
+// Streams are cheap: one goroutine reading requests besides gRPC's own (started after the
+// first request, so its stack stays small), no timers, no logger unless a record is written,
+// and each Secret is marshalled once per View (View.Memo) and shared by every stream holding
+// that View; only version_info and nonce are a stream's own.
 package sds

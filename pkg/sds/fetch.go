@@ -2,6 +2,7 @@ package sds
 
 import (
 	"context"
+	"log/slog"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
@@ -20,7 +21,9 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 	if err := checkNames("resource_names", req.GetResourceNames()); err != nil {
 		return nil, err
 	}
-	sub, log, err := s.watch(ctx, s.log.With("rpc", "FetchSecrets", nodeAttrs(req.GetNode())))
+	log := newStreamLog(s.log, "FetchSecrets")
+	log.setNode(req.GetNode())
+	sub, err := s.watch(ctx, log)
 	if err != nil {
 		return nil, err
 	}
@@ -30,12 +33,16 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 	names, wildcard := requestedNames(req.GetResourceNames(), true)
 	rs := s.resolveAll(view, names, wildcard)
 	if len(rs) == 0 {
-		log.Debug("no requested secret exists for caller", "names", len(names), "wildcard", wildcard)
+		if l := log.at(slog.LevelDebug); l != nil {
+			l.Debug("no requested secret exists for caller", "names", len(names), "wildcard", wildcard)
+		}
 		return nil, status.Error(codes.NotFound, "none of the requested secrets exists for this caller")
 	}
-	resp, err := s.buildResponse(rs)
+	resp, err := s.buildResponse(view, rs)
 	if err != nil {
-		log.Error("building sds response failed", "error", err)
+		if l := log.at(slog.LevelError); l != nil {
+			l.Error("building sds response failed", "error", err)
+		}
 		return nil, status.Error(codes.Internal, "building response failed")
 	}
 	s.metrics.ResponseSent(KindFetch, len(rs))

@@ -198,6 +198,34 @@ func (r resource) marshal() (*anypb.Any, error) {
 	return &anypb.Any{TypeUrl: SecretTypeURL, Value: b}, nil
 }
 
+// encodedKey names r's encoding in its View's memo: the name and version, and what they
+// resolved to, determine the Secret completely (a name can resolve differently on servers
+// configured with other special names, and ALL's bundles are the View's own).
+type encodedKey struct {
+	name, version string
+	svid          *workload.SVID
+	bundle        *workload.Bundle
+}
+
+// encodedValue is a memoized marshal result.
+type encodedValue struct {
+	a   *anypb.Any
+	err error
+}
+
+// encoded returns r's Any, marshalled once per View (r must have been resolved against v)
+// and shared by every stream that holds v: a View goes to every stream of a caller group and
+// only version and nonce differ between their responses. The Any is read-only: gRPC only reads
+// it to encode a response (protobuf marshalling is safe to run concurrently on one message).
+func (r resource) encoded(v *workload.View) (*anypb.Any, error) {
+	key := encodedKey{name: r.name, version: r.version, svid: r.svid, bundle: r.bundle}
+	e := v.Memo(key, func() any {
+		a, err := r.marshal()
+		return encodedValue{a, err}
+	}).(encodedValue)
+	return e.a, e.err
+}
+
 func inline(b []byte) *corev3.DataSource {
 	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 }

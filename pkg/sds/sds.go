@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -155,26 +154,30 @@ func (s *Server) token() string {
 }
 
 // watch identifies the caller and subscribes it to its View. Errors are gRPC statuses; the
-// detail is logged, not returned.
-func (s *Server) watch(ctx context.Context, log *slog.Logger) (*workload.Subscription, *slog.Logger, error) {
+// detail is logged, not returned. The caller is added to log.
+func (s *Server) watch(ctx context.Context, log *streamLog) (*workload.Subscription, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, log, status.FromContextError(err).Err()
+		return nil, status.FromContextError(err).Err()
 	}
 	p, ok := s.peerFunc(ctx)
 	if !ok || p == nil {
-		log.Warn("sds request without peer credentials")
-		return nil, log, status.Error(codes.PermissionDenied, "caller could not be identified")
+		if l := log.at(slog.LevelWarn); l != nil {
+			l.Warn("sds request without peer credentials")
+		}
+		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
 	}
-	log = log.With("pid", p.PID, "uid", p.UID)
+	log.setPeer(p)
 	sub, err := s.watcher.Watch(ctx, p)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, log, status.FromContextError(ctxErr).Err()
+			return nil, status.FromContextError(ctxErr).Err()
 		}
-		log.Warn("watching caller's identities failed", "error", err)
-		return nil, log, status.Error(codes.Unavailable, "identities unavailable")
+		if l := log.at(slog.LevelWarn); l != nil {
+			l.Warn("watching caller's identities failed", "error", err)
+		}
+		return nil, status.Error(codes.Unavailable, "identities unavailable")
 	}
-	return sub, log, nil
+	return sub, nil
 }
 
 // checkTypeURL accepts the Secret type and, leniently, an empty one: the service implies it.
@@ -212,24 +215,6 @@ func truncate(s string) string {
 		return s
 	}
 	return s[:max] + "…"
-}
-
-// nodeAttrs describes the Envoy on the other end: Envoy sends node only on a stream's first
-// request.
-func nodeAttrs(n *corev3.Node) slog.Attr {
-	if n == nil {
-		return slog.Group("node")
-	}
-	attrs := []any{"id", truncate(n.GetId()), "cluster", truncate(n.GetCluster())}
-	if n.GetUserAgentName() != "" {
-		attrs = append(attrs, "user_agent", truncate(n.GetUserAgentName()))
-	}
-	if v := n.GetUserAgentBuildVersion().GetVersion(); v != nil {
-		attrs = append(attrs, "version", fmt.Sprintf("%d.%d.%d", v.GetMajorNumber(), v.GetMinorNumber(), v.GetPatch()))
-	} else if v := n.GetUserAgentVersion(); v != "" {
-		attrs = append(attrs, "version", truncate(v))
-	}
-	return slog.Group("node", attrs...)
 }
 
 // recvLoop turns stream.Recv into a channel so one select can serve requests, View updates

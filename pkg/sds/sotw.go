@@ -21,13 +21,29 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 	s.metrics.StreamOpened(KindStream)
 	defer s.metrics.StreamClosed(KindStream)
 
+	st := &sotwStream{s: s, stream: stream, log: newStreamLog(s.log, "StreamSecrets")}
+	defer st.close()
+
+	// The first request is read on the handler's goroutine, which grows its stack to answer it
+	// anyway (decoding Envoy's node, attesting, encoding the response). The receiving
+	// goroutine started after it only decodes the small requests that follow (ACKs, name
+	// changes), so its stack stays small: with thousands of streams, growing and copying two
+	// deep stacks per stream was a fifth of the CPU (issue 6).
+	first, err := stream.Recv()
+	if err != nil {
+		return recvErr(ctx, err)
+	}
+	if err := st.onRequest(ctx, first); err != nil {
+		return err
+	}
 	reqs := make(chan *discoveryv3.DiscoveryRequest)
 	errs := make(chan error, 1)
 	go recvLoop(ctx, stream.Recv, reqs, errs)
 
-	st := &sotwStream{s: s, stream: stream, log: s.log.With("rpc", "StreamSecrets")}
-	defer st.close()
 	var updates <-chan *workload.View
+	if st.sub != nil {
+		updates = st.sub.Updates()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -53,7 +69,7 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 type sotwStream struct {
 	s      *Server
 	stream secretv3.SecretDiscoveryService_StreamSecretsServer
-	log    *slog.Logger
+	log    *streamLog
 	sub    *workload.Subscription
 	view   *workload.View
 
@@ -70,7 +86,9 @@ type sotwStream struct {
 func (st *sotwStream) close() {
 	if st.sub != nil {
 		st.sub.Close()
-		st.log.Debug("sds stream closed")
+		if l := st.log.at(slog.LevelDebug); l != nil {
+			l.Debug("sds stream closed")
+		}
 	}
 }
 
@@ -83,21 +101,25 @@ func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryR
 	}
 	if !st.started {
 		// Envoy sends node only on a stream's first request.
-		sub, log, err := st.s.watch(ctx, st.log.With(nodeAttrs(req.GetNode())))
-		st.log = log
+		st.log.setNode(req.GetNode())
+		sub, err := st.s.watch(ctx, st.log)
 		if err != nil {
 			return err
 		}
 		st.sub = sub
 		st.view = initialView(sub)
-		st.log.Debug("sds stream opened", "names", len(req.GetResourceNames()))
+		if l := st.log.at(slog.LevelDebug); l != nil {
+			l.Debug("sds stream opened", "names", len(req.GetResourceNames()))
+		}
 	}
 
 	nonce := req.GetResponseNonce()
 	if st.lastNonce != "" && nonce != "" && nonce != st.lastNonce {
 		// It answers an older response; a newer request is on its way and supersedes it.
 		st.s.metrics.StaleRequest(KindStream)
-		st.log.Debug("ignoring stale sds request", "nonce", truncate(nonce), "last_nonce", st.lastNonce)
+		if l := st.log.at(slog.LevelDebug); l != nil {
+			l.Debug("ignoring stale sds request", "nonce", truncate(nonce), "last_nonce", st.lastNonce)
+		}
 		return nil
 	}
 	acking := st.lastNonce != "" && nonce == st.lastNonce
@@ -109,8 +131,10 @@ func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryR
 
 	if ed := req.GetErrorDetail(); ed != nil {
 		st.s.metrics.NACK(KindStream)
-		st.log.Warn("envoy rejected secrets", "nonce", truncate(nonce), "version", truncate(req.GetVersionInfo()),
-			"code", codes.Code(ed.GetCode()), "error", truncate(ed.GetMessage()))
+		if l := st.log.at(slog.LevelWarn); l != nil {
+			l.Warn("envoy rejected secrets", "nonce", truncate(nonce), "version", truncate(req.GetVersionInfo()),
+				"code", codes.Code(ed.GetCode()), "error", truncate(ed.GetMessage()))
+		}
 		if acking {
 			// Re-sending what was just rejected would be rejected again; the next View
 			// change brings something new.
@@ -148,9 +172,11 @@ func (st *sotwStream) respond(rs []resource) error {
 	if len(rs) == 0 {
 		return nil
 	}
-	resp, err := st.s.buildResponse(rs)
+	resp, err := st.s.buildResponse(st.view, rs)
 	if err != nil {
-		st.log.Error("building sds response failed", "error", err)
+		if l := st.log.at(slog.LevelError); l != nil {
+			l.Error("building sds response failed", "error", err)
+		}
 		return status.Error(codes.Internal, "building response failed")
 	}
 	if err := st.stream.Send(resp); err != nil {
@@ -165,12 +191,15 @@ func (st *sotwStream) respond(rs []resource) error {
 		st.sent[r.name] = r.version
 	}
 	st.s.metrics.ResponseSent(KindStream, len(rs))
-	st.log.Debug("sent secrets", "nonce", resp.Nonce, "resources", len(rs))
+	if l := st.log.at(slog.LevelDebug); l != nil {
+		l.Debug("sent secrets", "nonce", resp.Nonce, "resources", len(rs))
+	}
 	return nil
 }
 
-// buildResponse makes a state-of-the-world response carrying rs.
-func (s *Server) buildResponse(rs []resource) (*discoveryv3.DiscoveryResponse, error) {
+// buildResponse makes a state-of-the-world response carrying rs, resolved against v. Only
+// the version and nonce are the response's own: the resources are v's shared encodings.
+func (s *Server) buildResponse(v *workload.View, rs []resource) (*discoveryv3.DiscoveryResponse, error) {
 	tok := s.token()
 	resp := &discoveryv3.DiscoveryResponse{
 		VersionInfo: tok,
@@ -179,7 +208,7 @@ func (s *Server) buildResponse(rs []resource) (*discoveryv3.DiscoveryResponse, e
 		Resources:   make([]*anypb.Any, 0, len(rs)),
 	}
 	for _, r := range rs {
-		a, err := r.marshal()
+		a, err := r.encoded(v)
 		if err != nil {
 			return nil, err
 		}

@@ -116,6 +116,7 @@ func startHelperBinary(t *testing.T, bin, name, path string, cred *syscall.Crede
 		t.Fatal(err)
 	}
 	var res helperResult
+	killed := false
 	r := bufio.NewReader(out)
 	for {
 		line, err := r.ReadString('\n')
@@ -130,9 +131,11 @@ func startHelperBinary(t *testing.T, bin, name, path string, cred *syscall.Crede
 				timer := time.AfterFunc(budget, func() { _ = cmd.Process.Kill() })
 				defer timer.Stop()
 			}
-			if stop != nil && stop(len(res.ids)) {
-				_ = cmd.Process.Kill() // SIGKILL
-				break
+			if !killed && stop != nil && stop(len(res.ids)) {
+				// SIGKILL, then keep reading: lines already in the pipe are writes the child
+				// saw acknowledged before it died, and must be counted (and checked).
+				_ = cmd.Process.Kill()
+				killed = true
 			}
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -66,6 +67,42 @@ type View struct {
 	SVIDs []*SVID
 	// Bundles: the agent's own trust domain first, then federated ones by name.
 	Bundles []*Bundle
+
+	// memo holds values derived from this View (encoded responses), shared by every stream
+	// holding it; see Memo.
+	memo sync.Map
+}
+
+// Memo returns the value memoized under key, calling build to make it on first use. It lets
+// front-ends encode a response once per View instead of once per stream: a View is published
+// to every stream of a caller group and never changes, so anything computed from it alone can
+// be shared. key must be comparable and say everything build depends on besides the View
+// (e.g. the resource name and how it is encoded).
+//
+// Concurrency: Memo is safe for concurrent use. build runs once per key: callers that ask for
+// a key while it is being built wait for that build (thousands of streams of one caller
+// receive a new View at the same instant; building it for each of them would defeat the
+// purpose). The result is shared read-only by every stream of the group: neither build's
+// caller nor anyone else may modify it afterwards. build must not call Memo on the same View
+// with the same key. On a nil View, Memo just calls build. Memoized values live as long as
+// the View.
+func (v *View) Memo(key any, build func() any) any {
+	if v == nil {
+		return build()
+	}
+	m, ok := v.memo.Load(key)
+	if !ok {
+		m, _ = v.memo.LoadOrStore(key, new(memoEntry))
+	}
+	e := m.(*memoEntry)
+	e.once.Do(func() { e.val = build() })
+	return e.val
+}
+
+// memoEntry is one memoized value; once makes concurrent first callers share one build.
+type memoEntry struct {
+	once sync.Once
+	val  any
 }
 
 // Empty reports whether the caller is entitled to nothing.

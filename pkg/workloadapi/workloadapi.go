@@ -113,8 +113,8 @@ func checkHeader(ctx context.Context) error {
 	return nil
 }
 
-// peer identifies the caller. Errors are gRPC statuses.
-func (s *Server) peer(ctx context.Context, log *slog.Logger) (*peercred.Peer, *slog.Logger, error) {
+// peer identifies the caller and adds it to log. Errors are gRPC statuses.
+func (s *Server) peer(ctx context.Context, log *callLog) (*peercred.Peer, *callLog, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, log, status.FromContextError(err).Err()
 	}
@@ -123,12 +123,13 @@ func (s *Server) peer(ctx context.Context, log *slog.Logger) (*peercred.Peer, *s
 		log.Warn("workload api request without peer credentials")
 		return nil, log, status.Error(codes.PermissionDenied, "caller could not be identified")
 	}
-	return p, log.With("pid", p.PID, "uid", p.UID), nil
+	log.setPeer(p)
+	return p, log, nil
 }
 
 // watch identifies the caller and subscribes it to its View. Errors are gRPC statuses; the
 // detail is logged, not returned.
-func (s *Server) watch(ctx context.Context, log *slog.Logger) (*workload.Subscription, *slog.Logger, error) {
+func (s *Server) watch(ctx context.Context, log *callLog) (*workload.Subscription, *callLog, error) {
 	p, log, err := s.peer(ctx, log)
 	if err != nil {
 		return nil, log, err
@@ -177,7 +178,7 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 	if err := checkHeader(ctx); err != nil {
 		return err
 	}
-	sub, log, err := s.watch(ctx, s.log.With("rpc", rpc))
+	sub, log, err := s.watch(ctx, s.callLog(rpc))
 	if err != nil {
 		return err
 	}
@@ -198,8 +199,9 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 			}
 			resp, n := build(v)
 			// The whole response is compared rather than versions: it shares the View's
-			// byte slices, so building it copies nothing, and Views change rarely.
-			if sent && proto.Equal(last, resp) {
+			// byte slices, so building it copies nothing, and Views change rarely. A
+			// response memoized on the View is the very same message for every stream.
+			if sent && (any(last) == any(resp) || proto.Equal(last, resp)) {
 				continue
 			}
 			if err := stream.Send(resp); err != nil {
@@ -207,7 +209,9 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 			}
 			last, sent = resp, true
 			s.metrics.ResponseSent(kind, n)
-			log.Debug("sent workload api response", "items", n)
+			if log.Enabled(slog.LevelDebug) {
+				log.Debug("sent workload api response", "items", n)
+			}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package workloadapi
 
 import (
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/svidd/svidd/pkg/workload"
@@ -9,12 +10,12 @@ import (
 
 // FetchX509SVID streams every X509-SVID the caller holds, default first, with the bundles.
 func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
-	return serveStream(s, KindX509SVID, "FetchX509SVID", stream, s.x509SVIDResponse)
+	return serveStream(s, KindX509SVID, "FetchX509SVID", stream, s.sharedX509SVIDResponse)
 }
 
 // FetchX509Bundles streams the X.509 bundles of every trust domain in the caller's View.
 func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
-	return serveStream(s, KindX509Bundles, "FetchX509Bundles", stream, x509BundlesResponse)
+	return serveStream(s, KindX509Bundles, "FetchX509Bundles", stream, sharedX509BundlesResponse)
 }
 
 // x509SVIDResponse translates a non-empty View. Each SVID carries its own trust domain's
@@ -54,4 +55,32 @@ func x509BundlesResponse(v *workload.View) (*workloadpb.X509BundlesResponse, int
 		resp.Bundles[b.TrustDomain.IDString()] = b.DER
 	}
 	return resp, len(resp.Bundles)
+}
+
+// Responses are built once per View and shared, read-only, by every stream holding it (a View
+// goes to every stream of a caller group); gRPC only reads a message it sends. The keys say
+// what a response depends on besides the View.
+type (
+	x509SVIDKey    struct{ td spiffeid.TrustDomain }
+	x509BundlesKey struct{}
+	memoResponse   struct {
+		resp any
+		n    int
+	}
+)
+
+func (s *Server) sharedX509SVIDResponse(v *workload.View) (*workloadpb.X509SVIDResponse, int) {
+	m := v.Memo(x509SVIDKey{s.td}, func() any {
+		resp, n := s.x509SVIDResponse(v)
+		return memoResponse{resp, n}
+	}).(memoResponse)
+	return m.resp.(*workloadpb.X509SVIDResponse), m.n
+}
+
+func sharedX509BundlesResponse(v *workload.View) (*workloadpb.X509BundlesResponse, int) {
+	m := v.Memo(x509BundlesKey{}, func() any {
+		resp, n := x509BundlesResponse(v)
+		return memoResponse{resp, n}
+	}).(memoResponse)
+	return m.resp.(*workloadpb.X509BundlesResponse), m.n
 }
