@@ -233,15 +233,17 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscrip
 	if err != nil {
 		return nil, err
 	}
-	v := sub.Latest()
-	for i, s := range v.SVIDs {
-		if i == maxLoggedIDs {
-			served = append(served, fmt.Sprintf("(+%d more)", len(v.SVIDs)-i))
-			break
+	if a.log.Enabled(ctx, slog.LevelInfo) { // a hot path: build the ID list only if it is logged
+		v := sub.Latest()
+		for i, s := range v.SVIDs {
+			if i == maxLoggedIDs {
+				served = append(served, fmt.Sprintf("(+%d more)", len(v.SVIDs)-i))
+				break
+			}
+			served = append(served, s.ID.String())
 		}
-		served = append(served, s.ID.String())
+		a.log.Info("stream opened", "rpc", method, "pid", p.PID, "uid", p.UID, "gid", p.GID, "spiffe_ids", served)
 	}
-	a.log.Info("stream opened", "rpc", method, "pid", p.PID, "uid", p.UID, "gid", p.GID, "spiffe_ids", served)
 	return sub, nil
 }
 

@@ -423,7 +423,7 @@ func TestKillDuringWritesLosesNothing(t *testing.T) {
 				}
 			}
 		}
-		a.startQuick()
+		a.start()
 		listed := map[string]bool{}
 		es, err := admin.NewClient(a.admin).ListEntries(ctx, "", nil)
 		if err != nil {
@@ -451,43 +451,6 @@ func TestKillDuringWritesLosesNothing(t *testing.T) {
 	}
 	t.Logf("%d kills in %v: %d writes acknowledged, %d cut off by a kill, %d entries on disk (committed but unacknowledged ones included)",
 		rounds, time.Since(begin).Round(time.Millisecond), len(acked), failures.Load(), len(onDisk))
-}
-
-// startQuick is a.start with an in-process readiness probe (the admin API's /v1/health, what
-// svidctl healthcheck asks) polled every 5 ms instead of a svidctl process every 20 ms: the
-// kill test restarts svidd a hundred times and more.
-func (a *agent) startQuick() {
-	t := a.t
-	t.Helper()
-	a.logs = &syncBuffer{}
-	a.cmd = exec.Command(bins.svidd, a.args()...)
-	a.cmd.Stdout = a.logs
-	a.cmd.Stderr = a.logs
-	a.cmd.Env = append(os.Environ(), a.env...)
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a.exited = make(chan struct{})
-	go func() { a.cmd.Wait(); close(a.exited) }()
-	c := admin.NewClient(a.admin)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		h, err := c.Health(ctx)
-		cancel()
-		if err == nil && h.Ready {
-			return
-		}
-		select {
-		case <-a.exited:
-			t.Fatalf("svidd exited during start (%v):\n%s", a.cmd.ProcessState, a.logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("svidd not ready after 15s:\n%s", a.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // storeIDs copies svidd's SQLite files (svidd is not running) to a temp dir, so that
