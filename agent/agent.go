@@ -33,6 +33,7 @@ import (
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/telemetry"
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 	"github.com/svidd/svidd/pkg/workloadapi"
 )
@@ -356,7 +357,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(8<<10),
-		grpc.WriteBufferSize(16<<10))...)
+		grpc.WriteBufferSize(16<<10),
+		// SDS sends pre-encoded responses: each View's Secrets are encoded once and shared
+		// by every stream holding it (pkg/wire).
+		wire.ServerOption())...)
 	sdsSrv.Register(gs)
 	wlSrv.Register(gs)
 	hs := health.NewServer()

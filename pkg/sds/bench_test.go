@@ -31,7 +31,7 @@ func BenchmarkBuildResponse(b *testing.B) {
 			for b.Loop() {
 				view := f.view()
 				rs := srv.resolveAll(view, bc.names, bc.wildcard)
-				if _, err := srv.buildResponse(view, rs); err != nil {
+				if _, _, err := srv.buildResponse(view, rs); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -41,7 +41,7 @@ func BenchmarkBuildResponse(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				rs := srv.resolveAll(view, bc.names, bc.wildcard)
-				if _, err := srv.buildResponse(view, rs); err != nil {
+				if _, _, err := srv.buildResponse(view, rs); err != nil {
 					b.Fatal(err)
 				}
 			}

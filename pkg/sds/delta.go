@@ -10,7 +10,9 @@ import (
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -24,52 +26,13 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 	defer s.metrics.StreamClosed(KindDelta)
 
 	st := &deltaStream{s: s, stream: stream, log: newStreamLog(s.log, "DeltaSecrets")}
-	defer st.close()
-
-	// The first request is read on the handler's goroutine, which grows its stack to answer it
-	// anyway (decoding Envoy's node, attesting, encoding the response). The receiving
-	// goroutine started after it only decodes the small requests that follow (ACKs, name
-	// changes), so its stack stays small: with thousands of streams, growing and copying two
-	// deep stacks per stream was a fifth of the CPU (issue 6).
-	first, err := stream.Recv()
-	if err != nil {
-		return recvErr(ctx, err)
-	}
-	if err := st.onRequest(ctx, first); err != nil {
-		return err
-	}
-	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest)
-	errs := make(chan error, 1)
-	go recvLoop(ctx, stream.Recv, reqs, errs)
-
-	var updates <-chan *workload.View
-	if st.sub != nil {
-		updates = st.sub.Updates()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		case err := <-errs:
-			return recvErr(ctx, err)
-		case req := <-reqs:
-			if err := st.onRequest(ctx, req); err != nil {
-				return err
-			}
-			if updates == nil && st.sub != nil {
-				updates = st.sub.Updates()
-			}
-		case v := <-updates:
-			st.view = v
-			if err := st.push(); err != nil {
-				return err
-			}
-		}
-	}
+	return serve(ctx, stream.Recv, &st.pusher, st.onRequest, st.onView, st.subscription)
 }
 
-// deltaStream is one DeltaSecrets stream's state; only its loop touches it.
+// deltaStream is one DeltaSecrets stream's state, guarded by pusher.mu: the handler
+// goroutine (requests) and the pusher (View updates) both change it.
 type deltaStream struct {
+	pusher
 	s      *Server
 	stream secretv3.SecretDiscoveryService_DeltaSecretsServer
 	log    *streamLog
@@ -85,13 +48,11 @@ type deltaStream struct {
 	lastNonce string // "" until the stream has sent a response
 }
 
-func (st *deltaStream) close() {
-	if st.sub != nil {
-		st.sub.Close()
-		if l := st.log.at(slog.LevelDebug); l != nil {
-			l.Debug("sds stream closed")
-		}
-	}
+func (st *deltaStream) subscription() (*workload.Subscription, *streamLog) { return st.sub, st.log }
+
+func (st *deltaStream) onView(v *workload.View) error {
+	st.view = v
+	return st.push()
 }
 
 func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDiscoveryRequest) error {
@@ -124,7 +85,7 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 			return err
 		}
 		st.sub = sub
-		st.view = initialView(sub)
+		st.view, st.seq = sub.LatestSeq()
 		st.subscribed = make(map[string]struct{}, len(req.GetResourceNamesSubscribe()))
 		st.held = make(map[string]string, len(initial))
 		// Reconnecting after an agent restart: don't resend what the client already has.
@@ -221,24 +182,27 @@ func (st *deltaStream) push() error {
 	}
 
 	tok := st.s.token()
-	resp := &discoveryv3.DeltaDiscoveryResponse{
-		SystemVersionInfo: tok,
-		Nonce:             tok,
-		TypeUrl:           SecretTypeURL,
-		Resources:         make([]*discoveryv3.Resource, 0, len(changed)),
-		RemovedResources:  removed,
-	}
+	parts := make([][]byte, 1, len(changed)+1)
 	for _, r := range changed {
-		a, err := r.encoded(st.view)
+		b, err := r.encoded(st.view, deltaEncoding)
 		if err != nil {
 			if l := st.log.at(slog.LevelError); l != nil {
 				l.Error("building sds response failed", "error", err)
 			}
 			return status.Error(codes.Internal, "building response failed")
 		}
-		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.name, Version: r.version, Resource: a})
+		parts = append(parts, b)
 	}
-	if err := st.stream.Send(resp); err != nil {
+	h := make([]byte, 0, 2*len(tok)+len(SecretTypeURL)+8)
+	h = appendString(h, deltaSystemVersionField, tok)
+	h = appendString(h, deltaTypeURLField, SecretTypeURL)
+	h = appendString(h, deltaNonceField, tok)
+	for _, n := range removed {
+		h = protowire.AppendTag(h, deltaRemovedField, protowire.BytesType)
+		h = protowire.AppendString(h, n)
+	}
+	parts[0] = h
+	if err := st.stream.SendMsg(wire.NewMessage(parts...)); err != nil {
 		return err
 	}
 	st.lastNonce = tok

@@ -2,11 +2,15 @@ package sds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/svidd/svidd/pkg/workload"
 )
 
 // FetchSecrets answers one request from a fresh View: every requested Secret that exists (no
@@ -27,7 +31,7 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 	if err != nil {
 		return nil, err
 	}
-	view := initialView(sub)
+	view := sub.Latest()
 	sub.Close()
 
 	names, wildcard := requestedNames(req.GetResourceNames(), true)
@@ -38,7 +42,7 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 		}
 		return nil, status.Error(codes.NotFound, "none of the requested secrets exists for this caller")
 	}
-	resp, err := s.buildResponse(view, rs)
+	resp, err := s.fetchResponse(view, rs)
 	if err != nil {
 		if l := log.at(slog.LevelError); l != nil {
 			l.Error("building sds response failed", "error", err)
@@ -46,5 +50,20 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 		return nil, status.Error(codes.Internal, "building response failed")
 	}
 	s.metrics.ResponseSent(KindFetch, len(rs))
+	return resp, nil
+}
+
+// fetchResponse builds the response as a message: a unary handler returns the generated type.
+// FetchSecrets is rare (streams are what Envoy uses), so decoding the shared encoding is
+// cheaper than keeping a second way to build responses.
+func (s *Server) fetchResponse(v *workload.View, rs []resource) (*discoveryv3.DiscoveryResponse, error) {
+	msg, _, err := s.buildResponse(v, rs)
+	if err != nil {
+		return nil, err
+	}
+	resp := &discoveryv3.DiscoveryResponse{}
+	if err := proto.Unmarshal(msg.Bytes(), resp); err != nil {
+		return nil, fmt.Errorf("decoding response: %w", err)
+	}
 	return resp, nil
 }

@@ -2,6 +2,7 @@ package sds
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -12,8 +13,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -28,6 +31,19 @@ type fakeStream[Req, Resp any] struct {
 
 func (s *fakeStream[Req, Resp]) Context() context.Context { return s.ctx }
 func (s *fakeStream[Req, Resp]) Send(r *Resp) error       { return s.send(r) }
+
+// SendMsg decodes what the handler sends (pre-encoded responses, pkg/wire) as a client would.
+func (s *fakeStream[Req, Resp]) SendMsg(m any) error {
+	msg, ok := m.(*wire.Message)
+	if !ok {
+		return fmt.Errorf("SendMsg(%T), want *wire.Message", m)
+	}
+	r := new(Resp)
+	if err := proto.Unmarshal(msg.Bytes(), any(r).(proto.Message)); err != nil {
+		return fmt.Errorf("decoding sent message: %w", err)
+	}
+	return s.send(r)
+}
 func (s *fakeStream[Req, Resp]) Recv() (*Req, error) {
 	select {
 	case r, ok := <-s.reqs:

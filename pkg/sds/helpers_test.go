@@ -30,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -251,7 +252,7 @@ func startServer(t *testing.T, w *fakeWatcher, mod func(*Config)) secretv3.Secre
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(wire.ServerOption())
 	srv.Register(g)
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(ln) }()

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -168,8 +169,9 @@ func wantStreamAttrs(t *testing.T, line, msg string) {
 }
 
 // TestEncodingSharedPerView: every stream holding a View sends the same encoded Secrets (one
-// marshal per View and resource); another View is encoded anew; what is shared is never
-// changed by building or marshalling responses, concurrently, as gRPC does.
+// marshal per View and resource, the very same bytes); another View is encoded anew; what is
+// shared is never changed by building responses concurrently, as streams do; and the
+// hand-assembled response decodes to what the generated types would have built.
 func TestEncodingSharedPerView(t *testing.T) {
 	f := newFixture(t)
 	srv, err := New(Config{Watcher: newFakeWatcher(nil), TrustDomain: tdExample})
@@ -187,51 +189,77 @@ func TestEncodingSharedPerView(t *testing.T) {
 		{"wildcard", nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			type built struct {
+				parts [][]byte
+				resp  *discoveryv3.DiscoveryResponse
+				tok   string
+			}
+			build := func(v *workload.View) built {
+				msg, tok, err := srv.buildResponse(v, srv.resolveAll(v, tc.names, tc.wildcard))
+				if err != nil {
+					t.Error(err)
+					return built{}
+				}
+				resp := &discoveryv3.DiscoveryResponse{}
+				if err := proto.Unmarshal(msg.Bytes(), resp); err != nil {
+					t.Error(err)
+				}
+				return built{parts: msg.Parts(), resp: resp, tok: tok}
+			}
 			view := f.view()
-			build := func(v *workload.View) *discoveryv3.DiscoveryResponse {
-				resp, err := srv.buildResponse(v, srv.resolveAll(v, tc.names, tc.wildcard))
+			first := build(view)
+			if first.resp.GetVersionInfo() != first.tok || first.resp.GetNonce() != first.tok || first.resp.GetTypeUrl() != SecretTypeURL {
+				t.Fatalf("response header = version %q nonce %q type %q, want %q twice and %q",
+					first.resp.GetVersionInfo(), first.resp.GetNonce(), first.resp.GetTypeUrl(), first.tok, SecretTypeURL)
+			}
+			secrets := checkSecrets(t, first.resp.Resources)
+			rs := srv.resolveAll(view, tc.names, tc.wildcard)
+			if len(secrets) != len(rs) || len(first.parts) != len(rs)+1 {
+				t.Fatalf("%d secrets in %d parts, want %d", len(secrets), len(first.parts), len(rs))
+			}
+			for i, r := range rs {
+				want, err := r.secret()
 				if err != nil {
 					t.Fatal(err)
 				}
-				return resp
+				got := &tlsv3.Secret{}
+				if err := first.resp.Resources[i].UnmarshalTo(got); err != nil {
+					t.Fatal(err)
+				}
+				if !proto.Equal(got, want) {
+					t.Fatalf("resource %d decodes to %v, want %v", i, got, want)
+				}
 			}
-			first := build(view)
-			want := make([][]byte, len(first.Resources))
-			for i, a := range first.Resources {
-				want[i] = bytes.Clone(a.Value)
+			want := make([][]byte, len(first.parts))
+			for i, p := range first.parts {
+				want[i] = bytes.Clone(p)
 			}
-			checkSecrets(t, first.Resources)
 
 			var wg sync.WaitGroup
-			resps := make([]*discoveryv3.DiscoveryResponse, 16)
-			for i := range resps {
-				wg.Go(func() {
-					resps[i] = build(view)
-					if _, err := proto.Marshal(resps[i]); err != nil {
-						t.Error(err)
-					}
-				})
+			others := make([]built, 16)
+			for i := range others {
+				wg.Go(func() { others[i] = build(view) })
 			}
 			wg.Wait()
-			for i, r := range resps {
-				if r.Nonce == first.Nonce {
+			for i, o := range others {
+				if o.tok == first.tok {
 					t.Fatalf("stream %d: nonce reused", i)
 				}
-				for j, a := range r.Resources {
-					if a != first.Resources[j] {
+				for j := 1; j < len(o.parts); j++ {
+					if &o.parts[j][0] != &first.parts[j][0] {
 						t.Fatalf("stream %d resource %d: encoded again, want the View's shared encoding", i, j)
 					}
-					if !bytes.Equal(a.Value, want[j]) {
+					if !bytes.Equal(o.parts[j], want[j]) {
 						t.Fatalf("stream %d resource %d: shared encoding changed", i, j)
 					}
 				}
 			}
 			other := build(f.view())
-			for j, a := range other.Resources {
-				if a == first.Resources[j] {
+			for j := 1; j < len(other.parts); j++ {
+				if &other.parts[j][0] == &first.parts[j][0] {
 					t.Fatalf("resource %d: another View reused this View's encoding", j)
 				}
-				if !proto.Equal(a, first.Resources[j]) {
+				if !bytes.Equal(other.parts[j], first.parts[j]) {
 					t.Fatalf("resource %d: same SVIDs and bundles encoded differently", j)
 				}
 			}

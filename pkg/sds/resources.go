@@ -7,6 +7,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -185,8 +186,8 @@ func (r resource) secret() (*tlsv3.Secret, error) {
 	return nil, fmt.Errorf("resource %q resolves to nothing", r.name)
 }
 
-// marshal builds and marshals r's Secret into the Any a response carries.
-func (r resource) marshal() (*anypb.Any, error) {
+// marshal builds r's Secret and encodes it as an Any in protobuf wire format.
+func (r resource) marshal() ([]byte, error) {
 	sec, err := r.secret()
 	if err != nil {
 		return nil, err
@@ -195,8 +196,44 @@ func (r resource) marshal() (*anypb.Any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("marshalling secret %q: %w", r.name, err)
 	}
-	return &anypb.Any{TypeUrl: SecretTypeURL, Value: b}, nil
+	a := make([]byte, 0, len(SecretTypeURL)+len(b)+8)
+	a = protowire.AppendTag(a, anyTypeURLField, protowire.BytesType)
+	a = protowire.AppendString(a, SecretTypeURL)
+	a = protowire.AppendTag(a, anyValueField, protowire.BytesType)
+	a = protowire.AppendBytes(a, b)
+	return a, nil
 }
+
+// Field numbers of the messages svidd encodes by hand (envoy/service/discovery/v3 and
+// google/protobuf/any.proto); TestWireEncoding checks the result against the generated types.
+const (
+	anyTypeURLField = 1
+	anyValueField   = 2
+
+	respVersionInfoField = 1 // DiscoveryResponse.version_info
+	respResourcesField   = 2 // DiscoveryResponse.resources (Any)
+	respTypeURLField     = 4 // DiscoveryResponse.type_url
+	respNonceField       = 5 // DiscoveryResponse.nonce
+
+	deltaSystemVersionField = 1 // DeltaDiscoveryResponse.system_version_info
+	deltaResourcesField     = 2 // DeltaDiscoveryResponse.resources (Resource)
+	deltaTypeURLField       = 4 // DeltaDiscoveryResponse.type_url
+	deltaNonceField         = 5 // DeltaDiscoveryResponse.nonce
+	deltaRemovedField       = 6 // DeltaDiscoveryResponse.removed_resources
+
+	resourceVersionField  = 1 // Resource.version
+	resourceResourceField = 2 // Resource.resource (Any)
+	resourceNameField     = 3 // Resource.name
+)
+
+// encoding says which response a resource's encoding is for.
+type encoding uint8
+
+const (
+	anyEncoding   encoding = iota // the Secret as an Any, which the other two embed
+	sotwEncoding                  // a DiscoveryResponse.resources element
+	deltaEncoding                 // a DeltaDiscoveryResponse.resources element (a Resource)
+)
 
 // encodedKey names r's encoding in its View's memo: the name and version, and what they
 // resolved to, determine the Secret completely (a name can resolve differently on servers
@@ -205,25 +242,60 @@ type encodedKey struct {
 	name, version string
 	svid          *workload.SVID
 	bundle        *workload.Bundle
+	enc           encoding
 }
 
-// encodedValue is a memoized marshal result.
+// encodedValue is a memoized encoding.
 type encodedValue struct {
-	a   *anypb.Any
+	b   []byte
 	err error
 }
 
-// encoded returns r's Any, marshalled once per View (r must have been resolved against v)
-// and shared by every stream that holds v: a View goes to every stream of a caller group and
-// only version and nonce differ between their responses. The Any is read-only: gRPC only reads
-// it to encode a response (protobuf marshalling is safe to run concurrently on one message).
-func (r resource) encoded(v *workload.View) (*anypb.Any, error) {
-	key := encodedKey{name: r.name, version: r.version, svid: r.svid, bundle: r.bundle}
+// encoded returns r as one repeated-field element of a response (tag, length and message),
+// encoded once per View (r must have been resolved against v) and shared by every stream that
+// holds v: a View goes to every stream of a caller group and only version and nonce differ
+// between their responses. The bytes are read-only; gRPC sends them as they are (pkg/wire).
+func (r resource) encoded(v *workload.View, enc encoding) ([]byte, error) {
+	key := encodedKey{name: r.name, version: r.version, svid: r.svid, bundle: r.bundle, enc: enc}
 	e := v.Memo(key, func() any {
-		a, err := r.marshal()
-		return encodedValue{a, err}
+		// The Secret itself is marshalled once per View whichever responses carry it.
+		anyKey := key
+		anyKey.enc = anyEncoding
+		a := v.Memo(anyKey, func() any {
+			b, err := r.marshal()
+			return encodedValue{b, err}
+		}).(encodedValue)
+		if a.err != nil {
+			return a
+		}
+		var b []byte
+		switch enc {
+		case sotwEncoding:
+			b = protowire.AppendTag(make([]byte, 0, len(a.b)+4), respResourcesField, protowire.BytesType)
+			b = protowire.AppendBytes(b, a.b)
+		case deltaEncoding:
+			res := make([]byte, 0, len(a.b)+len(r.name)+len(r.version)+12)
+			res = protowire.AppendTag(res, resourceVersionField, protowire.BytesType)
+			res = protowire.AppendString(res, r.version)
+			res = protowire.AppendTag(res, resourceResourceField, protowire.BytesType)
+			res = protowire.AppendBytes(res, a.b)
+			res = protowire.AppendTag(res, resourceNameField, protowire.BytesType)
+			res = protowire.AppendString(res, r.name)
+			b = protowire.AppendTag(make([]byte, 0, len(res)+4), deltaResourcesField, protowire.BytesType)
+			b = protowire.AppendBytes(b, res)
+		}
+		return encodedValue{b: b}
 	}).(encodedValue)
-	return e.a, e.err
+	return e.b, e.err
+}
+
+// appendString appends a string field unless it is empty (proto3 omits empty strings).
+func appendString(b []byte, field protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	return protowire.AppendString(b, s)
 }
 
 func inline(b []byte) *corev3.DataSource {

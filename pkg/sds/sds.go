@@ -217,27 +217,6 @@ func truncate(s string) string {
 	return s[:max] + "…"
 }
 
-// recvLoop turns stream.Recv into a channel so one select can serve requests, View updates
-// and cancellation. It returns when Recv fails (the handler returning cancels the stream's
-// context, which unblocks Recv) or the handler stops listening.
-func recvLoop[T any](ctx context.Context, recv func() (*T, error), reqs chan<- *T, errs chan<- error) {
-	for {
-		req, err := recv()
-		if err != nil {
-			select {
-			case errs <- err:
-			case <-ctx.Done():
-			}
-			return
-		}
-		select {
-		case reqs <- req:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
 // recvErr maps the error that ended a stream's Recv to the handler's result: a client that
 // closes its side cleanly ends the RPC cleanly.
 func recvErr(ctx context.Context, err error) error {

@@ -9,8 +9,8 @@ import (
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -22,51 +22,13 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 	defer s.metrics.StreamClosed(KindStream)
 
 	st := &sotwStream{s: s, stream: stream, log: newStreamLog(s.log, "StreamSecrets")}
-	defer st.close()
-
-	// The first request is read on the handler's goroutine, which grows its stack to answer it
-	// anyway (decoding Envoy's node, attesting, encoding the response). The receiving
-	// goroutine started after it only decodes the small requests that follow (ACKs, name
-	// changes), so its stack stays small: with thousands of streams, growing and copying two
-	// deep stacks per stream was a fifth of the CPU (issue 6).
-	first, err := stream.Recv()
-	if err != nil {
-		return recvErr(ctx, err)
-	}
-	if err := st.onRequest(ctx, first); err != nil {
-		return err
-	}
-	reqs := make(chan *discoveryv3.DiscoveryRequest)
-	errs := make(chan error, 1)
-	go recvLoop(ctx, stream.Recv, reqs, errs)
-
-	var updates <-chan *workload.View
-	if st.sub != nil {
-		updates = st.sub.Updates()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		case err := <-errs:
-			return recvErr(ctx, err)
-		case req := <-reqs:
-			if err := st.onRequest(ctx, req); err != nil {
-				return err
-			}
-			if updates == nil && st.sub != nil {
-				updates = st.sub.Updates()
-			}
-		case v := <-updates:
-			if err := st.onView(v); err != nil {
-				return err
-			}
-		}
-	}
+	return serve(ctx, stream.Recv, &st.pusher, st.onRequest, st.onView, st.subscription)
 }
 
-// sotwStream is one StreamSecrets stream's state; only its loop touches it.
+// sotwStream is one StreamSecrets stream's state, guarded by pusher.mu: the handler goroutine
+// (requests) and the pusher (View updates) both change it.
 type sotwStream struct {
+	pusher
 	s      *Server
 	stream secretv3.SecretDiscoveryService_StreamSecretsServer
 	log    *streamLog
@@ -83,14 +45,7 @@ type sotwStream struct {
 	sent map[string]string
 }
 
-func (st *sotwStream) close() {
-	if st.sub != nil {
-		st.sub.Close()
-		if l := st.log.at(slog.LevelDebug); l != nil {
-			l.Debug("sds stream closed")
-		}
-	}
-}
+func (st *sotwStream) subscription() (*workload.Subscription, *streamLog) { return st.sub, st.log }
 
 func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryRequest) error {
 	if err := checkTypeURL(req.GetTypeUrl()); err != nil {
@@ -107,7 +62,7 @@ func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryR
 			return err
 		}
 		st.sub = sub
-		st.view = initialView(sub)
+		st.view, st.seq = sub.LatestSeq()
 		if l := st.log.at(slog.LevelDebug); l != nil {
 			l.Debug("sds stream opened", "names", len(req.GetResourceNames()))
 		}
@@ -172,17 +127,17 @@ func (st *sotwStream) respond(rs []resource) error {
 	if len(rs) == 0 {
 		return nil
 	}
-	resp, err := st.s.buildResponse(st.view, rs)
+	msg, tok, err := st.s.buildResponse(st.view, rs)
 	if err != nil {
 		if l := st.log.at(slog.LevelError); l != nil {
 			l.Error("building sds response failed", "error", err)
 		}
 		return status.Error(codes.Internal, "building response failed")
 	}
-	if err := st.stream.Send(resp); err != nil {
+	if err := st.stream.SendMsg(msg); err != nil {
 		return err
 	}
-	st.lastNonce = resp.Nonce
+	st.lastNonce = tok
 	if st.sent == nil {
 		st.sent = make(map[string]string, len(rs))
 	}
@@ -192,29 +147,30 @@ func (st *sotwStream) respond(rs []resource) error {
 	}
 	st.s.metrics.ResponseSent(KindStream, len(rs))
 	if l := st.log.at(slog.LevelDebug); l != nil {
-		l.Debug("sent secrets", "nonce", resp.Nonce, "resources", len(rs))
+		l.Debug("sent secrets", "nonce", tok, "resources", len(rs))
 	}
 	return nil
 }
 
-// buildResponse makes a state-of-the-world response carrying rs, resolved against v. Only
-// the version and nonce are the response's own: the resources are v's shared encodings.
-func (s *Server) buildResponse(v *workload.View, rs []resource) (*discoveryv3.DiscoveryResponse, error) {
+// buildResponse makes a state-of-the-world response carrying rs, resolved against v, and
+// returns it with its version and nonce (one token). Only those and the type are the
+// response's own bytes: the resources are v's shared encodings.
+func (s *Server) buildResponse(v *workload.View, rs []resource) (*wire.Message, string, error) {
 	tok := s.token()
-	resp := &discoveryv3.DiscoveryResponse{
-		VersionInfo: tok,
-		Nonce:       tok,
-		TypeUrl:     SecretTypeURL,
-		Resources:   make([]*anypb.Any, 0, len(rs)),
-	}
+	parts := make([][]byte, 1, len(rs)+1)
 	for _, r := range rs {
-		a, err := r.encoded(v)
+		b, err := r.encoded(v, sotwEncoding)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		resp.Resources = append(resp.Resources, a)
+		parts = append(parts, b)
 	}
-	return resp, nil
+	h := make([]byte, 0, 2*len(tok)+len(SecretTypeURL)+8)
+	h = appendString(h, respVersionInfoField, tok)
+	h = appendString(h, respTypeURLField, SecretTypeURL)
+	h = appendString(h, respNonceField, tok)
+	parts[0] = h
+	return wire.NewMessage(parts...), tok, nil
 }
 
 // requestedNames deduplicates names, keeping request order, and reports wildcard interest:
@@ -243,15 +199,4 @@ func requestedNames(names []string, wildcardByDefault bool) ([]string, bool) {
 		out = append(out, n)
 	}
 	return out, wildcard
-}
-
-// initialView takes the View Watch left in the channel, so the first request is answered
-// without waiting.
-func initialView(sub *workload.Subscription) *workload.View {
-	select {
-	case v := <-sub.Updates():
-		return v
-	default:
-		return sub.Latest()
-	}
 }

@@ -20,6 +20,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +30,18 @@ import (
 func main() {
 	// Worker mode is internal: the coordinator starts `load -worker` under each uid.
 	if len(os.Args) == 2 && os.Args[1] == "-worker" {
+		// LOAD_WORKER_CPUPROFILE=PREFIX profiles each worker (PREFIX.PID): what the load
+		// generator itself costs, next to the agent's profile (-cpuprofile).
+		if prefix := os.Getenv("LOAD_WORKER_CPUPROFILE"); prefix != "" {
+			f, err := os.Create(fmt.Sprintf("%s.%d", prefix, os.Getpid()))
+			if err == nil && pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+		// The worker stands in for Envoy, whose C++ SDS client costs little per stream; a Go
+		// client's garbage collector is a large share of its CPU on these two cores, which
+		// the agent then shares. Trade the worker's memory (not measured) for less of it.
+		debug.SetGCPercent(800)
 		if err := runWorker(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "load worker:", err)
 			os.Exit(1)
