@@ -4,6 +4,11 @@ BIN       := bin
 PKGS      := ./...
 FUZZTIME  ?= 20s
 export CGO_ENABLED ?= 0
+# grpcnotrace keeps golang.org/x/net/trace out of svidd: it pulls in html/template, whose
+# reflective method calls make the linker keep every exported method of every reachable type
+# (2.3 MB of code and 2.4 MB of pclntab, about 3.7 MiB of idle RSS). gRPC tracing is off by
+# default and svidd never turns it on. test/load builds svidd with the same tags.
+BUILDTAGS ?= grpcnotrace
 
 .DEFAULT_GOAL := help
 
@@ -13,8 +18,8 @@ help: ## Show this help
 
 .PHONY: build
 build: ## Build bin/svidd and bin/svidctl
-	$(GO) build -trimpath -o $(BIN)/svidd ./cmd/svidd
-	$(GO) build -trimpath -o $(BIN)/svidctl ./cmd/svidctl
+	$(GO) build -trimpath -tags '$(BUILDTAGS)' -o $(BIN)/svidd ./cmd/svidd
+	$(GO) build -trimpath -tags '$(BUILDTAGS)' -o $(BIN)/svidctl ./cmd/svidctl
 
 .PHONY: run
 run: build ## Build, then run svidd in the foreground with the built-in defaults

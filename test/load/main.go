@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
@@ -220,24 +219,6 @@ func contains(ss []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// build compiles pkg of the module in the working directory into dir.
-func build(dir, pkg string) (string, error) {
-	out := filepath.Join(dir, filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	// As `make build` does (the Makefile exports CGO_ENABLED=0), unless the caller chose.
-	if _, set := os.LookupEnv("CGO_ENABLED"); !set {
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	}
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("building %s (run from the repository root): %w", pkg, err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return "", err
-	}
-	return out, nil
 }
 
 // raiseNoFile raises the soft RLIMIT_NOFILE to the hard limit (workers hold one descriptor per
