@@ -54,7 +54,9 @@ func runMain(m *testing.M) int {
 		{&bins.spiffeclient, "github.com/svidd/svidd/test/cmd/spiffeclient"},
 	} {
 		*b.dst = filepath.Join(dir, filepath.Base(b.pkg))
-		args := []string{"build", "-o", *b.dst}
+		// The tags `make build` ships with (Makefile BUILDTAGS), so the tests run the same
+		// binary operators do.
+		args := []string{"build", "-tags", "grpcnotrace", "-o", *b.dst}
 		if raceEnabled {
 			args = append(args, "-race")
 		}
