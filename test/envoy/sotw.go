@@ -314,3 +314,10 @@ func Fetch(ctx context.Context, conn grpc.ClientConnInterface, node *corev3.Node
 	}
 	return decodeResponse(m, nil)
 }
+
+// Decode checks a state-of-the-world response as Envoy does before applying it (names: what
+// the stream requested) and returns it decoded; an invalid one is an error wrapping
+// ErrInvalid. For clients that drive their own stream (the load tool).
+func Decode(m *discoveryv3.DiscoveryResponse, names []string) (*Response, error) {
+	return decodeResponse(m, names)
+}

@@ -66,6 +66,8 @@ type event struct {
 	// Churn: every latency, and how many failed.
 	Lats   []int64 `json:"lats,omitempty"`
 	Failed int     `json:"failed,omitempty"`
+	// Floor: latencies of a no-op gRPC call at the churn's pace, after it.
+	Floor []int64 `json:"floor,omitempty"`
 	// Attempts counts cold-start polls.
 	Attempts int `json:"attempts,omitempty"`
 	// CPUNS is the worker's own CPU time so far (user+system), to show what the load

@@ -174,6 +174,12 @@ func printTable(w io.Writer, rs []*result) {
 			}
 			return pct(r.Churn, 99)
 		}},
+		{"no-op RPC same pace p50 ms", func(r *result) string {
+			if r.ChurnRate == 0 || len(r.ChurnFloor) == 0 {
+				return "-"
+			}
+			return pct(r.ChurnFloor, 50)
+		}},
 		{"RSS after churn MiB", func(r *result) string {
 			if r.AfterChurn == nil {
 				return "-"

@@ -109,6 +109,8 @@ type result struct {
 
 	Churn       []time.Duration
 	ChurnFailed int
+	// ChurnFloor: a no-op gRPC call's latency at the churn's pace (see worker.noopFloor).
+	ChurnFloor []time.Duration
 
 	Cold    time.Duration
 	ColdErr string
@@ -246,7 +248,7 @@ func (e *env) run(sc scenario) (res *result, err error) {
 		if err := workers[0].send(command{Cmd: "churn", Rate: sc.ChurnRate, DurationMS: sc.ChurnFor.Milliseconds(), TimeoutMS: e.timeout.Milliseconds()}); err != nil {
 			return res, err
 		}
-		ce, err := workers[0].until(evChurn, sc.ChurnFor+e.timeout+5*time.Second, nil)
+		ce, err := workers[0].until(evChurn, 2*sc.ChurnFor+e.timeout+5*time.Second, nil)
 		if err != nil {
 			return res, err
 		}
@@ -254,6 +256,9 @@ func (e *env) run(sc scenario) (res *result, err error) {
 			res.Churn = append(res.Churn, time.Duration(l))
 		}
 		res.ChurnFailed = ce.Failed
+		for _, l := range ce.Floor {
+			res.ChurnFloor = append(res.ChurnFloor, time.Duration(l))
+		}
 		time.Sleep(e.settle)
 		u, err := ag.sample()
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/svidd/svidd/test/envoy"
 )
@@ -44,7 +45,7 @@ type wstream struct {
 	spec streamSpec
 
 	mu       sync.Mutex
-	sotw     *envoy.SotW
+	sotw     *sdsStream
 	served   bool
 	certAt   []int64 // wall ns of each response whose SVID differed from the last one
 	bundleAt []int64 // same for the trust bundle
@@ -113,7 +114,7 @@ func (w *worker) closeAll() {
 		sotw := s.sotw
 		s.mu.Unlock()
 		if sotw != nil {
-			sotw.Close()
+			sotw.close()
 		}
 	}
 	for _, c := range w.conns {
@@ -225,65 +226,67 @@ func waitReady(ctx context.Context, c *grpc.ClientConn) error {
 
 func node(id int) *corev3.Node { return envoy.NewNode(fmt.Sprintf("load-%d", id)) }
 
-// open starts every stream at once and reports each one's time to first secret.
+// open starts every stream at once and reports each one's time to first secret. Each stream
+// then goes on receiving (and ACKing) on the same goroutine until it ends.
 func (w *worker) open(timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	var wg sync.WaitGroup
 	for _, s := range w.streams {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			lat, at, err := s.run(w.ctx, w.conns[s.spec.Conn], w.spec.TrustDomain, deadline)
+		go s.run(w.ctx, w.conns[s.spec.Conn], w.spec.TrustDomain, deadline, func(lat time.Duration, at int64, err error) {
 			e := event{T: evFirst, Stream: s.spec.ID, LatNS: int64(lat), At: at}
 			if err != nil {
 				e.Err = err.Error()
 			}
 			w.emit(e, false)
-		}()
+			wg.Done()
+		})
 	}
 	wg.Wait()
 	w.emit(event{T: evOpened, CPUNS: selfCPU()}, true)
 }
 
-// run opens the stream and waits for its first SVID (until deadline), then keeps receiving
-// (and ACKing, inside Recv) in the background until the stream ends, recording every change.
-// It returns the first-secret outcome: latency from open and the wall time of the SVID.
-func (s *wstream) run(ctx context.Context, conn *grpc.ClientConn, td string, deadline time.Time) (time.Duration, int64, error) {
+// run opens the stream and waits for its first SVID (until deadline), reporting the outcome
+// to first exactly once (latency from open, wall time of the SVID), then keeps receiving until
+// the stream ends, recording every change.
+func (s *wstream) run(ctx context.Context, conn *grpc.ClientConn, td string, deadline time.Time, first func(time.Duration, int64, error)) {
 	start := time.Now()
-	sotw, err := envoy.NewSotW(ctx, conn, node(s.spec.ID), []string{s.spec.SPIFFEID, td})
+	sotw, err := openSDS(ctx, conn, node(s.spec.ID), []string{s.spec.SPIFFEID, td})
 	if err != nil {
-		return 0, 0, err
+		first(0, 0, err)
+		return
 	}
 	s.mu.Lock()
 	s.sotw = sotw
 	s.mu.Unlock()
-	fctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
+	giveUp := time.AfterFunc(time.Until(deadline), sotw.close)
 	for {
-		resp, err := sotw.Recv(fctx)
+		resp, err := sotw.recv()
 		if err != nil {
-			return 0, 0, fmt.Errorf("waiting for first secret: %w", err)
+			if errors.Is(err, envoy.ErrInvalid) {
+				continue // NACKed, as Envoy would; the next response may be good
+			}
+			giveUp.Stop()
+			if !s.isServed() {
+				first(0, 0, fmt.Errorf("waiting for first secret: %w", err))
+			}
+			return
 		}
 		now := time.Now()
-		if s.record(resp, td, now.UnixNano()) {
-			lat := now.Sub(start)
+		if s.record(resp, td, now.UnixNano()) && !s.isServed() {
+			giveUp.Stop()
 			s.mu.Lock()
 			s.served = true
 			s.mu.Unlock()
-			go s.receive(ctx, td)
-			return lat, now.UnixNano(), nil
+			first(now.Sub(start), now.UnixNano(), nil)
 		}
 	}
 }
 
-func (s *wstream) receive(ctx context.Context, td string) {
-	for {
-		resp, err := s.sotw.Recv(ctx)
-		if err != nil {
-			return
-		}
-		s.record(resp, td, time.Now().UnixNano())
-	}
+func (s *wstream) isServed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.served
 }
 
 // record notes the SVID and bundle changes in resp; it reports whether resp holds the SVID.
@@ -370,17 +373,23 @@ func (w *worker) await(kind string, since int64, timeout time.Duration) {
 	w.emit(event{T: evAwaited, CPUNS: selfCPU()}, true)
 }
 
-// firstSecret opens one stream on conn for ss's SPIFFE ID and waits for the SVID. It closes
-// the stream.
+// firstSecret opens one stream on conn for ss's SPIFFE ID and waits for the SVID (until ctx
+// ends). It closes the stream.
 func (w *worker) firstSecret(ctx context.Context, conn grpc.ClientConnInterface, ss streamSpec, id int) error {
-	s, err := envoy.NewSotW(ctx, conn, node(id), []string{ss.SPIFFEID, w.spec.TrustDomain})
+	s, err := openSDS(ctx, conn, node(id), []string{ss.SPIFFEID, w.spec.TrustDomain})
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	defer s.close()
 	for {
-		resp, err := s.Recv(ctx)
+		resp, err := s.recv()
 		if err != nil {
+			if errors.Is(err, envoy.ErrInvalid) {
+				continue
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			return err
 		}
 		if resp.Get(ss.SPIFFEID).GetTlsCertificate() != nil {
@@ -448,7 +457,7 @@ func (w *worker) churn(rate float64, d, timeout time.Duration) {
 		}()
 	}
 	wg.Wait()
-	w.emit(event{T: evChurn, Lats: lats, Failed: failed, CPUNS: selfCPU()}, true)
+	w.emit(event{T: evChurn, Lats: lats, Failed: failed, Floor: w.noopFloor(rate, d), CPUNS: selfCPU()}, true)
 }
 
 // coldProbe waits for the api socket to appear, then connects until one stream gets its
@@ -483,6 +492,28 @@ func (w *worker) coldProbe(timeout time.Duration) {
 		time.Sleep(time.Millisecond)
 	}
 	w.emit(e, true)
+}
+
+// noopFloor times a no-op gRPC call (grpc.health.v1 Check) on the first stream's connection,
+// paced like churn's streams (rate per second for d): the cost of any round trip to the agent
+// at that pace on this host — waking idle threads and cores, two processes' gRPC stacks —
+// against which the churn's first-secret latency can be read.
+func (w *worker) noopFloor(rate float64, d time.Duration) []int64 {
+	conn := w.conns[w.spec.Streams[0].Conn]
+	hc := healthpb.NewHealthClient(conn)
+	interval := time.Duration(float64(time.Second) / rate)
+	var lats []int64
+	for start := time.Now(); time.Since(start) < d; {
+		time.Sleep(interval)
+		ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+		t0 := time.Now()
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil {
+			lats = append(lats, int64(time.Since(t0)))
+		}
+	}
+	return lats
 }
 
 // selfCPU is this process's user+system CPU time in nanoseconds.
