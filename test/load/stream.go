@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -49,14 +50,16 @@ func openSDS(ctx context.Context, conn grpc.ClientConnInterface, node *corev3.No
 
 // recv waits for the next response, validates it and answers it: an ACK for a valid one (which
 // is returned), a NACK for an invalid one (returned as an error wrapping envoy.ErrInvalid;
-// the stream goes on).
-func (s *sdsStream) recv() (*envoy.Response, error) {
+// the stream goes on). at is when the response was received and validated, i.e. when Envoy
+// would apply it: the ACK that follows is not part of the agent's latency.
+func (s *sdsStream) recv() (resp *envoy.Response, at time.Time, err error) {
 	m, err := s.stream.Recv()
 	if err != nil {
-		return nil, fmt.Errorf("receiving SDS response: %w", err)
+		return nil, time.Time{}, fmt.Errorf("receiving SDS response: %w", err)
 	}
-	ack := &discoveryv3.DiscoveryRequest{ResourceNames: s.names, TypeUrl: envoy.SecretTypeURL, ResponseNonce: m.GetNonce()}
 	resp, verr := envoy.Decode(m, s.names)
+	at = time.Now()
+	ack := &discoveryv3.DiscoveryRequest{ResourceNames: s.names, TypeUrl: envoy.SecretTypeURL, ResponseNonce: m.GetNonce()}
 	if verr != nil {
 		ack.VersionInfo = s.accepted
 		ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: verr.Error()}
@@ -65,12 +68,12 @@ func (s *sdsStream) recv() (*envoy.Response, error) {
 		ack.VersionInfo = s.accepted
 	}
 	if err := s.stream.Send(ack); err != nil && !errors.Is(err, context.Canceled) {
-		return nil, fmt.Errorf("answering SDS response: %w", err)
+		return nil, at, fmt.Errorf("answering SDS response: %w", err)
 	}
 	if verr != nil {
-		return nil, verr
+		return nil, at, verr
 	}
-	return resp, nil
+	return resp, at, nil
 }
 
 func (s *sdsStream) close() { s.cancel() }

@@ -261,7 +261,7 @@ func (s *wstream) run(ctx context.Context, conn *grpc.ClientConn, td string, dea
 	s.mu.Unlock()
 	giveUp := time.AfterFunc(time.Until(deadline), sotw.close)
 	for {
-		resp, err := sotw.recv()
+		resp, now, err := sotw.recv()
 		if err != nil {
 			if errors.Is(err, envoy.ErrInvalid) {
 				continue // NACKed, as Envoy would; the next response may be good
@@ -272,7 +272,6 @@ func (s *wstream) run(ctx context.Context, conn *grpc.ClientConn, td string, dea
 			}
 			return
 		}
-		now := time.Now()
 		if s.record(resp, td, now.UnixNano()) && !s.isServed() {
 			giveUp.Stop()
 			s.mu.Lock()
@@ -374,26 +373,26 @@ func (w *worker) await(kind string, since int64, timeout time.Duration) {
 }
 
 // firstSecret opens one stream on conn for ss's SPIFFE ID and waits for the SVID (until ctx
-// ends). It closes the stream.
-func (w *worker) firstSecret(ctx context.Context, conn grpc.ClientConnInterface, ss streamSpec, id int) error {
+// ends); it returns when the SVID was received and validated. It closes the stream.
+func (w *worker) firstSecret(ctx context.Context, conn grpc.ClientConnInterface, ss streamSpec, id int) (time.Time, error) {
 	s, err := openSDS(ctx, conn, node(id), []string{ss.SPIFFEID, w.spec.TrustDomain})
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	defer s.close()
 	for {
-		resp, err := s.recv()
+		resp, at, err := s.recv()
 		if err != nil {
 			if errors.Is(err, envoy.ErrInvalid) {
 				continue
 			}
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return time.Time{}, ctx.Err()
 			}
-			return err
+			return time.Time{}, err
 		}
 		if resp.Get(ss.SPIFFEID).GetTlsCertificate() != nil {
-			return nil
+			return at, nil
 		}
 	}
 }
@@ -406,10 +405,11 @@ func (w *worker) probe(timeout time.Duration) {
 	e := event{T: evProbe}
 	conn, err := envoy.Dial(ctx, w.spec.Socket)
 	if err == nil {
-		err = w.firstSecret(ctx, conn, w.spec.Streams[0], -1)
+		var at time.Time
+		at, err = w.firstSecret(ctx, conn, w.spec.Streams[0], -1)
 		conn.Close()
+		e.LatNS = int64(at.Sub(start))
 	}
-	e.LatNS = int64(time.Since(start))
 	if err != nil {
 		e.Err = err.Error()
 	}
@@ -446,14 +446,14 @@ func (w *worker) churn(rate float64, d, timeout time.Duration) {
 			// Round robin over the streams' (connection, SPIFFE ID) pairs: with connections
 			// of several uids, each asks for what its uid is entitled to.
 			ss := w.spec.Streams[i%len(w.spec.Streams)]
-			err := w.firstSecret(ctx, w.conns[ss.Conn], ss, 1_000_000+i)
+			at, err := w.firstSecret(ctx, w.conns[ss.Conn], ss, 1_000_000+i)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				failed++
 				return
 			}
-			lats = append(lats, int64(time.Since(t0)))
+			lats = append(lats, int64(at.Sub(t0)))
 		}()
 	}
 	wg.Wait()
@@ -482,11 +482,12 @@ func (w *worker) coldProbe(timeout time.Duration) {
 			break
 		}
 		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		err = w.firstSecret(actx, conn, w.spec.Streams[0], -2)
+		var at time.Time
+		at, err = w.firstSecret(actx, conn, w.spec.Streams[0], -2)
 		acancel()
 		conn.Close()
 		if err == nil {
-			e.At = time.Now().UnixNano()
+			e.At = at.UnixNano()
 			break
 		}
 		time.Sleep(time.Millisecond)
@@ -508,9 +509,10 @@ func (w *worker) noopFloor(rate float64, d time.Duration) []int64 {
 		ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
 		t0 := time.Now()
 		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		lat := time.Since(t0)
 		cancel()
 		if err == nil {
-			lats = append(lats, int64(time.Since(t0)))
+			lats = append(lats, int64(lat))
 		}
 	}
 	return lats
