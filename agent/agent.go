@@ -499,7 +499,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(8<<10),
-		grpc.WriteBufferSize(16<<10))...)
+		grpc.WriteBufferSize(16<<10),
+		// Fixed flow-control windows (gRPC's initial 64 KiB) turn off its bandwidth-delay
+		// probing, which costs every connection a PING written on its first request and its ack
+		// read back: there is no bandwidth to discover on a Unix socket carrying small requests.
+		grpc.InitialWindowSize(65535),
+		grpc.InitialConnWindowSize(65535))...)
 	sdsSrv.Register(gs)
 	wlSrv.Register(gs)
 	hs := health.NewServer()
