@@ -138,6 +138,7 @@ func (a *Attestor) Attest(ctx context.Context, p *peercred.Peer, o Options) ([]e
 type Attestation struct {
 	Selectors []entry.Selector
 	exe       exeID
+	digest    bool // the selectors include the binary's sha256
 }
 
 // exeID identifies the binary a process runs: the path /proc/PID/exe names (with its
@@ -158,11 +159,12 @@ func (a *Attestor) Record(ctx context.Context, p *peercred.Peer, o Options) (*At
 }
 
 // Unchanged reports whether an attestation Record made of p still holds: the very process that
-// was attested is alive, and it still runs the same version of the same binary (it did not exec
-// another one, and the file was not replaced or rewritten). Only an attestation made with the
-// peer's pidfd can be confirmed so: without one, or when svidd cannot read the caller's binary,
-// the answer is false and the caller must be attested again. A false answer says nothing about
-// why: the fresh attestation tells a caller that is gone (ErrCallerGone) from one that exec'd.
+// was attested is alive, and it still runs the same binary (same path; and, when the
+// attestation includes the binary's sha256, the same version of the file: not replaced or
+// rewritten). Only an attestation made with the peer's pidfd can be confirmed so: without one,
+// or when svidd cannot read the caller's binary, the answer is false and the caller must be
+// attested again. A false answer says nothing about why: the fresh attestation tells a caller
+// that is gone (ErrCallerGone) from one that exec'd.
 //
 // Why that is enough: Record's fences established that the pidfd's process held PID through
 // the reads. The pidfd is alive after the binary is read here, so the same process still held
@@ -177,13 +179,17 @@ func (a *Attestor) Unchanged(p *peercred.Peer, at *Attestation) bool {
 	}
 	exe := filepath.Join(a.proc, strconv.Itoa(int(p.PID)), "exe")
 	same := false
-	// The Peer's lock keeps the pidfd open (and its number ours) for these three calls.
+	// The Peer's lock keeps the pidfd open (and its number ours) for these two or three calls.
 	_ = p.WithPIDFD(func(pidfd int) error {
 		if pidfd < 0 {
 			return nil
 		}
-		id, err := readExeID(unix.AT_FDCWD, exe)
-		if err != nil || id != at.exe {
+		if at.digest {
+			if id, err := readExeID(unix.AT_FDCWD, exe); err != nil || id != at.exe {
+				return nil
+			}
+		} else if path, err := readlinkat(unix.AT_FDCWD, exe); err != nil || path != at.exe.path {
+			// Without the sha256 selector the path is all the selectors say of the binary.
 			return nil
 		}
 		same = unix.PidfdSendSignal(pidfd, 0, nil, 0) == nil
@@ -358,7 +364,7 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options, reco
 			return nil, fmt.Errorf("attesting pid %d: checking it is alive: %w", pid, err)
 		}
 	}
-	return &Attestation{Selectors: entry.Normalize(sels), exe: exeKey}, nil
+	return &Attestation{Selectors: entry.Normalize(sels), exe: exeKey, digest: o.Digest}, nil
 }
 
 // readErr wraps a failed /proc read; ENOENT and ESRCH mean the process is gone (its /proc

@@ -3,10 +3,12 @@ package attestor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,29 +95,30 @@ func TestRecordUnchanged(t *testing.T) {
 		name string
 		// setup returns the peer to record, and what happens between Record and Unchanged.
 		setup func(t *testing.T) (*peercred.Peer, func(t *testing.T))
-		want  bool
+		// want is Unchanged's answer for an attestation without and with the binary's sha256.
+		want [2]bool
 	}{
 		{"nothing changed", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			c := startExecChild(t, sh, sleep)
 			return c.peer, func(*testing.T) {}
-		}, true},
+		}, [2]bool{true, true}},
 		{"exec'd another binary", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			c := startExecChild(t, sh, sleep)
 			return c.peer, func(t *testing.T) { c.execNext(t) }
-		}, false},
+		}, [2]bool{false, false}},
 		{"exec'd the same binary", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			// Same path, same file: nothing the selectors say has changed.
 			bin := copyBinary(t, sh)
 			c := startExecChild(t, bin, bin+" -c 'read y'")
 			return c.peer, func(t *testing.T) { c.execNext(t) }
-		}, true},
+		}, [2]bool{true, true}},
 		{"exited and reaped", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			c := startExecChild(t, sh, sleep)
 			return c.peer, func(t *testing.T) {
 				c.cmd.Process.Kill()
 				c.cmd.Wait()
 			}
-		}, false},
+		}, [2]bool{false, false}},
 		{"binary rewritten on disk", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			bin := copyBinary(t, "/bin/sleep")
 			c := startExecChild(t, sh, bin+" 60")
@@ -126,34 +129,36 @@ func TestRecordUnchanged(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-		}, false},
+		}, [2]bool{true, false}}, // without the sha256 selector only the path counts
 		{"connection closed", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			c := startExecChild(t, sh, sleep)
 			return c.peer, func(*testing.T) { c.peer.Close() }
-		}, false},
+		}, [2]bool{false, false}},
 		{"no pidfd", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			return selfPeer(t, false), func(*testing.T) {}
-		}, false},
+		}, [2]bool{false, false}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p, between := tt.setup(t)
-			at, err := a.Record(ctx, p, Options{Digest: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			plain, err := a.Attest(ctx, p, Options{Digest: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, want := strs(at.Selectors), strs(plain); !equalStrs(got, want) {
-				t.Fatalf("Record selectors %v, Attest %v", got, want)
-			}
-			between(t)
-			if got := a.Unchanged(p, at); got != tt.want {
-				t.Fatalf("Unchanged = %v, want %v", got, tt.want)
-			}
-		})
+		for i, digest := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/digest=%v", tt.name, digest), func(t *testing.T) {
+				p, between := tt.setup(t)
+				at, err := a.Record(ctx, p, Options{Digest: digest})
+				if err != nil {
+					t.Fatal(err)
+				}
+				plain, err := a.Attest(ctx, p, Options{Digest: digest})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := strs(at.Selectors), strs(plain); !slices.Equal(got, want) {
+					t.Fatalf("Record selectors %v, Attest %v", got, want)
+				}
+				between(t)
+				if got := a.Unchanged(p, at); got != tt.want[i] {
+					t.Fatalf("Unchanged = %v, want %v", got, tt.want[i])
+				}
+			})
+		}
 	}
 	if a.Unchanged(nil, nil) {
 		t.Fatal("Unchanged(nil, nil)")
@@ -170,18 +175,6 @@ func TestRecordExitedCaller(t *testing.T) {
 	if !errors.Is(err, ErrCallerGone) || at != nil {
 		t.Fatalf("Record = %v, %v; want ErrCallerGone", at, err)
 	}
-}
-
-func equalStrs(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestUnchangedAfterPIDReuse: the caller is recorded, exits, and a newcomer of the same uid
