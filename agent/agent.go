@@ -193,19 +193,164 @@ func (a *Agent) closeResources() {
 	}
 }
 
-// attest returns the caller's selectors: attested once per connection, and again only if
-// attestation must now include the binary's digest.
+// attest returns the caller's selectors: attested once per connection (usually already at
+// accept, see preattest), and again only if attestation must now include the binary's digest.
+// An attestation made at accept is confirmed by the first call that uses it: the caller must
+// still be alive and run the same binary, else it is attested afresh, as if nothing had been
+// done at accept (a caller that exited or exec'd between connect and its first request is
+// handled exactly as before).
 func (a *Agent) attest(ctx context.Context, p *peercred.Peer, digest bool) ([]entry.Selector, error) {
-	v, err := p.Memo(attestKey{digest: digest}, func() (any, error) {
-		start := time.Now()
-		sel, err := a.att.Attest(ctx, p, attestor.Options{Digest: digest})
-		a.metrics.AttestationDone(time.Since(start), err)
-		return sel, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attesting pid %d: %w", p.PID, err)
+	for {
+		c := connAttestations(p).current(digest)
+		ran := c.run(func() (*attestor.Attestation, error) { return a.record(ctx, p, digest) })
+		if !ran {
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if c.err != nil {
+			connAttestations(p).drop(digest, c) // errors are not kept: the next call tries again
+			if !ran && ctx.Err() == nil && (errors.Is(c.err, context.Canceled) || errors.Is(c.err, context.DeadlineExceeded)) {
+				continue // the call that made it went away; ours has not
+			}
+			return nil, fmt.Errorf("attesting pid %d: %w", p.PID, c.err)
+		}
+		if c.confirm(a.att, p) {
+			return c.at.Selectors, nil
+		}
+		connAttestations(p).drop(digest, c)
 	}
-	return v.([]entry.Selector), nil
+}
+
+// record runs one attestation and counts it.
+func (a *Agent) record(ctx context.Context, p *peercred.Peer, digest bool) (*attestor.Attestation, error) {
+	start := time.Now()
+	at, err := a.att.Record(ctx, p, attestor.Options{Digest: digest})
+	a.metrics.AttestationDone(time.Since(start), err)
+	return at, err
+}
+
+// preattest starts the attestation of a connection just accepted, in the background, so that
+// it is done (on the CPU Envoy leaves idle between connecting and asking) by the time the first
+// request needs it. Only a peer with a pidfd qualifies: attest confirms the result with it.
+func (a *Agent) preattest(ctx context.Context, p *peercred.Peer) {
+	hasPIDFD := false
+	_ = p.WithPIDFD(func(fd int) error { hasPIDFD = fd >= 0; return nil })
+	if !hasPIDFD {
+		return
+	}
+	c := connAttestations(p).current(a.cache.usesDigest())
+	if c.started.Load() {
+		return
+	}
+	go c.run(func() (*attestor.Attestation, error) {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		at, err := a.record(ctx, p, c.digest)
+		c.early = err == nil
+		return at, err
+	})
+}
+
+// connAttest is one attestation of a connection's caller: made once, by preattest or by the
+// first RPC, and awaited by every other RPC of the connection.
+type connAttest struct {
+	digest  bool
+	started atomic.Bool
+	done    chan struct{} // closed when at and err are set
+	at      *attestor.Attestation
+	err     error
+
+	mu    sync.Mutex
+	early bool // made at accept, not yet confirmed by an RPC (set before done closes)
+	stale bool // confirmation failed: attest again
+}
+
+// run makes the attestation with f unless it is already being made; it reports whether it ran f.
+func (c *connAttest) run(f func() (*attestor.Attestation, error)) bool {
+	if !c.started.CompareAndSwap(false, true) {
+		return false
+	}
+	c.at, c.err = f()
+	close(c.done)
+	return true
+}
+
+// confirm reports whether the attestation may be used: always for one made by an RPC (as
+// before: once per connection); for one made at accept, once the caller is found unchanged.
+func (c *connAttest) confirm(att *attestor.Attestor, p *peercred.Peer) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stale {
+		return false
+	}
+	if c.early {
+		if !att.Unchanged(p, c.at) {
+			c.stale = true
+			return false
+		}
+		c.early = false
+	}
+	return true
+}
+
+// connAttestState holds a connection's attestations, one per digest option, in its Peer.
+type connAttestState struct {
+	mu sync.Mutex
+	by [2]*connAttest // [0] without the binary's digest, [1] with it
+}
+
+type attestKey struct{}
+
+func connAttestations(p *peercred.Peer) *connAttestState {
+	v, _ := p.Memo(attestKey{}, func() (any, error) { return &connAttestState{}, nil })
+	return v.(*connAttestState)
+}
+
+// current returns the attestation to use or make for digest.
+func (s *connAttestState) current(digest bool) *connAttest {
+	i := 0
+	if digest {
+		i = 1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.by[i] == nil {
+		s.by[i] = &connAttest{digest: digest, done: make(chan struct{})}
+	}
+	return s.by[i]
+}
+
+// drop forgets c, if it is still the current one, so that the next call attests afresh.
+func (s *connAttestState) drop(digest bool, c *connAttest) {
+	i := 0
+	if digest {
+		i = 1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.by[i] == c {
+		s.by[i] = nil
+	}
+}
+
+// preattestListener starts the attestation of every connection it accepts.
+type preattestListener struct {
+	net.Listener
+	ctx context.Context
+	a   *Agent
+}
+
+func (l preattestListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		if pc, ok := c.(interface{ Peer() *peercred.Peer }); ok {
+			l.a.preattest(l.ctx, pc.Peer())
+		}
+	}
+	return c, err
 }
 
 // Watch implements workload.Watcher: attest the connection, then subscribe to its View.
@@ -286,8 +431,6 @@ func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid
 	return out, nil
 }
 
-type attestKey struct{ digest bool }
-
 // Run serves until ctx is done. It returns nil after a clean stop.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer a.closeResources()
@@ -358,6 +501,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(8<<10),
 		grpc.WriteBufferSize(16<<10),
+		// Fixed flow-control windows (gRPC's initial 64 KiB) turn off its bandwidth-delay
+		// probing, which costs every connection a PING written on its first request and its ack
+		// read back: there is no bandwidth to discover on a Unix socket carrying small requests.
+		grpc.InitialWindowSize(65535),
+		grpc.InitialConnWindowSize(65535),
 		// SDS sends pre-encoded responses: each View's Secrets are encoded once and shared
 		// by every stream holding it (pkg/wire).
 		wire.ServerOption())...)
@@ -420,7 +568,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	run("ca", func() error { return a.ca.Run(ctx) })
 	run("bundle watcher", func() error { a.watchBundle(ctx); return nil })
 	run("admin", func() error { return adminSrv.Serve(ctx, adminLn) })
-	run("api", func() error { return gs.Serve(apiLn) })
+	run("api", func() error { return gs.Serve(preattestListener{Listener: apiLn, ctx: ctx, a: a}) })
 	if metricsLn != nil {
 		run("metrics", func() error { return telemetry.ServeMetrics(ctx, metricsLn, a.metrics.Handler()) })
 	}

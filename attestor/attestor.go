@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -127,6 +126,97 @@ func New(cfg Config) (*Attestor, error) {
 // uid/gid checks catch a reuse during the reads, but not one before them by a process of the
 // same uid/gid. Any failed check is ErrCallerGone; no selectors are returned with an error.
 func (a *Attestor) Attest(ctx context.Context, p *peercred.Peer, o Options) ([]entry.Selector, error) {
+	at, err := a.attest(ctx, p, o, false)
+	if err != nil {
+		return nil, err
+	}
+	return at.Selectors, nil
+}
+
+// Attestation is the outcome of Record: the caller's selectors, and the identity of the binary
+// it ran, for Unchanged.
+type Attestation struct {
+	Selectors []entry.Selector
+	exe       exeID
+	digest    bool // the selectors include the binary's sha256
+}
+
+// exeID identifies the binary a process runs: the path /proc/PID/exe names (with its
+// " (deleted)" suffix, if any) and the file version behind it. ok is false when it could not be
+// read (svidd without ptrace rights): Unchanged then always says no.
+type exeID struct {
+	path string
+	key  digestKey
+	ok   bool
+}
+
+// Record attests the caller like Attest and also records which binary it runs, so that a
+// later Unchanged can tell in three system calls that the attestation still describes it. The
+// agent records a connection's attestation as soon as it is accepted, off the path of the
+// first request.
+func (a *Attestor) Record(ctx context.Context, p *peercred.Peer, o Options) (*Attestation, error) {
+	return a.attest(ctx, p, o, true)
+}
+
+// Unchanged reports whether an attestation Record made of p still holds: the very process that
+// was attested is alive, and it still runs the same binary (same path; and, when the
+// attestation includes the binary's sha256, the same version of the file: not replaced or
+// rewritten). Only an attestation made with the peer's pidfd can be confirmed so: without one,
+// or when svidd cannot read the caller's binary, the answer is false and the caller must be
+// attested again. A false answer says nothing about why: the fresh attestation tells a caller
+// that is gone (ErrCallerGone) from one that exec'd.
+//
+// Why that is enough: Record's fences established that the pidfd's process held PID through
+// the reads. The pidfd is alive after the binary is read here, so the same process still held
+// PID then (a pid is not reused while its process lives), and /proc/PID/exe was its. What an
+// exec changes for the selectors is the binary (path, sha256); uid and gid are the connect-time
+// credentials and do not change. The rest (cgroup, groups, namespaces) is as the process had it
+// when it was attested, just after it connected: rights are taken at connect, as for a file
+// descriptor.
+func (a *Attestor) Unchanged(p *peercred.Peer, at *Attestation) bool {
+	if p == nil || at == nil || !at.exe.ok || p.PID <= 0 {
+		return false
+	}
+	exe := filepath.Join(a.proc, strconv.Itoa(int(p.PID)), "exe")
+	same := false
+	// The Peer's lock keeps the pidfd open (and its number ours) for these two or three calls.
+	_ = p.WithPIDFD(func(pidfd int) error {
+		if pidfd < 0 {
+			return nil
+		}
+		if at.digest {
+			if id, err := readExeID(unix.AT_FDCWD, exe); err != nil || id != at.exe {
+				return nil
+			}
+		} else if path, err := readlinkat(unix.AT_FDCWD, exe); err != nil || path != at.exe.path {
+			// Without the sha256 selector the path is all the selectors say of the binary.
+			return nil
+		}
+		same = unix.PidfdSendSignal(pidfd, 0, nil, 0) == nil
+		return nil
+	})
+	return same
+}
+
+// readExeID reads the binary identity of name (an exe link) relative to dirfd.
+func readExeID(dirfd int, name string) (exeID, error) {
+	path, err := readlinkat(dirfd, name)
+	if err != nil {
+		return exeID{}, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, 0); err != nil {
+		return exeID{}, err
+	}
+	return exeID{path: path, key: digestKey{
+		dev: st.Dev, ino: st.Ino, size: uint64(st.Size),
+		mtimeSec: st.Mtim.Sec, mtimeNsec: st.Mtim.Nsec,
+		ctimeSec: st.Ctim.Sec, ctimeNsec: st.Ctim.Nsec,
+	}, ok: true}, nil
+}
+
+// attest is Attest; record also fills in the binary's identity (one more stat).
+func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options, record bool) (*Attestation, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -188,7 +278,17 @@ func (a *Attestor) Attest(ctx context.Context, p *peercred.Peer, o Options) ([]e
 
 	// The path keeps a " (deleted)" suffix: a binary replaced on disk (an upgrade) no longer
 	// is what the path names, so it must not match entries written for that path.
-	exe, err := dir.readlink("exe")
+	var exe string
+	var exeKey exeID
+	if record {
+		exeKey, err = readExeID(dir.fd, "exe")
+		exe = exeKey.path
+		if err != nil {
+			err = dir.err("readlink", "exe", err)
+		}
+	} else {
+		exe, err = dir.readlink("exe")
+	}
 	switch {
 	case err == nil:
 		add(entry.TypeUnix, "path", exe)
@@ -264,7 +364,7 @@ func (a *Attestor) Attest(ctx context.Context, p *peercred.Peer, o Options) ([]e
 			return nil, fmt.Errorf("attesting pid %d: checking it is alive: %w", pid, err)
 		}
 	}
-	return entry.Normalize(sels), nil
+	return &Attestation{Selectors: entry.Normalize(sels), exe: exeKey, digest: o.Digest}, nil
 }
 
 // readErr wraps a failed /proc read; ENOENT and ESRCH mean the process is gone (its /proc
@@ -301,7 +401,8 @@ func dupPIDFD(p *peercred.Peer) (int, error) {
 
 // pidfdPID returns the pid (in procfs's pid namespace) of the process a pidfd refers to.
 func (a *Attestor) pidfdPID(pidfd int) (int, error) {
-	b, err := os.ReadFile(filepath.Join(a.proc, "self/fdinfo", strconv.Itoa(pidfd)))
+	var buf [512]byte // a pidfd's fdinfo is about 100 bytes
+	b, err := readAt(unix.AT_FDCWD, filepath.Join(a.proc, "self/fdinfo", strconv.Itoa(pidfd)), buf[:0])
 	if err != nil {
 		return 0, fmt.Errorf("reading pidfd info: %w", err)
 	}

@@ -3,6 +3,7 @@ package peercred
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -454,5 +455,50 @@ func TestServerHandshakeRefusesForeignConn(t *testing.T) {
 	tc := TransportCredentials()
 	if tc.Info().SecurityProtocol != "peercred" || tc.Clone().Info() != tc.Info() || tc.OverrideServerName("x") != nil {
 		t.Fatal("Info/Clone/OverrideServerName")
+	}
+}
+
+// TestServerHandshakeConn: the connection the handshake hands gRPC reads, writes and closes
+// the accepted one (Close releases the peer's pidfd), and offers no SyscallConn, so gRPC does
+// not probe socket options for channelz at every accept.
+func TestServerHandshakeConn(t *testing.T) {
+	path := filepath.Join(shortDir(t), "api.sock")
+	l := listen(t, path, 0o666)
+	client, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c := acceptOne(t, l)
+	hc, ai, err := TransportCredentials().ServerHandshake(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ai.(AuthInfo).Peer != c.Peer() {
+		t.Fatal("AuthInfo does not carry the connection's Peer")
+	}
+	if _, ok := hc.(syscall.Conn); ok {
+		t.Fatal("handshake connection offers SyscallConn")
+	}
+	if _, err := client.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(hc, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	if _, err := hc.Write([]byte("yo")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "yo" {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+	if err := hc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fd := 0
+	c.Peer().WithPIDFD(func(pidfd int) error { fd = pidfd; return nil })
+	if fd != -1 {
+		t.Fatalf("pidfd after Close = %d; want -1", fd)
 	}
 }

@@ -1,0 +1,243 @@
+package attestor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/svidd/svidd/pkg/peercred"
+)
+
+// execChild is a process under our uid that runs a shell until told, by a line on its stdin,
+// to exec the command next; its Peer has a pidfd, as the listener's have.
+type execChild struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	peer  *peercred.Peer
+}
+
+func startExecChild(t *testing.T, shell, next string) *execChild {
+	t.Helper()
+	cmd := exec.Command(shell, "-c", "read x; exec "+next)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &execChild{cmd: cmd, stdin: stdin, peer: peercred.NewPeer(int32(cmd.Process.Pid), uint32(os.Getuid()), uint32(os.Getgid()), fd)}
+	t.Cleanup(func() {
+		c.peer.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return c
+}
+
+// execNext makes the child exec its next command, and waits until /proc shows it did.
+func (c *execChild) execNext(t *testing.T) {
+	t.Helper()
+	if _, err := c.stdin.Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := filepath.Join("/proc", strconv.Itoa(c.cmd.Process.Pid), "cmdline")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, err := os.ReadFile(cmdline); err == nil && len(b) > 0 && !strings.Contains(string(b), "read x") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("child did not exec")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// copyBinary copies src into a temporary directory and returns the copy's path.
+func copyBinary(t *testing.T, src string) string {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), filepath.Base(src))
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// TestRecordUnchanged: an attestation Record made stays good exactly as long as the very
+// process lives and runs the same version of the same binary.
+func TestRecordUnchanged(t *testing.T) {
+	a := newAttestor(t, Config{})
+	ctx := context.Background()
+	sh, sleep := "/bin/sh", "/bin/sleep 60"
+
+	tests := []struct {
+		name string
+		// setup returns the peer to record, and what happens between Record and Unchanged.
+		setup func(t *testing.T) (*peercred.Peer, func(t *testing.T))
+		// want is Unchanged's answer for an attestation without and with the binary's sha256.
+		want [2]bool
+	}{
+		{"nothing changed", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
+			c := startExecChild(t, sh, sleep)
+			return c.peer, func(*testing.T) {}
+		}, [2]bool{true, true}},
+		{"exec'd another binary", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
+			c := startExecChild(t, sh, sleep)
+			return c.peer, func(t *testing.T) { c.execNext(t) }
+		}, [2]bool{false, false}},
+		{"exec'd the same binary", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
+			// Same path, same file: nothing the selectors say has changed.
+			bin := copyBinary(t, sh)
+			c := startExecChild(t, bin, bin+" -c 'read y'")
+			return c.peer, func(t *testing.T) { c.execNext(t) }
+		}, [2]bool{true, true}},
+		{"exited and reaped", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
+			c := startExecChild(t, sh, sleep)
+			return c.peer, func(t *testing.T) {
+				c.cmd.Process.Kill()
+				c.cmd.Wait()
+			}
+		}, [2]bool{false, false}},
+		{"binary rewritten on disk", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
+			bin := copyBinary(t, "/bin/sleep")
+			c := startExecChild(t, sh, bin+" 60")
+			c.execNext(t)
+			return c.peer, func(t *testing.T) {
+				// Any write or chmod moves ctime: the sha256 selector may no longer hold.
+				if err := os.Chmod(bin, 0o750); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, [2]bool{true, false}}, // without the sha256 selector only the path counts
+		{"connection closed", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
+			c := startExecChild(t, sh, sleep)
+			return c.peer, func(*testing.T) { c.peer.Close() }
+		}, [2]bool{false, false}},
+		{"no pidfd", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
+			return selfPeer(t, false), func(*testing.T) {}
+		}, [2]bool{false, false}},
+	}
+	for _, tt := range tests {
+		for i, digest := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/digest=%v", tt.name, digest), func(t *testing.T) {
+				p, between := tt.setup(t)
+				at, err := a.Record(ctx, p, Options{Digest: digest})
+				if err != nil {
+					t.Fatal(err)
+				}
+				plain, err := a.Attest(ctx, p, Options{Digest: digest})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := strs(at.Selectors), strs(plain); !slices.Equal(got, want) {
+					t.Fatalf("Record selectors %v, Attest %v", got, want)
+				}
+				between(t)
+				if got := a.Unchanged(p, at); got != tt.want[i] {
+					t.Fatalf("Unchanged = %v, want %v", got, tt.want[i])
+				}
+			})
+		}
+	}
+	if a.Unchanged(nil, nil) {
+		t.Fatal("Unchanged(nil, nil)")
+	}
+}
+
+// TestRecordExitedCaller: Record fences like Attest does.
+func TestRecordExitedCaller(t *testing.T) {
+	a := newAttestor(t, Config{})
+	c := startExecChild(t, "/bin/sh", "/bin/sleep")
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
+	at, err := a.Record(context.Background(), c.peer, Options{})
+	if !errors.Is(err, ErrCallerGone) || at != nil {
+		t.Fatalf("Record = %v, %v; want ErrCallerGone", at, err)
+	}
+}
+
+// TestUnchangedAfterPIDReuse: the caller is recorded, exits, and a newcomer of the same uid
+// running the very same binary takes its pid. Everything /proc/PID shows matches the record;
+// only the pidfd can tell, and Unchanged must say no.
+func TestUnchangedAfterPIDReuse(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("forcing pid reuse and running callers under other uids needs root (CI runs as root)")
+	}
+	noRaceExitDelay(t)
+	a := newAttestor(t, Config{})
+	cred := &syscall.Credential{Uid: 1001, Gid: 1001}
+	for attempt := range 20 {
+		c := startCaller(t, cred)
+		p := c.conn.Peer()
+		at, err := a.Record(context.Background(), p, Options{Digest: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !a.Unchanged(p, at) {
+			t.Fatal("Unchanged right after Record is false")
+		}
+		c.exit(t)
+
+		// The newcomer: the same helper binary, same uid, dialing a socket nobody serves (it
+		// then waits on nothing; we kill it).
+		newcomer := exec.Command(helperBinary(t), "-test.run=^TestHelperIdle$")
+		newcomer.Env = append(os.Environ(), helperIdleEnv+"=1")
+		newcomer.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		if !startAtPID(t, newcomer, int(p.PID)) {
+			t.Logf("attempt %d: pid %d was taken by another process; retrying", attempt, p.PID)
+			continue
+		}
+		t.Cleanup(func() {
+			newcomer.Process.Kill()
+			newcomer.Wait()
+		})
+		exe := filepath.Join("/proc", strconv.Itoa(int(p.PID)), "exe")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if got, _ := os.Readlink(exe); got == helperBinary(t) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("newcomer does not run the helper binary")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if a.Unchanged(p, at) {
+			t.Fatalf("Unchanged is true after pid %d was reused by the same binary under the same uid", p.PID)
+		}
+		return
+	}
+	t.Fatal("could not make a newcomer take an exited caller's pid in 20 attempts")
+}
+
+const helperIdleEnv = "ATTESTOR_HELPER_IDLE"
+
+// TestHelperIdle is not a test: run with the environment variable it sleeps until killed.
+func TestHelperIdle(t *testing.T) {
+	if os.Getenv(helperIdleEnv) == "" {
+		return
+	}
+	time.Sleep(time.Minute)
+	os.Exit(0)
+}
