@@ -187,6 +187,11 @@ func receiveConns(sock *os.File, n int, timeout time.Duration) ([]*os.File, erro
 	oob := make([]byte, syscall.CmsgSpace(4))
 	for len(out) < n {
 		_, oobn, _, _, err := syscall.Recvmsg(int(sock.Fd()), buf, oob, syscall.MSG_CMSG_CLOEXEC)
+		if err == syscall.EINTR {
+			// With SO_RCVTIMEO set, a signal to this process (Go's runtime preempts with
+			// SIGURG) interrupts the call instead of restarting it.
+			continue
+		}
 		if err != nil {
 			return fail(fmt.Errorf("receiving connection %d of %d: %w", len(out)+1, n, err))
 		}
