@@ -67,6 +67,17 @@ type View struct {
 	SVIDs []*SVID
 	// Bundles: the agent's own trust domain first, then federated ones by name.
 	Bundles []*Bundle
+	// Partial is set while SVIDs for some of the caller's entries are still being minted
+	// (the agent minted the ones the front-end asked for first, see WithWanted, and mints the
+	// rest in the background). SVIDs then holds only ready ones — at least those of the
+	// identities asked for first that the caller is entitled to — in the same order and with
+	// the same deduplication as a complete View (an SVID a Partial View holds is the one the
+	// complete View will hold), but SVIDs[0] is NOT necessarily the caller's default identity,
+	// and an identity missing from it may still come. Bundles are set as in the
+	// complete View. A complete View (Partial false) follows on the same subscription; once
+	// a subscription has received a complete View it never receives a Partial one. A
+	// front-end that must send the full set (the Workload API) waits for the complete View.
+	Partial bool
 
 	// memo holds values derived from this View (encoded responses), shared by every stream
 	// holding it; see Memo.
@@ -105,8 +116,9 @@ type memoEntry struct {
 	val  any
 }
 
-// Empty reports whether the caller is entitled to nothing.
-func (v *View) Empty() bool { return v == nil || len(v.SVIDs) == 0 }
+// Empty reports whether the caller is entitled to nothing. A Partial View is never Empty,
+// even before its first SVID is ready: the caller is entitled to something.
+func (v *View) Empty() bool { return v == nil || (len(v.SVIDs) == 0 && !v.Partial) }
 
 // SVIDByID returns the SVID for id, or nil.
 func (v *View) SVIDByID(id spiffeid.ID) *SVID {
@@ -160,10 +172,36 @@ type JWTFetcher interface {
 // loaded); front-ends map it to codes.Unavailable.
 var ErrUnavailable = errors.New("agent unavailable")
 
+// wantedKey is the context key of WithWanted.
+type wantedKey struct{}
+
+// WithWanted returns a context telling Watch which of the caller's SPIFFE IDs the front-end
+// needs first (an SDS stream names the one secret it serves in its first request). Watch then
+// may return as soon as the SVIDs for those IDs are ready, with a Partial View, instead of
+// waiting for every SVID the caller is entitled to. ids nil means no hint (ctx is returned
+// as it is): the first View is complete. An empty, non-nil ids means none of the caller's
+// SVIDs is needed first (only bundles were asked for). The slice must not be modified
+// afterwards.
+func WithWanted(ctx context.Context, ids []spiffeid.ID) context.Context {
+	if ids == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, wantedKey{}, ids)
+}
+
+// Wanted returns the SPIFFE IDs set by WithWanted, or nil when there is no hint (everything
+// is wanted). The caller must not modify the slice.
+func Wanted(ctx context.Context) []spiffeid.ID {
+	ids, _ := ctx.Value(wantedKey{}).([]spiffeid.ID)
+	return ids
+}
+
 // Watcher is the one thing front-ends need from the agent.
 type Watcher interface {
 	// Watch attests the caller and subscribes it to its View. The first View is already in
 	// Updates() when Watch returns, so a front-end answers its first request without waiting.
+	// Without a hint in ctx (WithWanted) that first View is complete; with one it may be
+	// Partial, holding at least the SVIDs of the wanted IDs the caller is entitled to.
 	// The caller must Close the subscription; cancelling ctx does not. Watch is safe for
 	// concurrent use. An attestation failure (caller gone, /proc unreadable) is an error;
 	// a caller entitled to nothing gets an empty View, not an error, and receives a new View
