@@ -375,7 +375,9 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscrip
 	onClose := func() {
 		a.log.Info("stream closed", "rpc", method, "pid", p.PID, "uid", p.UID, "duration", time.Since(opened).Round(time.Millisecond))
 	}
-	sub, err := a.cache.subscribe(sel, reattest, onClose)
+	// A front-end that names the identities it needs first (SDS) gets them without waiting
+	// for every other SVID the caller is entitled to.
+	sub, err := a.cache.subscribe(sel, workload.Wanted(ctx), reattest, onClose)
 	if err != nil {
 		return nil, err
 	}
@@ -434,6 +436,7 @@ func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid
 // Run serves until ctx is done. It returns nil after a clean stop.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer a.closeResources()
+	defer a.cache.stop() // ends background minting before the CA and store go
 	a.started = time.Now().UTC()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -34,6 +34,13 @@ type Minter interface {
 // Locking: mu guards everything below it. Minting (the only slow step) happens outside mu,
 // deduplicated per entry by minting. Changes (entries, bundle, rotation) are applied by one
 // goroutine at a time (the agent's updater); Subscribe runs concurrently with them.
+//
+// Partial groups: a subscriber that names the SPIFFE IDs it needs first (workload.Wanted; an
+// SDS stream serves one secret) waits only for those SVIDs. Its group is registered with a
+// Partial View and queued for the background minter, one goroutine for the whole cache that
+// mints the rest one SVID at a time, only while no foreground mint runs (a caller waiting for
+// its first secret always goes first), then publishes the complete View. A group never goes
+// from complete back to Partial.
 type cache struct {
 	log    *slog.Logger
 	minter Minter
@@ -52,18 +59,32 @@ type cache struct {
 	subGroup map[*workload.Subscription]*group
 	// rotate is called (outside mu) with an entry ID when its SVID is due for re-minting.
 	scheduleRotation func(entryID string, at time.Time)
+
+	// fgMints counts foreground mint calls in progress; fgIdle is signalled (with mu) when it
+	// drops to zero, and on stop.
+	fgMints int
+	fgIdle  *sync.Cond
+	// bgQueue holds the Partial groups waiting for the background minter, oldest first, each
+	// once (group.queued); bgRunning says whether the minter goroutine runs. It is started on
+	// demand and exits when the queue is empty, so an idle agent holds no goroutine for it.
+	bgQueue   []*group
+	bgRunning bool
+	bgWG      sync.WaitGroup
+	// stopped is set by stop: nothing more is queued, and subscribers get complete Views.
+	stopped bool
 }
 
 type group struct {
 	key       string
 	selectors []entry.Selector
-	entries   []entry.Entry // matched, in Index.Match order
-	view      *workload.View
+	entries   []entry.Entry  // matched, in Index.Match order
+	view      *workload.View // Partial until the background minter completes it
 	subs      map[*workload.Subscription]Reattester
+	queued    bool // in cache.bgQueue
 }
 
 func newCache(log *slog.Logger, m Minter, now func() time.Time) *cache {
-	return &cache{
+	c := &cache{
 		log:              log,
 		minter:           m,
 		now:              now,
@@ -76,6 +97,19 @@ func newCache(log *slog.Logger, m Minter, now func() time.Time) *cache {
 		subGroup:         make(map[*workload.Subscription]*group),
 		scheduleRotation: func(string, time.Time) {},
 	}
+	c.fgIdle = sync.NewCond(&c.mu)
+	return c
+}
+
+// stop ends background minting and waits for the minter goroutine to exit (a mint in progress
+// finishes first). Groups still Partial stay so; subscribers from now on get complete Views.
+// Idempotent.
+func (c *cache) stop() {
+	c.mu.Lock()
+	c.stopped = true
+	c.fgIdle.Broadcast()
+	c.mu.Unlock()
+	c.bgWG.Wait()
 }
 
 // usesDigest reports whether any entry has a unix:sha256 selector, i.e. whether attestation
@@ -114,11 +148,14 @@ type Reattester func() ([]entry.Selector, error)
 
 // subscribe returns a subscription for a caller with the given (normalized) selectors, holding
 // its current View. reattest and onClose may be nil; onClose runs once when the subscription
-// is closed.
-func (c *cache) subscribe(selectors []entry.Selector, reattest Reattester, onClose func()) (*workload.Subscription, error) {
+// is closed. wanted is the hint of workload.Wanted: nil means the first View is complete;
+// otherwise it may be Partial, holding at least the SVIDs of the wanted IDs the caller is
+// entitled to (every entry granting one of them is minted first, so a Partial View serves the
+// same SVID the complete one will), and the rest are minted in the background.
+func (c *cache) subscribe(selectors []entry.Selector, wanted []spiffeid.ID, reattest Reattester, onClose func()) (*workload.Subscription, error) {
 	for {
 		c.mu.Lock()
-		g, view, missing := c.groupForLocked(selectors)
+		g, view, missing := c.groupForLocked(selectors, wanted)
 		if missing == nil {
 			var sub *workload.Subscription
 			sub = workload.NewSubscription(view, func() {
@@ -141,15 +178,25 @@ func (c *cache) subscribe(selectors []entry.Selector, reattest Reattester, onClo
 // groupForLocked returns the group for selectors (a new one, not yet registered, if none
 // exists) with its current View, or the entries whose SVIDs must be minted first. An existing
 // group's View can be behind (a rotation not yet refreshed): whoever notices first publishes
-// it to everyone, so refresh never skips a stale stream.
-func (c *cache) groupForLocked(selectors []entry.Selector) (*group, *workload.View, []entry.Entry) {
+// it to everyone, so refresh never skips a stale stream. wanted is as in subscribe.
+func (c *cache) groupForLocked(selectors []entry.Selector, wanted []spiffeid.ID) (*group, *workload.View, []entry.Entry) {
 	key := entry.SelectorKey(selectors)
 	g, ok := c.groups[key]
 	if !ok {
 		g = &group{key: key, selectors: selectors, subs: make(map[*workload.Subscription]Reattester)}
 		g.entries = c.index.Match(selectors)
 	}
-	view, missing := c.buildViewLocked(g)
+	switch {
+	case wanted == nil:
+	case c.stopped:
+		wanted = nil // no background minter would complete it
+	case ok && !g.view.Partial:
+		wanted = nil // never turn a complete group Partial again
+	case ok:
+		// The group's streams hold these SVIDs already: a new Partial View must keep them.
+		wanted = append(slices.Clip(wanted), c.heldLocked(g)...)
+	}
+	view, missing := c.buildViewLocked(g, wanted)
 	if missing != nil {
 		return nil, nil, missing
 	}
@@ -169,13 +216,31 @@ func (c *cache) groupForLocked(selectors []entry.Selector) (*group, *workload.Vi
 	return g, view, nil
 }
 
-// joinLocked adds sub to g, registering g if it is new.
+// heldLocked returns the SPIFFE IDs of the SVIDs a Partial group's View holds (non-nil, maybe
+// empty), which a new Partial View of it must hold too; nil if g's View is complete or the
+// cache is stopped (nothing would complete a Partial View then). c.mu must be held.
+func (c *cache) heldLocked(g *group) []spiffeid.ID {
+	if g.view == nil || !g.view.Partial || c.stopped {
+		return nil
+	}
+	ids := make([]spiffeid.ID, 0, len(g.view.SVIDs))
+	for _, s := range g.view.SVIDs {
+		ids = append(ids, s.ID)
+	}
+	return ids
+}
+
+// joinLocked adds sub to g, registering g if it is new, and queues g for the background
+// minter if its View is Partial.
 func (c *cache) joinLocked(g *group, sub *workload.Subscription, reattest Reattester) {
 	if c.groups[g.key] != g {
 		c.groups[g.key] = g
 	}
 	g.subs[sub] = reattest
 	c.subGroup[sub] = g
+	if g.view.Partial {
+		c.enqueueLocked(g)
+	}
 }
 
 func (c *cache) unsubscribe(sub *workload.Subscription) {
@@ -206,7 +271,7 @@ func (c *cache) move(sub *workload.Subscription, selectors []entry.Selector) err
 			c.mu.Unlock()
 			return nil
 		}
-		g, view, missing := c.groupForLocked(selectors)
+		g, view, missing := c.groupForLocked(selectors, nil)
 		if missing == nil {
 			reattest := old.subs[sub]
 			c.leaveLocked(sub)
@@ -251,29 +316,54 @@ func (c *cache) reattestAll() {
 }
 
 // buildViewLocked builds g's View from the current SVIDs, or returns the entries whose SVIDs
-// must be minted first. c.mu must be held.
-func (c *cache) buildViewLocked(g *group) (*workload.View, []entry.Entry) {
-	var missing []entry.Entry
+// must be minted first. With wanted nil the View is complete: every missing entry is
+// returned. Otherwise only the missing entries granting a wanted ID are, and when there are
+// none the View may be Partial (other entries still missing): it holds the SVIDs of the
+// wanted IDs, i.e. what the group's streams asked for, not whatever else happens to be
+// ready, so that a stream joining for an identity the group holds gets the group's View as
+// it is instead of publishing a new one to every stream. c.mu must be held.
+func (c *cache) buildViewLocked(g *group, wanted []spiffeid.ID) (*workload.View, []entry.Entry) {
+	var missing []int // indexes in g.entries: an Entry is large, a big group's copies add up
 	v := &workload.View{SVIDs: make([]*workload.SVID, 0, len(g.entries))}
 	now := c.now()
-	for _, e := range g.entries {
+	for i, e := range g.entries {
+		// Two entries may grant the same SPIFFE ID (different selector sets); serve it once,
+		// from the first of them. Match orders entries by SPIFFE ID: they are adjacent.
+		dup := i > 0 && g.entries[i-1].SPIFFEID == e.SPIFFEID
 		s := c.svids[e.ID]
 		if !svidCurrent(s, e, now) {
-			missing = append(missing, e)
+			missing = append(missing, i)
 			continue
 		}
-		// Two entries may grant the same SPIFFE ID (different selector sets); serve it once.
-		if slices.ContainsFunc(v.SVIDs, func(o *workload.SVID) bool { return o.ID == s.ID }) {
-			continue
+		if !dup {
+			v.SVIDs = append(v.SVIDs, s)
 		}
-		v.SVIDs = append(v.SVIDs, s)
 	}
-	if missing != nil {
-		return nil, missing
+	if missing == nil {
+		if len(v.SVIDs) > 0 {
+			v.Bundles = c.bundles
+		}
+		return v, nil
 	}
-	if len(v.SVIDs) > 0 {
-		v.Bundles = c.bundles
+	var first []entry.Entry
+	for _, i := range missing {
+		if wanted == nil || slices.Contains(wanted, g.entries[i].SPIFFEID) {
+			first = append(first, g.entries[i])
+		}
 	}
+	if first != nil {
+		return nil, first
+	}
+	kept := v.SVIDs[:0]
+	for _, s := range v.SVIDs {
+		if slices.Contains(wanted, s.ID) {
+			kept = append(kept, s)
+		}
+	}
+	v.SVIDs = kept
+	// Entitled to something (missing is not empty), so the bundles are the caller's already.
+	v.Partial = true
+	v.Bundles = c.bundles
 	return v, nil
 }
 
@@ -288,8 +378,20 @@ func svidCurrent(s *workload.SVID, e entry.Entry, now time.Time) bool {
 // many identities waits for the slowest share of the work instead of the sum of it (minting is
 // CPU-bound: a few workers per core keep every core busy without piling up goroutines). The
 // first error is returned once every worker has stopped; a View is only ever built from SVIDs
-// that exist, so a caller never sees a partial one.
+// that exist (a Partial View, see subscribe, is one built on purpose from the ready ones).
+//
+// mint is foreground work: the background minter waits while any mint call runs.
 func (c *cache) mint(es []entry.Entry) error {
+	c.mu.Lock()
+	c.fgMints++
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		if c.fgMints--; c.fgMints == 0 {
+			c.fgIdle.Broadcast()
+		}
+		c.mu.Unlock()
+	}()
 	es = uniqueEntries(es)
 	workers := min(len(es), mintWorkers())
 	if workers <= 1 {
@@ -347,10 +449,16 @@ func uniqueEntries(es []entry.Entry) []entry.Entry {
 	return out
 }
 
-// mintOne mints an SVID for e unless a current one exists (or force, for rotation).
+// mintOne mints an SVID for e unless a current one exists (or force, for rotation), or e is
+// no longer in the index as it is (deleted or changed meanwhile: whoever asked will find the
+// change when it rebuilds its View).
 func (c *cache) mintOne(e entry.Entry, force bool) error {
 	for {
 		c.mu.Lock()
+		if cur, ok := c.index.Get(e.ID); !ok || cur.Revision != e.Revision {
+			c.mu.Unlock()
+			return nil
+		}
 		if s := c.svids[e.ID]; !force && svidCurrent(s, e, c.now()) {
 			c.mu.Unlock()
 			return nil
@@ -389,6 +497,110 @@ func (c *cache) mintOne(e entry.Entry, force bool) error {
 		c.log.Debug("minted X509-SVID", "spiffe_id", e.SPIFFEID.String(), "serial", s.Serial, "not_after", s.NotAfter, "rotate_at", s.RotateAt)
 		return nil
 	}
+}
+
+// enqueueLocked queues the Partial group g for the background minter, starting it if it is
+// not running. c.mu must be held.
+func (c *cache) enqueueLocked(g *group) {
+	if c.stopped {
+		return
+	}
+	if !g.queued {
+		g.queued = true
+		c.bgQueue = append(c.bgQueue, g)
+	}
+	if !c.bgRunning {
+		c.bgRunning = true
+		c.bgWG.Add(1)
+		go c.background()
+	}
+}
+
+// bgRetryDelay is how long a group whose background mint failed waits before it is tried
+// again. A variable for tests.
+var bgRetryDelay = time.Second
+
+// background completes the queued Partial groups, oldest first, one mint at a time and only
+// while no foreground mint runs. It exits when the queue is empty or the cache is stopped.
+func (c *cache) background() {
+	defer c.bgWG.Done()
+	for {
+		g, missing, ok := c.nextBackground()
+		if !ok {
+			return
+		}
+		for _, e := range missing {
+			if !c.backgroundTurn(g) {
+				break
+			}
+			if err := c.mintOne(e, false); err != nil {
+				c.log.Error("minting X509-SVID in the background failed; retrying", "spiffe_id", e.SPIFFEID.String(), "error", err)
+				c.mu.Lock()
+				c.dequeueLocked(g)
+				c.mu.Unlock()
+				time.AfterFunc(bgRetryDelay, func() {
+					c.mu.Lock()
+					defer c.mu.Unlock()
+					if c.groups[g.key] == g && g.view.Partial {
+						c.enqueueLocked(g)
+					}
+				})
+				break
+			}
+		}
+	}
+}
+
+// nextBackground waits until no foreground mint runs, then returns the oldest queued group
+// that is still open and Partial with the entries it lacks. Groups it finds complete have
+// their View published and leave the queue. ok is false when there is nothing left to do (the
+// minter then exits) or the cache is stopped.
+func (c *cache) nextBackground() (_ *group, missing []entry.Entry, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		for c.fgMints > 0 && !c.stopped {
+			c.fgIdle.Wait()
+		}
+		if c.stopped || len(c.bgQueue) == 0 {
+			c.bgRunning = false
+			return nil, nil, false
+		}
+		g := c.bgQueue[0]
+		if c.groups[g.key] != g || !g.view.Partial {
+			// Closed, or completed by someone else (refresh, a subscriber without a hint).
+			c.dequeueLocked(g)
+			continue
+		}
+		v, missing := c.buildViewLocked(g, nil)
+		if missing != nil {
+			return g, missing, true
+		}
+		c.dequeueLocked(g)
+		g.view = v
+		for sub := range g.subs {
+			sub.Publish(v)
+		}
+	}
+}
+
+// backgroundTurn waits until no foreground mint runs and reports whether the background
+// minter should go on minting for g (the cache is not stopped, g is still open and Partial).
+func (c *cache) backgroundTurn(g *group) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.fgMints > 0 && !c.stopped {
+		c.fgIdle.Wait()
+	}
+	return !c.stopped && c.groups[g.key] == g && g.view.Partial
+}
+
+// dequeueLocked removes g from the background queue. c.mu must be held.
+func (c *cache) dequeueLocked(g *group) {
+	if i := slices.Index(c.bgQueue, g); i >= 0 {
+		c.bgQueue = slices.Delete(c.bgQueue, i, i+1)
+	}
+	g.queued = false
 }
 
 // rotationTime is when an SVID valid from nb to na is replaced: at half its lifetime, moved by
@@ -473,7 +685,10 @@ func (c *cache) apply(ch store.Change) {
 	}
 }
 
-// refresh rebuilds and publishes the Views of gs, minting what is missing first.
+// refresh rebuilds and publishes the Views of gs, minting what is missing first. A Partial
+// group stays Partial: only the SVIDs its streams hold are minted first (an entry of theirs
+// changed), the rest is still the background minter's, so a change reaches every stream
+// without waiting for SVIDs nobody has asked for yet.
 func (c *cache) refresh(gs []*group) {
 	for len(gs) > 0 {
 		var retry []*group
@@ -483,7 +698,10 @@ func (c *cache) refresh(gs []*group) {
 			if c.groups[g.key] != g {
 				continue // closed meanwhile
 			}
-			v, m := c.buildViewLocked(g)
+			v, m := c.buildViewLocked(g, c.heldLocked(g))
+			if v != nil && v.Partial {
+				c.enqueueLocked(g) // new entries may have come: make sure someone mints them
+			}
 			if m != nil {
 				missing = append(missing, m...)
 				retry = append(retry, g)
@@ -509,12 +727,13 @@ func (c *cache) refresh(gs []*group) {
 }
 
 // viewEqual reports whether two Views hold the same SVIDs and bundles (by identity: they are
-// immutable, so a re-minted SVID or a new bundle is a new pointer).
+// immutable, so a re-minted SVID or a new bundle is a new pointer) and are both Partial or
+// both complete.
 func viewEqual(a, b *workload.View) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return slices.Equal(a.SVIDs, b.SVIDs) && slices.Equal(a.Bundles, b.Bundles)
+	return a.Partial == b.Partial && slices.Equal(a.SVIDs, b.SVIDs) && slices.Equal(a.Bundles, b.Bundles)
 }
 
 // stats is a snapshot for status and metrics.
