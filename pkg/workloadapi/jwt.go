@@ -105,7 +105,7 @@ func checkAudience(a string) error {
 // FetchJWTBundles streams the JWT bundles (JWK Sets) of every trust domain in the caller's
 // View.
 func (s *Server) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.ServerStreamingServer[workloadpb.JWTBundlesResponse]) error {
-	return serveStream(s, KindJWTBundles, "FetchJWTBundles", stream, jwtBundlesResponse)
+	return serveStream(s, KindJWTBundles, "FetchJWTBundles", stream, true, jwtBundlesResponse)
 }
 
 // jwtBundlesResponse translates a non-empty View. Every trust domain gets an entry, its own
@@ -159,6 +159,8 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJW
 	if err != nil {
 		return nil, err
 	}
+	// Only the bundles are used: a Partial View (see workload.View) holds them as the
+	// complete one does, so there is no need to wait for it.
 	v := sub.Latest()
 	sub.Close()
 	if v.Empty() {

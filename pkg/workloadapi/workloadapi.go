@@ -168,8 +168,11 @@ type sender[M proto.Message] interface {
 // serveStream runs one streaming RPC: check the header, watch the caller, then send build(v)
 // for the first View and again for each later View whose response differs from the last one
 // sent. An empty View ends the stream with PermissionDenied. build returns the response and
-// how many items (SVIDs or bundles) it carries.
-func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sender[M], build func(*workload.View) (M, int)) (err error) {
+// how many items (SVIDs or bundles) it carries. A Partial View is skipped unless partialOK
+// (build only uses bundles, which a Partial View holds as the complete one does): a response
+// built from SVIDs must carry the full set, default first, so it waits for the complete View
+// that follows.
+func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sender[M], partialOK bool, build func(*workload.View) (M, int)) (err error) {
 	ctx := stream.Context()
 	s.metrics.StreamOpened(kind)
 	defer s.metrics.StreamClosed(kind)
@@ -193,6 +196,11 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case v := <-sub.Updates():
+			if v.Partial && !partialOK {
+				// Only an SDS stream's hint makes a Partial View, but this stream may share
+				// that caller's group: the complete View is on its way.
+				continue
+			}
 			if v.Empty() {
 				log.Debug("caller has no identity")
 				return errNoIdentity

@@ -10,12 +10,12 @@ import (
 
 // FetchX509SVID streams every X509-SVID the caller holds, default first, with the bundles.
 func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
-	return serveStream(s, KindX509SVID, "FetchX509SVID", stream, s.sharedX509SVIDResponse)
+	return serveStream(s, KindX509SVID, "FetchX509SVID", stream, false, s.sharedX509SVIDResponse)
 }
 
 // FetchX509Bundles streams the X.509 bundles of every trust domain in the caller's View.
 func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
-	return serveStream(s, KindX509Bundles, "FetchX509Bundles", stream, sharedX509BundlesResponse)
+	return serveStream(s, KindX509Bundles, "FetchX509Bundles", stream, true, sharedX509BundlesResponse)
 }
 
 // x509SVIDResponse translates a non-empty View. Each SVID carries its own trust domain's
