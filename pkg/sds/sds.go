@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -154,8 +155,10 @@ func (s *Server) token() string {
 }
 
 // watch identifies the caller and subscribes it to its View. Errors are gRPC statuses; the
-// detail is logged, not returned. The caller is added to log.
-func (s *Server) watch(ctx context.Context, log *streamLog) (*workload.Subscription, error) {
+// detail is logged, not returned. The caller is added to log. names are the resource names of
+// the stream's first request: when they say exactly which SVIDs the stream serves (see
+// wantedIDs), Watch is told so and returns once those are ready, possibly with a Partial View.
+func (s *Server) watch(ctx context.Context, log *streamLog, names ...string) (*workload.Subscription, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
@@ -167,7 +170,7 @@ func (s *Server) watch(ctx context.Context, log *streamLog) (*workload.Subscript
 		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
 	}
 	log.setPeer(p)
-	sub, err := s.watcher.Watch(ctx, p)
+	sub, err := s.watcher.Watch(workload.WithWanted(ctx, s.wantedIDs(names)), p)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
@@ -178,6 +181,38 @@ func (s *Server) watch(ctx context.Context, log *streamLog) (*workload.Subscript
 		return nil, status.Error(codes.Unavailable, "identities unavailable")
 	}
 	return sub, nil
+}
+
+// wantedIDs turns a first request's names into the hint for Watch: the SPIFFE IDs of the
+// SVIDs named, when every name is an SVID's SPIFFE ID or a bundle name (a trust domain ID,
+// the default bundle or all-bundles name); a stream asking only for bundles gets an empty,
+// non-nil hint. Anything else (the default SVID, the wildcard, no names, a name that is
+// neither) returns nil: no hint, the first View is complete, as those need every SVID (the
+// default is only known once all are minted) or may.
+func (s *Server) wantedIDs(names []string) []spiffeid.ID {
+	if len(names) == 0 {
+		return nil
+	}
+	ids := make([]spiffeid.ID, 0, len(names))
+	for _, n := range names {
+		switch n {
+		case s.rootName, s.allName:
+			continue
+		case s.svidName, wildcardName:
+			return nil
+		}
+		id, err := spiffeid.FromString(n)
+		if err != nil {
+			return nil
+		}
+		if id.Path() == "" {
+			continue // a trust domain's bundle
+		}
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // checkTypeURL accepts the Secret type and, leniently, an empty one: the service implies it.
