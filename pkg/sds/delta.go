@@ -80,7 +80,7 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 
 	if !st.started {
 		st.log.setNode(req.GetNode())
-		sub, err := st.s.watch(ctx, st.log)
+		sub, err := st.s.watch(ctx, st.log, req.GetResourceNamesSubscribe()...)
 		if err != nil {
 			return err
 		}

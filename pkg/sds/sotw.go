@@ -57,7 +57,7 @@ func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryR
 	if !st.started {
 		// Envoy sends node only on a stream's first request.
 		st.log.setNode(req.GetNode())
-		sub, err := st.s.watch(ctx, st.log)
+		sub, err := st.s.watch(ctx, st.log, req.GetResourceNames()...)
 		if err != nil {
 			return err
 		}
