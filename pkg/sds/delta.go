@@ -165,7 +165,9 @@ func (st *deltaStream) push() error {
 		}
 	}
 	var removed []string
-	if len(st.held) > len(rs)-len(changed) {
+	// A Partial View lacks SVIDs that are still being minted, not ones the caller lost:
+	// removals wait for the complete View.
+	if !st.view.Partial && len(st.held) > len(rs)-len(changed) {
 		present := make(map[string]struct{}, len(rs))
 		for _, r := range rs {
 			present[r.name] = struct{}{}

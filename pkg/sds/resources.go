@@ -39,7 +39,9 @@ func (s *Server) resolve(v *workload.View, name string) (resource, bool) {
 	}
 	switch name {
 	case s.svidName:
-		if len(v.SVIDs) == 0 {
+		// A Partial View's first SVID is not necessarily the default identity: that is only
+		// known once every SVID exists, in the complete View that follows.
+		if len(v.SVIDs) == 0 || v.Partial {
 			return resource{}, false
 		}
 		return svidResource(name, v.SVIDs[0]), true
@@ -98,13 +100,16 @@ func allVersion(bundles []*workload.Bundle) string {
 	return sb.String()
 }
 
-// wildcardResources is everything the caller is entitled to, each under its own name.
+// wildcardResources is everything the caller is entitled to, each under its own name. Of a
+// Partial View only the bundles: its SVIDs are not everything, and the complete View follows.
 func wildcardResources(v *workload.View, dst []resource) []resource {
 	if v == nil {
 		return dst
 	}
-	for _, sv := range v.SVIDs {
-		dst = append(dst, svidResource(sv.ID.String(), sv))
+	if !v.Partial {
+		for _, sv := range v.SVIDs {
+			dst = append(dst, svidResource(sv.ID.String(), sv))
+		}
 	}
 	for _, b := range v.Bundles {
 		dst = append(dst, bundleResource(b.TrustDomain.IDString(), b))
