@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -46,6 +47,8 @@ type deltaStream struct {
 	// plus everything sent since (including versions it NACKed, so they are not re-sent).
 	held      map[string]string
 	lastNonce string // "" until the stream has sent a response
+	// openedAt is when the first request arrived; the first response reports the wait.
+	openedAt time.Time
 }
 
 func (st *deltaStream) subscription() (*workload.Subscription, *streamLog) { return st.sub, st.log }
@@ -79,6 +82,7 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 	}
 
 	if !st.started {
+		st.openedAt = time.Now()
 		st.log.setNode(req.GetNode())
 		sub, err := st.s.watch(ctx, st.log, req.GetResourceNamesSubscribe()...)
 		if err != nil {
@@ -206,6 +210,9 @@ func (st *deltaStream) push() error {
 	parts[0] = h
 	if err := st.stream.SendMsg(wire.NewMessage(parts...)); err != nil {
 		return err
+	}
+	if st.lastNonce == "" {
+		st.s.metrics.FirstResponse(KindDelta, time.Since(st.openedAt))
 	}
 	st.lastNonce = tok
 	for _, r := range changed {

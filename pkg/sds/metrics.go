@@ -1,5 +1,7 @@
 package sds
 
+import "time"
+
 // Kind names the RPC a metric event comes from; the set is fixed, so it is safe as a label.
 type Kind string
 
@@ -25,16 +27,22 @@ type Metrics interface {
 	NACK(kind Kind)
 	// StaleRequest counts requests ignored because they answered an older response.
 	StaleRequest(kind Kind)
+	// FirstResponse reports how long a stream waited for its first response, from its first
+	// request: the agent's part of Envoy's time to first secret (a listener stays closed until
+	// its certificate arrives). It includes any wait for an SVID to be minted or an entry to
+	// appear.
+	FirstResponse(kind Kind, d time.Duration)
 }
 
 // NopMetrics discards every event; it is the default.
 type NopMetrics struct{}
 
-func (NopMetrics) StreamOpened(Kind)      {}
-func (NopMetrics) StreamClosed(Kind)      {}
-func (NopMetrics) ResponseSent(Kind, int) {}
-func (NopMetrics) ACK(Kind)               {}
-func (NopMetrics) NACK(Kind)              {}
-func (NopMetrics) StaleRequest(Kind)      {}
+func (NopMetrics) StreamOpened(Kind)                 {}
+func (NopMetrics) StreamClosed(Kind)                 {}
+func (NopMetrics) ResponseSent(Kind, int)            {}
+func (NopMetrics) ACK(Kind)                          {}
+func (NopMetrics) NACK(Kind)                         {}
+func (NopMetrics) StaleRequest(Kind)                 {}
+func (NopMetrics) FirstResponse(Kind, time.Duration) {}
 
 var _ Metrics = NopMetrics{}

@@ -43,6 +43,11 @@ func (m *recordingMetrics) ResponseSent(k Kind, n int) {
 func (m *recordingMetrics) ACK(k Kind)          { m.add("ack", k, 1) }
 func (m *recordingMetrics) NACK(k Kind)         { m.add("nack", k, 1) }
 func (m *recordingMetrics) StaleRequest(k Kind) { m.add("stale", k, 1) }
+func (m *recordingMetrics) FirstResponse(k Kind, d time.Duration) {
+	if d > 0 && d < waitLong {
+		m.add("first", k, 1)
+	}
+}
 
 type syncBuffer struct {
 	mu sync.Mutex
@@ -87,7 +92,7 @@ func TestStreamMetricsAndLogs(t *testing.T) {
 	}
 	for key, want := range map[string]int{
 		"opened/stream": 1, "closed/stream": 1, "responses/stream": 1, "resources/stream": 2,
-		"ack/stream": 1, "nack/stream": 1, "stale/stream": 1,
+		"ack/stream": 1, "nack/stream": 1, "stale/stream": 1, "first/stream": 1,
 	} {
 		if got := m.get(key); got != want {
 			t.Errorf("%s = %d, want %d", key, got, want)

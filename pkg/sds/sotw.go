@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -43,6 +44,8 @@ type sotwStream struct {
 	lastNonce string
 	// sent holds name → version of the last response.
 	sent map[string]string
+	// openedAt is when the first request arrived; the first response reports the wait.
+	openedAt time.Time
 }
 
 func (st *sotwStream) subscription() (*workload.Subscription, *streamLog) { return st.sub, st.log }
@@ -55,6 +58,7 @@ func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryR
 		return err
 	}
 	if !st.started {
+		st.openedAt = time.Now()
 		// Envoy sends node only on a stream's first request.
 		st.log.setNode(req.GetNode())
 		sub, err := st.s.watch(ctx, st.log, req.GetResourceNames()...)
@@ -136,6 +140,9 @@ func (st *sotwStream) respond(rs []resource) error {
 	}
 	if err := st.stream.SendMsg(msg); err != nil {
 		return err
+	}
+	if st.lastNonce == "" {
+		st.s.metrics.FirstResponse(KindStream, time.Since(st.openedAt))
 	}
 	st.lastNonce = tok
 	if st.sent == nil {

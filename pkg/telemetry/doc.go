@@ -21,6 +21,7 @@
 //	svidd_api_nacks_total                   counter  responses the client rejected (NACK): a secret Envoy could not use
 //	svidd_api_stale_requests_total          counter  requests ignored because they answered an older response
 //	svidd_api_request_errors_total          counter  calls ended with an error status; extra label code = the gRPC code (PermissionDenied, Unavailable, …)
+//	svidd_api_first_response_seconds        histogram  a stream's first request → its first response: the agent's part of Envoy's time to first secret (SDS streams: kind stream | delta)
 //
 // Agent:
 //

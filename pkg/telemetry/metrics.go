@@ -83,7 +83,9 @@ type Metrics struct {
 	caNotAfter     prometheus.Gauge
 	caRotations    *prometheus.CounterVec // step
 	bundleChanges  prometheus.Counter
-	sdsKindMetrics [3]serviceKind // stream, delta, fetch: resolved once, no map lookup per event
+	sdsKindMetrics [3]serviceKind           // stream, delta, fetch: resolved once, no map lookup per event
+	firstResponse  *prometheus.HistogramVec // service, kind
+	sdsFirst       [3]prometheus.Observer   // firstResponse's SDS children, as sdsKindMetrics
 }
 
 // serviceKind holds the children of every front-end family for one (service, kind).
@@ -103,6 +105,9 @@ var (
 	attestationBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 	mintBuckets        = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 	pushBuckets        = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	// A first response is usually well under a millisecond of the agent's time; a wait for
+	// minting, or for an entry to be created, shows in the upper buckets.
+	firstResponseBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 )
 
 // New creates the metrics and their registry, including the Go runtime, process and build
@@ -153,6 +158,11 @@ func New(cfg Config) *Metrics {
 		Help:    "Time to attest a caller (peer credentials to selectors), by result (ok, error).",
 		Buckets: attestationBuckets,
 	}, []string{"result"})
+	m.firstResponse = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "api", Name: "first_response_seconds",
+		Help:    "Time from a stream's first request to its first response (the agent's part of Envoy's time to first secret), by service and kind.",
+		Buckets: firstResponseBuckets,
+	}, sk)
 	m.pushLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: namespace, Subsystem: "agent", Name: "push_latency_seconds",
 		Help:    "Time from a change observed (entry written, SVID due, bundle changed) to the new View published to every affected stream.",
@@ -203,6 +213,7 @@ func New(cfg Config) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
 		m.streamsOpen, m.streamsOpened, m.responses, m.responseResource, m.acks, m.nacks, m.staleRequests, m.requestErrors,
+		m.firstResponse,
 		m.attestation, m.pushLatency, m.entries, m.svids,
 		m.x509Mint, m.x509Rotations, m.jwtMints, m.soonestSVID,
 		m.caNotAfter, m.caRotations, m.bundleChanges,
@@ -212,6 +223,9 @@ func New(cfg Config) *Metrics {
 	// first scrape rather than from the first event.
 	for i, k := range []sds.Kind{sds.KindStream, sds.KindDelta, sds.KindFetch} {
 		m.sdsKindMetrics[i] = m.serviceKind(ServiceSDS, string(k))
+		if k != sds.KindFetch {
+			m.sdsFirst[i] = m.firstResponse.WithLabelValues(ServiceSDS, string(k))
+		}
 	}
 	for _, k := range []workloadapi.Kind{workloadapi.KindX509SVID, workloadapi.KindX509Bundles,
 		workloadapi.KindJWTSVID, workloadapi.KindJWTBundles, workloadapi.KindValidateJWTSVID} {
@@ -383,6 +397,18 @@ func (s sdsMetrics) ResponseSent(k sds.Kind, resources int) {
 func (s sdsMetrics) ACK(k sds.Kind)          { s.kind(k).acks.Inc() }
 func (s sdsMetrics) NACK(k sds.Kind)         { s.kind(k).nacks.Inc() }
 func (s sdsMetrics) StaleRequest(k sds.Kind) { s.kind(k).stale.Inc() }
+func (s sdsMetrics) FirstResponse(k sds.Kind, d time.Duration) {
+	var o prometheus.Observer
+	switch k {
+	case sds.KindStream:
+		o = s.m.sdsFirst[0]
+	case sds.KindDelta:
+		o = s.m.sdsFirst[1]
+	default:
+		o = s.m.firstResponse.WithLabelValues(ServiceSDS, string(k))
+	}
+	o.Observe(d.Seconds())
+}
 
 // Agent events.
 

@@ -32,6 +32,7 @@ func exerciseAll(m *Metrics) {
 		s.ACK(k)
 		s.NACK(k)
 		s.StaleRequest(k)
+		s.FirstResponse(k, time.Millisecond)
 		s.StreamClosed(k)
 	}
 	m.StreamOpened("workloadapi", "x509_svid")
@@ -127,8 +128,8 @@ func TestNamesPassPromlint(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	if n := len(ours(mfs)); n != 19 {
-		t.Errorf("got %d svidd_ families, want 19 (a metric added or lost: update this test and doc.go)", n)
+	if n := len(ours(mfs)); n != 20 {
+		t.Errorf("got %d svidd_ families, want 20 (a metric added or lost: update this test and doc.go)", n)
 	}
 	for _, mf := range ours(mfs) {
 		name := mf.GetName()
@@ -254,6 +255,11 @@ func TestEventsMoveSeries(t *testing.T) {
 		{"sds ack", func(m *Metrics) { m.SDS().ACK(sds.KindStream) }, "svidd_api_acks_total", sdsL("stream"), 1},
 		{"sds nack", func(m *Metrics) { m.SDS().NACK(sds.KindDelta) }, "svidd_api_nacks_total", sdsL("delta"), 1},
 		{"sds stale", func(m *Metrics) { m.SDS().StaleRequest(sds.KindStream) }, "svidd_api_stale_requests_total", sdsL("stream"), 1},
+		{"sds first response", func(m *Metrics) {
+			m.SDS().FirstResponse(sds.KindStream, time.Millisecond)
+			m.SDS().FirstResponse(sds.KindStream, 2*time.Second)
+		}, "svidd_api_first_response_seconds", sdsL("stream"), 2},
+		{"sds first response, delta", func(m *Metrics) { m.SDS().FirstResponse(sds.KindDelta, time.Millisecond) }, "svidd_api_first_response_seconds", sdsL("delta"), 1},
 		{"sds unknown kind falls back to a lookup", func(m *Metrics) { m.SDS().ACK(sds.Kind("future")) }, "svidd_api_acks_total", sdsL("future"), 1},
 		{"generic methods share the sds series", func(m *Metrics) {
 			m.ACK(ServiceSDS, string(sds.KindStream))

@@ -153,6 +153,7 @@ func printTable(w io.Writer, rs []*result) {
 			}
 			return strconv.FormatInt(r.Open.Mints-r.Idle.Mints, 10)
 		}},
+		{"agent's first response mean ms", func(r *result) string { return optMean(meanFirst(r.Idle, r.Open)) }},
 		{"CPU burst s", func(r *result) string { return fmt.Sprintf("%.2f", (r.Open.CPU - r.Idle.CPU).Seconds()) }},
 		{"CPU change s", func(r *result) string { return fmt.Sprintf("%.2f", (r.After.CPU - r.Open.CPU).Seconds()) }},
 		{"fresh caller ms", func(r *result) string { return optMS(r.Fresh, r.FreshErr) }},
@@ -173,6 +174,12 @@ func printTable(w io.Writer, rs []*result) {
 				return "-"
 			}
 			return pct(r.Churn, 99)
+		}},
+		{"churn agent's first response mean ms", func(r *result) string {
+			if r.BeforeChurn == nil || r.AfterChurn == nil {
+				return "-"
+			}
+			return optMean(meanFirst(*r.BeforeChurn, *r.AfterChurn))
 		}},
 		{"no-op RPC same pace p50 ms", func(r *result) string {
 			if r.ChurnRate == 0 || len(r.ChurnFloor) == 0 {
@@ -249,4 +256,12 @@ func optNum(v int64) string {
 		return "n/a"
 	}
 	return strconv.FormatInt(v, 10)
+}
+
+// optMean formats a mean duration in ms, "n/a" when it could not be measured (no metrics).
+func optMean(d time.Duration) string {
+	if d < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond))
 }

@@ -101,8 +101,8 @@ type result struct {
 	PushTotal   time.Duration
 	PushNote    string
 
-	Idle, Open, After usage
-	AfterChurn        *usage
+	Idle, Open, After       usage
+	BeforeChurn, AfterChurn *usage
 
 	Fresh    time.Duration
 	FreshErr string
@@ -245,6 +245,11 @@ func (e *env) run(sc scenario) (res *result, err error) {
 	}
 
 	if sc.ChurnRate > 0 && sc.ChurnFor > 0 {
+		u, err := ag.sample()
+		if err != nil {
+			return res, err
+		}
+		res.BeforeChurn = &u
 		if err := workers[0].send(command{Cmd: "churn", Rate: sc.ChurnRate, DurationMS: sc.ChurnFor.Milliseconds(), TimeoutMS: e.timeout.Milliseconds()}); err != nil {
 			return res, err
 		}
@@ -260,11 +265,11 @@ func (e *env) run(sc scenario) (res *result, err error) {
 			res.ChurnFloor = append(res.ChurnFloor, time.Duration(l))
 		}
 		time.Sleep(e.settle)
-		u, err := ag.sample()
+		after, err := ag.sample()
 		if err != nil {
 			return res, err
 		}
-		res.AfterChurn = &u
+		res.AfterChurn = &after
 	}
 
 	if sc.Cold {

@@ -150,12 +150,25 @@ type usage struct {
 	// Mints counts X509-SVIDs minted so far (svidd_svid_x509_mint_duration_seconds_count);
 	// -1 without metrics.
 	Mints int64
+	// FirstSum and FirstCount are svidd_api_first_response_seconds' sum and count: the
+	// agent's own time from a stream's first request to its first response. FirstCount is -1
+	// without metrics.
+	FirstSum   float64
+	FirstCount int64
+}
+
+// meanFirst is the agent's mean time to a first response between samples a and b, or -1.
+func meanFirst(a, b usage) time.Duration {
+	if a.FirstCount < 0 || b.FirstCount <= a.FirstCount {
+		return -1
+	}
+	return time.Duration((b.FirstSum - a.FirstSum) / float64(b.FirstCount-a.FirstCount) * float64(time.Second))
 }
 
 // sample reads VmRSS from /proc/PID/status, utime+stime from /proc/PID/stat and, if svidd
 // serves metrics, go_goroutines and go_memstats_heap_inuse_bytes.
 func (a *agentProc) sample() (usage, error) {
-	u := usage{Goroutines: -1, HeapKiB: -1, Mints: -1}
+	u := usage{Goroutines: -1, HeapKiB: -1, Mints: -1, FirstCount: -1}
 	pid := a.pid()
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -187,6 +200,10 @@ func (a *agentProc) sample() (usage, error) {
 			}
 			if v, ok := m["svidd_svid_x509_mint_duration_seconds_count"]; ok {
 				u.Mints = int64(v)
+			}
+			if v, ok := m["svidd_api_first_response_seconds_count"]; ok {
+				u.FirstCount = int64(v)
+				u.FirstSum = m["svidd_api_first_response_seconds_sum"]
 			}
 		}
 	}
