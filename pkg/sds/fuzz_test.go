@@ -2,7 +2,6 @@ package sds
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -23,7 +22,7 @@ import (
 // fakeStream drives a handler in process: requests come from a channel, responses go to a
 // checking function. Fuzzing over a real socket would spend its time in the kernel.
 type fakeStream[Req, Resp any] struct {
-	grpc.ServerStream // nil: the handlers use only Context, Recv and Send
+	grpc.ServerStream // nil: the handlers use only Context, Recv and SendMsg
 	ctx               context.Context
 	reqs              chan *Req
 	send              func(*Resp) error
@@ -34,16 +33,13 @@ func (s *fakeStream[Req, Resp]) Send(r *Resp) error       { return s.send(r) }
 
 // SendMsg decodes what the handler sends (pre-encoded responses, pkg/wire) as a client would.
 func (s *fakeStream[Req, Resp]) SendMsg(m any) error {
-	msg, ok := m.(*wire.Message)
-	if !ok {
-		return fmt.Errorf("SendMsg(%T), want *wire.Message", m)
-	}
 	r := new(Resp)
-	if err := proto.Unmarshal(msg.Bytes(), any(r).(proto.Message)); err != nil {
-		return fmt.Errorf("decoding sent message: %w", err)
+	if err := wire.Decode(m, any(r).(proto.Message)); err != nil {
+		return err
 	}
 	return s.send(r)
 }
+
 func (s *fakeStream[Req, Resp]) Recv() (*Req, error) {
 	select {
 	case r, ok := <-s.reqs:

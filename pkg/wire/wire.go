@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	protocodec "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
 )
 
 // Message is a protobuf message in wire format: the concatenation of its parts. Protobuf
@@ -93,3 +94,20 @@ func (c Codec) Name() string { return protocodec.Name }
 
 // Parts returns the message's parts (shared, not copied: do not modify them).
 func (m *Message) Parts() [][]byte { return m.parts }
+
+// Decode unmarshals what a handler passed to SendMsg — a *Message, or an ordinary proto
+// message — into dst, as a client would receive it: for streams faked in process (fuzzing
+// handlers without a socket).
+func Decode(m any, dst proto.Message) error {
+	switch m := m.(type) {
+	case *Message:
+		return proto.Unmarshal(m.Bytes(), dst)
+	case proto.Message:
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return err
+		}
+		return proto.Unmarshal(b, dst)
+	}
+	return fmt.Errorf("wire: cannot decode %T", m)
+}

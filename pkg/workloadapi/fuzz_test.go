@@ -12,7 +12,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -20,13 +22,22 @@ import (
 // the call by returning an error. Fuzzing over a real socket would spend its time in the
 // kernel.
 type fakeStream[Resp any] struct {
-	grpc.ServerStream // nil: the handlers use only Context and Send
+	grpc.ServerStream // nil: the handlers use only Context and SendMsg
 	ctx               context.Context
 	send              func(*Resp) error
 }
 
 func (s *fakeStream[Resp]) Context() context.Context { return s.ctx }
 func (s *fakeStream[Resp]) Send(r *Resp) error       { return s.send(r) }
+
+// SendMsg decodes what the handler sends (pre-encoded responses, pkg/wire) as a client would.
+func (s *fakeStream[Resp]) SendMsg(m any) error {
+	r := new(Resp)
+	if err := wire.Decode(m, any(r).(proto.Message)); err != nil {
+		return err
+	}
+	return s.send(r)
+}
 
 // errStop ends a fuzzed stream after its first response.
 var errStop = errors.New("stop")

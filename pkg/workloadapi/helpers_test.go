@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -376,7 +377,7 @@ func startServer(t *testing.T, w *fakeWatcher, mod func(*Config)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(wire.ServerOption())
 	srv.Register(g)
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(ln) }()

@@ -1,6 +1,7 @@
 package workloadapi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -159,10 +161,30 @@ func (s *Server) record(kind Kind, err error) {
 	}
 }
 
-// sender is the part of a server stream a streaming RPC uses.
-type sender[M proto.Message] interface {
+// sender is the part of a server stream a streaming RPC uses. Responses go out pre-encoded
+// through SendMsg (pkg/wire): the server must be created with wire.ServerOption().
+type sender interface {
 	Context() context.Context
-	Send(M) error
+	SendMsg(m any) error
+}
+
+// encodedKey memoizes a response's wire encoding on the View it was built from: a response
+// memoized on a View is the same message for every stream holding it, so it is marshalled
+// once, not once per stream (one View reaches every stream of a caller group).
+type encodedKey struct{ resp any }
+
+func encodedResponse(v *workload.View, resp proto.Message) ([]byte, error) {
+	type result struct {
+		b   []byte
+		err error
+	}
+	r := v.Memo(encodedKey{resp}, func() any {
+		// Deterministic: bundle responses are maps, and equal contents must encode equally
+		// for serveStream to tell that a new View changes nothing.
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(resp)
+		return result{b, err}
+	}).(result)
+	return r.b, r.err
 }
 
 // serveStream runs one streaming RPC: check the header, watch the caller, then send build(v)
@@ -172,7 +194,7 @@ type sender[M proto.Message] interface {
 // (build only uses bundles, which a Partial View holds as the complete one does): a response
 // built from SVIDs must carry the full set, default first, so it waits for the complete View
 // that follows.
-func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sender[M], partialOK bool, build func(*workload.View) (M, int)) (err error) {
+func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sender, partialOK bool, build func(*workload.View) (M, int)) (err error) {
 	ctx := stream.Context()
 	s.metrics.StreamOpened(kind)
 	defer s.metrics.StreamClosed(kind)
@@ -189,7 +211,7 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 	log.Debug("workload api stream opened")
 	defer log.Debug("workload api stream closed")
 
-	var last M
+	var last []byte
 	sent := false
 	for {
 		select {
@@ -206,16 +228,20 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 				return errNoIdentity
 			}
 			resp, n := build(v)
-			// The whole response is compared rather than versions: it shares the View's
-			// byte slices, so building it copies nothing, and Views change rarely. A
-			// response memoized on the View is the very same message for every stream.
-			if sent && (any(last) == any(resp) || proto.Equal(last, resp)) {
+			b, err := encodedResponse(v, resp)
+			if err != nil {
+				log.Error("encoding workload api response failed", "error", err)
+				return status.Error(codes.Internal, "encoding response failed")
+			}
+			// The whole response is compared rather than versions: Views change rarely,
+			// and one that changes nothing this RPC carries is not sent again.
+			if sent && bytes.Equal(last, b) {
 				continue
 			}
-			if err := stream.Send(resp); err != nil {
+			if err := stream.SendMsg(wire.NewMessage(b)); err != nil {
 				return err
 			}
-			last, sent = resp, true
+			last, sent = b, true
 			s.metrics.ResponseSent(kind, n)
 			if log.Enabled(slog.LevelDebug) {
 				log.Debug("sent workload api response", "items", n)
