@@ -17,14 +17,17 @@ func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 	f := newFixture(t)
 	w := newFakeWatcher(f.view())
 	client := startServer(t, w, nil)
+	// settle waits until the goroutine count has not moved for 50 ms (push goroutines and
+	// gRPC's own short-lived ones have ended), for at most 5 s.
 	settle := func() int {
-		var n int
-		for range 50 {
-			runtime.GC()
-			n = runtime.NumGoroutine()
+		n, stable := runtime.NumGoroutine(), 0
+		for deadline := time.Now().Add(5 * time.Second); stable < 5 && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
+			runtime.GC()
 			if m := runtime.NumGoroutine(); m == n {
-				break
+				stable++
+			} else {
+				n, stable = m, 0
 			}
 		}
 		return n
