@@ -65,6 +65,7 @@ var badConfigs = []struct {
 	{"zero stream rate", "limits {\n  streams_per_second = 0\n}", "Invalid limits.streams_per_second; streams_per_second must be positive, got 0", 2},
 	{"negative open streams", "limits {\n\n  max_open_streams_per_uid = -1\n}", "max_open_streams_per_uid must be positive, got -1", 3},
 	{"fractional burst", "limits {\n  stream_burst = 1.5\n}", "Unsuitable value type", 2},
+	{"tiny fractional rate", "limits {\n  streams_per_second = 0.000001\n}", "Unsuitable value type", 2},
 	{"string limit", "limits {\n  connection_burst = \"many\"\n}", "Unsuitable value type", 2},
 	{"tiny message bound", "limits {\n  max_message_bytes = 100\n}", "max_message_bytes must be at least 4096, got 100", 2},
 	{"huge connection cap", "limits {\n  max_open_connections_per_uid = 4294967296\n}", "max_open_connections_per_uid must be at most 2147483647", 2},
