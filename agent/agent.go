@@ -131,6 +131,7 @@ func New(cfg Config) (*Agent, error) {
 		MaxOpenStreamsPerUID:     lim.MaxOpenStreamsPerUID,
 		MaxMessageBytes:          lim.MaxMessageBytes,
 		Logger:                   a.log.With("component", "admission"),
+		OnReject:                 a.metrics.AdmissionRefused,
 	})
 	if err != nil {
 		return nil, err

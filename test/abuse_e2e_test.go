@@ -205,6 +205,18 @@ func TestFloodFromOneUIDDoesNotStarveAnother(t *testing.T) {
 	if warns > 30 {
 		t.Errorf("%d refusal lines logged for one flood; they should be rate-limited", warns)
 	}
+	// ...and counted every refusal by the limit that made it.
+	m := scrape(t, a.metricsAddr())
+	refused := func(reasons ...string) (n float64) {
+		for _, r := range reasons {
+			n += m[`svidd_agent_admission_refusals_total{reason="`+r+`"}`]
+		}
+		return n
+	}
+	if refused("connection_rate", "open_connections") == 0 || refused("stream_rate", "open_streams") == 0 {
+		t.Errorf("svidd_agent_admission_refusals_total did not count the flood's refusals: connections %v, streams %v",
+			refused("connection_rate", "open_connections"), refused("stream_rate", "open_streams"))
+	}
 	if _, err := a.svidctl("healthcheck"); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/workloadapi"
 )
@@ -72,6 +74,7 @@ type Metrics struct {
 	pushLatency prometheus.Histogram
 	entries     prometheus.Gauge
 	svids       prometheus.Gauge
+	refusals    *prometheus.CounterVec // reason
 
 	// SVIDs.
 	x509Mint      *prometheus.HistogramVec // result
@@ -195,6 +198,11 @@ func New(cfg Config) *Metrics {
 		Help: "NotAfter (Unix seconds) of the cached X509-SVID that expires first; 0 when none is cached.",
 	})
 
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "agent", Name: "admission_refusals_total",
+		Help: "Connections and streams refused by the per-uid limits (limits {}), by the limit that refused them.",
+	}, []string{"reason"})
+
 	m.caNotAfter = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: "ca", Name: "not_after_timestamp_seconds",
 		Help: "NotAfter (Unix seconds) of the active CA certificate.",
@@ -214,7 +222,7 @@ func New(cfg Config) *Metrics {
 		collectors.NewBuildInfoCollector(),
 		m.streamsOpen, m.streamsOpened, m.responses, m.responseResource, m.acks, m.nacks, m.staleRequests, m.requestErrors,
 		m.firstResponse,
-		m.attestation, m.pushLatency, m.entries, m.svids,
+		m.attestation, m.pushLatency, m.entries, m.svids, m.refusals,
 		m.x509Mint, m.x509Rotations, m.jwtMints, m.soonestSVID,
 		m.caNotAfter, m.caRotations, m.bundleChanges,
 	)
@@ -240,6 +248,9 @@ func New(cfg Config) *Metrics {
 		m.caRotations.WithLabelValues(s)
 	}
 	m.caRotations.WithLabelValues(caStepOther)
+	for _, r := range refusalReasons {
+		m.refusals.WithLabelValues(string(r))
+	}
 	return m
 }
 
@@ -466,6 +477,19 @@ func (m *Metrics) CARotation(step string) {
 
 // BundleChanged counts a trust bundle change published to workloads.
 func (m *Metrics) BundleChanged() { m.bundleChanges.Inc() }
+
+// refusalReasons are the admission limits, the label values of admission_refusals_total.
+var refusalReasons = []admission.Reason{admission.ConnectionRate, admission.OpenConnections,
+	admission.StreamRate, admission.OpenStreams, admission.TooManyUIDs}
+
+// AdmissionRefused counts a connection or stream refused by a limit; it fits
+// admission.Config.OnReject. A reason outside the known set counts as "other".
+func (m *Metrics) AdmissionRefused(r admission.Reason) {
+	if !slices.Contains(refusalReasons, r) {
+		r = "other"
+	}
+	m.refusals.WithLabelValues(string(r)).Inc()
+}
 
 func unixSeconds(t time.Time) float64 {
 	if t.IsZero() {

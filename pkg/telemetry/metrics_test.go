@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/workloadapi"
 )
@@ -49,6 +50,7 @@ func exerciseAll(m *Metrics) {
 	w.RequestFailed(workloadapi.KindJWTSVID, codes.PermissionDenied)
 	m.AttestationDone(time.Millisecond, nil)
 	m.AttestationDone(time.Millisecond, errBoom)
+	m.AdmissionRefused(admission.OpenStreams)
 	m.SVIDMinted(time.Millisecond, nil)
 	m.SVIDMinted(time.Millisecond, errBoom)
 	m.SVIDRotated()
@@ -128,8 +130,8 @@ func TestNamesPassPromlint(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	if n := len(ours(mfs)); n != 20 {
-		t.Errorf("got %d svidd_ families, want 20 (a metric added or lost: update this test and doc.go)", n)
+	if n := len(ours(mfs)); n != 21 {
+		t.Errorf("got %d svidd_ families, want 21 (a metric added or lost: update this test and doc.go)", n)
 	}
 	for _, mf := range ours(mfs) {
 		name := mf.GetName()
@@ -157,7 +159,7 @@ func TestNamesPassPromlint(t *testing.T) {
 func TestLabelsBounded(t *testing.T) {
 	m := New(Config{})
 	exerciseAll(m)
-	allowed := []string{"service", "kind", "result", "step", "code"}
+	allowed := []string{"service", "kind", "result", "step", "code", "reason"} // reason: the five admission limits, or "other"
 	forbidden := []string{"spiffe_id", "pid", "uid", "gid", "id", "entry_id", "serial", "path"}
 	for _, mf := range ours(gather(t, m)) {
 		for _, mt := range mf.GetMetric() {
@@ -303,6 +305,12 @@ func TestEventsMoveSeries(t *testing.T) {
 		{"jwt ok", func(m *Metrics) { m.JWTSVIDMinted(nil) }, "svidd_svid_jwt_mints_total", ok, 1},
 		{"jwt error", func(m *Metrics) { m.JWTSVIDMinted(errBoom) }, "svidd_svid_jwt_mints_total", bad, 1},
 		{"push latency", func(m *Metrics) { m.PushLatency(time.Millisecond) }, "svidd_agent_push_latency_seconds", nil, 1},
+		{"admission refusal", func(m *Metrics) {
+			m.AdmissionRefused(admission.StreamRate)
+			m.AdmissionRefused(admission.StreamRate)
+		}, "svidd_agent_admission_refusals_total", map[string]string{"reason": "stream_rate"}, 2},
+		{"admission refusal series exist at zero", func(*Metrics) {}, "svidd_agent_admission_refusals_total", map[string]string{"reason": "too_many_uids"}, 0},
+		{"admission refusal, unknown reason", func(m *Metrics) { m.AdmissionRefused("from-the-future") }, "svidd_agent_admission_refusals_total", map[string]string{"reason": "other"}, 1},
 		{"entries", func(m *Metrics) { m.SetEntries(7); m.SetEntries(5) }, "svidd_agent_entries", nil, 5},
 		{"svids", func(m *Metrics) { m.SetSVIDs(4) }, "svidd_agent_svids", nil, 4},
 		{"ca not after", func(m *Metrics) { m.SetCANotAfter(time.Unix(1_900_000_000, 0)) }, "svidd_ca_not_after_timestamp_seconds", nil, 1_900_000_000},
