@@ -3,9 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -14,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/svidd/svidd/attestor"
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/telemetry"
@@ -48,57 +44,6 @@ func attestations(t *testing.T, a *Agent) uint64 {
 		}
 	}
 	return n
-}
-
-// shellCaller is a shell that execs next when it reads a line; its Peer has a pidfd, as the
-// listener gives on this kernel.
-type shellCaller struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	peer  *peercred.Peer
-}
-
-func startShellCaller(t *testing.T, next string, withPIDFD bool) *shellCaller {
-	t.Helper()
-	cmd := exec.Command("/bin/sh", "-c", "read x; exec "+next)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	fd := -1
-	if withPIDFD {
-		if fd, err = unix.PidfdOpen(cmd.Process.Pid, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c := &shellCaller{cmd: cmd, stdin: stdin, peer: peercred.NewPeer(int32(cmd.Process.Pid), uint32(os.Getuid()), uint32(os.Getgid()), fd)}
-	t.Cleanup(func() {
-		c.peer.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return c
-}
-
-func (c *shellCaller) execNext(t *testing.T) {
-	t.Helper()
-	if _, err := c.stdin.Write([]byte("go\n")); err != nil {
-		t.Fatal(err)
-	}
-	cmdline := filepath.Join("/proc", strconv.Itoa(c.cmd.Process.Pid), "cmdline")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if b, err := os.ReadFile(cmdline); err == nil && len(b) > 0 && !strings.Contains(string(b), "read x") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("caller did not exec")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // waitPreattested waits until the attestation preattest started is done.
@@ -135,28 +80,27 @@ func TestPreattest(t *testing.T) {
 	tests := []struct {
 		name      string
 		pidfd     bool
-		between   func(t *testing.T, c *shellCaller)
+		between   func(t *testing.T, c *proctest.ExecChild)
 		wantPath  string // "" with wantErr
 		wantErr   error
 		wantCount uint64 // attestations after the first RPC
 	}{
-		{"unchanged", true, func(*testing.T, *shellCaller) {}, sh, nil, 1},
-		{"exec'd another binary", true, func(t *testing.T, c *shellCaller) { c.execNext(t) }, sleep, nil, 2},
-		{"exited", true, func(t *testing.T, c *shellCaller) {
-			c.cmd.Process.Kill()
-			c.cmd.Wait()
+		{"unchanged", true, func(*testing.T, *proctest.ExecChild) {}, sh, nil, 1},
+		{"exec'd another binary", true, func(t *testing.T, c *proctest.ExecChild) { c.ExecNext(t) }, sleep, nil, 2},
+		{"exited", true, func(t *testing.T, c *proctest.ExecChild) {
+			c.Kill()
 		}, "", attestor.ErrCallerGone, 2},
 		// Without a pidfd nothing is done at accept: the first RPC attests.
-		{"no pidfd", false, func(*testing.T, *shellCaller) {}, sh, nil, 1},
+		{"no pidfd", false, func(*testing.T, *proctest.ExecChild) {}, sh, nil, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := newAttestAgent(t)
-			c := startShellCaller(t, "/bin/sleep 60", tt.pidfd)
+			c := proctest.StartExecChild(t, "/bin/sh", "/bin/sleep 60", tt.pidfd)
 			ctx := context.Background()
-			a.preattest(ctx, c.peer)
+			a.preattest(ctx, c.Peer)
 			if tt.pidfd {
-				waitPreattested(t, c.peer)
+				waitPreattested(t, c.Peer)
 				if n := attestations(t, a); n != 1 {
 					t.Fatalf("%d attestations at accept, want 1", n)
 				}
@@ -164,7 +108,7 @@ func TestPreattest(t *testing.T) {
 				t.Fatalf("%d attestations at accept without a pidfd, want 0", n)
 			}
 			tt.between(t, c)
-			sel, err := a.attest(ctx, c.peer, false)
+			sel, err := a.attest(ctx, c.Peer, false)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) || sel != nil {
 					t.Fatalf("attest = %v, %v; want %v", sel, err, tt.wantErr)
@@ -179,7 +123,7 @@ func TestPreattest(t *testing.T) {
 			}
 			// Later RPCs of the connection reuse a successful attestation; a failed one is
 			// not kept.
-			sel2, err2 := a.attest(ctx, c.peer, false)
+			sel2, err2 := a.attest(ctx, c.Peer, false)
 			want := tt.wantCount
 			if tt.wantErr != nil {
 				want++
@@ -202,10 +146,10 @@ func TestAttestConcurrentFirstRPCs(t *testing.T) {
 	for _, pre := range []bool{true, false} {
 		t.Run("preattest="+strconv.FormatBool(pre), func(t *testing.T) {
 			a := newAttestAgent(t)
-			c := startShellCaller(t, "/bin/sleep 60", true)
+			c := proctest.StartExecChild(t, "/bin/sh", "/bin/sleep 60", true)
 			ctx := context.Background()
 			if pre {
-				a.preattest(ctx, c.peer)
+				a.preattest(ctx, c.Peer)
 			}
 			var wg sync.WaitGroup
 			errs := make(chan error, 32)
@@ -213,7 +157,7 @@ func TestAttestConcurrentFirstRPCs(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					_, err := a.attest(ctx, c.peer, false)
+					_, err := a.attest(ctx, c.Peer, false)
 					errs <- err
 				}()
 			}
@@ -235,8 +179,8 @@ func TestAttestConcurrentFirstRPCs(t *testing.T) {
 // not failed by that RPC going away.
 func TestAttestWaiterOutlivesCanceledMaker(t *testing.T) {
 	a := newAttestAgent(t)
-	c := startShellCaller(t, "/bin/sleep 60", true)
-	st := connAttestations(c.peer)
+	c := proctest.StartExecChild(t, "/bin/sh", "/bin/sleep 60", true)
+	st := connAttestations(c.Peer)
 	ca := st.current(false)
 	// A maker whose context is already canceled: its attestation fails with that error.
 	canceled, cancel := context.WithCancel(context.Background())
@@ -246,12 +190,12 @@ func TestAttestWaiterOutlivesCanceledMaker(t *testing.T) {
 	go ca.run(func() (*attestor.Attestation, error) {
 		close(started)
 		<-release
-		return a.record(canceled, c.peer, false)
+		return a.record(canceled, c.Peer, false)
 	})
 	<-started
 	res := make(chan error, 1)
 	go func() {
-		_, err := a.attest(context.Background(), c.peer, false)
+		_, err := a.attest(context.Background(), c.Peer, false)
 		res <- err
 	}()
 	close(release)

@@ -4,71 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/peercred"
 )
-
-// execChild is a process under our uid that runs a shell until told, by a line on its stdin,
-// to exec the command next; its Peer has a pidfd, as the listener's have.
-type execChild struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	peer  *peercred.Peer
-}
-
-func startExecChild(t *testing.T, shell, next string) *execChild {
-	t.Helper()
-	cmd := exec.Command(shell, "-c", "read x; exec "+next)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &execChild{cmd: cmd, stdin: stdin, peer: peercred.NewPeer(int32(cmd.Process.Pid), uint32(os.Getuid()), uint32(os.Getgid()), fd)}
-	t.Cleanup(func() {
-		c.peer.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return c
-}
-
-// execNext makes the child exec its next command, and waits until /proc shows it did.
-func (c *execChild) execNext(t *testing.T) {
-	t.Helper()
-	if _, err := c.stdin.Write([]byte("go\n")); err != nil {
-		t.Fatal(err)
-	}
-	cmdline := filepath.Join("/proc", strconv.Itoa(c.cmd.Process.Pid), "cmdline")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if b, err := os.ReadFile(cmdline); err == nil && len(b) > 0 && !strings.Contains(string(b), "read x") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("child did not exec")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 // copyBinary copies src into a temporary directory and returns the copy's path.
 func copyBinary(t *testing.T, src string) string {
@@ -99,31 +46,30 @@ func TestRecordUnchanged(t *testing.T) {
 		want [2]bool
 	}{
 		{"nothing changed", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
-			c := startExecChild(t, sh, sleep)
-			return c.peer, func(*testing.T) {}
+			c := proctest.StartExecChild(t, sh, sleep, true)
+			return c.Peer, func(*testing.T) {}
 		}, [2]bool{true, true}},
 		{"exec'd another binary", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
-			c := startExecChild(t, sh, sleep)
-			return c.peer, func(t *testing.T) { c.execNext(t) }
+			c := proctest.StartExecChild(t, sh, sleep, true)
+			return c.Peer, func(t *testing.T) { c.ExecNext(t) }
 		}, [2]bool{false, false}},
 		{"exec'd the same binary", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			// Same path, same file: nothing the selectors say has changed.
 			bin := copyBinary(t, sh)
-			c := startExecChild(t, bin, bin+" -c 'read y'")
-			return c.peer, func(t *testing.T) { c.execNext(t) }
+			c := proctest.StartExecChild(t, bin, bin+" -c 'read y'", true)
+			return c.Peer, func(t *testing.T) { c.ExecNext(t) }
 		}, [2]bool{true, true}},
 		{"exited and reaped", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
-			c := startExecChild(t, sh, sleep)
-			return c.peer, func(t *testing.T) {
-				c.cmd.Process.Kill()
-				c.cmd.Wait()
+			c := proctest.StartExecChild(t, sh, sleep, true)
+			return c.Peer, func(t *testing.T) {
+				c.Kill()
 			}
 		}, [2]bool{false, false}},
 		{"binary rewritten on disk", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			bin := copyBinary(t, "/bin/sleep")
-			c := startExecChild(t, sh, bin+" 60")
-			c.execNext(t)
-			return c.peer, func(t *testing.T) {
+			c := proctest.StartExecChild(t, sh, bin+" 60", true)
+			c.ExecNext(t)
+			return c.Peer, func(t *testing.T) {
 				// Any write or chmod moves ctime: the sha256 selector may no longer hold.
 				if err := os.Chmod(bin, 0o750); err != nil {
 					t.Fatal(err)
@@ -131,8 +77,8 @@ func TestRecordUnchanged(t *testing.T) {
 			}
 		}, [2]bool{true, false}}, // without the sha256 selector only the path counts
 		{"connection closed", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
-			c := startExecChild(t, sh, sleep)
-			return c.peer, func(*testing.T) { c.peer.Close() }
+			c := proctest.StartExecChild(t, sh, sleep, true)
+			return c.Peer, func(*testing.T) { c.Peer.Close() }
 		}, [2]bool{false, false}},
 		{"no pidfd", func(t *testing.T) (*peercred.Peer, func(*testing.T)) {
 			return selfPeer(t, false), func(*testing.T) {}
@@ -168,10 +114,9 @@ func TestRecordUnchanged(t *testing.T) {
 // TestRecordExitedCaller: Record fences like Attest does.
 func TestRecordExitedCaller(t *testing.T) {
 	a := newAttestor(t, Config{})
-	c := startExecChild(t, "/bin/sh", "/bin/sleep")
-	c.cmd.Process.Kill()
-	c.cmd.Wait()
-	at, err := a.Record(context.Background(), c.peer, Options{})
+	c := proctest.StartExecChild(t, "/bin/sh", "/bin/sleep", true)
+	c.Kill()
+	at, err := a.Record(context.Background(), c.Peer, Options{})
 	if !errors.Is(err, ErrCallerGone) || at != nil {
 		t.Fatalf("Record = %v, %v; want ErrCallerGone", at, err)
 	}
