@@ -310,12 +310,17 @@ func connAttestations(p *peercred.Peer) *connAttestState {
 	return v.(*connAttestState)
 }
 
+// digestSlot is the index in connAttestState.by of the attestation with or without digest.
+func digestSlot(digest bool) int {
+	if digest {
+		return 1
+	}
+	return 0
+}
+
 // current returns the attestation to use or make for digest.
 func (s *connAttestState) current(digest bool) *connAttest {
-	i := 0
-	if digest {
-		i = 1
-	}
+	i := digestSlot(digest)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.by[i] == nil {
@@ -326,10 +331,7 @@ func (s *connAttestState) current(digest bool) *connAttest {
 
 // drop forgets c, if it is still the current one, so that the next call attests afresh.
 func (s *connAttestState) drop(digest bool, c *connAttest) {
-	i := 0
-	if digest {
-		i = 1
-	}
+	i := digestSlot(digest)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.by[i] == c {
