@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // BenchmarkBuildResponse measures the work a push costs one stream: resolving its names
@@ -12,7 +13,7 @@ import (
 // the View's encodings; only version and nonce are its own).
 func BenchmarkBuildResponse(b *testing.B) {
 	f := newFixture(b)
-	srv, err := New(Config{Watcher: newFakeWatcher(nil), TrustDomain: tdExample})
+	srv, err := New(Config{Watcher: workloadtest.NewWatcher(nil), TrustDomain: tdExample})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func BenchmarkBuildResponse(b *testing.B) {
 // for changed, so nothing is built.
 func BenchmarkUnchangedView(b *testing.B) {
 	f := newFixture(b)
-	srv, err := New(Config{Watcher: newFakeWatcher(nil), TrustDomain: tdExample})
+	srv, err := New(Config{Watcher: workloadtest.NewWatcher(nil), TrustDomain: tdExample})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // deltaClient plays Envoy on one DeltaSecrets stream.
@@ -109,7 +110,7 @@ func (c *deltaClient) ack(r *discoveryv3.DeltaDiscoveryResponse) {
 
 func TestDeltaSubscribeRotateRemove(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{idWeb, "ROOTCA"}})
 	r, got, versions := c.recv()
@@ -124,14 +125,14 @@ func TestDeltaSubscribeRotateRemove(t *testing.T) {
 
 	// Rotation sends only what changed.
 	web2 := f.ca.mint(t, idWeb)
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
 	r, got, _ = c.recv()
 	wantNames(t, got, idWeb)
 	wantTLS(t, got[idWeb], web2, f.ca)
 	c.ack(r)
 
 	// The entry is deleted: the client is told to drop the secret.
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.own}})
 	r, got, _ = c.recv()
 	wantNames(t, got)
 	if !slices.Equal(r.RemovedResources, []string{idWeb}) {
@@ -141,7 +142,7 @@ func TestDeltaSubscribeRotateRemove(t *testing.T) {
 	c.none()
 
 	// It comes back: still subscribed, so it is sent.
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
 	_, got, _ = c.recv()
 	wantNames(t, got, idWeb)
 }
@@ -180,7 +181,7 @@ func TestDeltaInitialResourceVersions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newFakeWatcher(f.view())
+			w := workloadtest.NewWatcher(f.view())
 			c := openDelta(t, startServer(t, w, nil))
 			c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: tt.subscribe,
 				InitialResourceVersions: tt.initial, ResponseNonce: "from-before-restart"})
@@ -199,14 +200,14 @@ func TestDeltaInitialResourceVersions(t *testing.T) {
 
 func TestDeltaUnsubscribeAndResubscribe(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{idWeb, idDB}})
 	r, _, _ := c.recv()
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: r.Nonce, ResourceNamesUnsubscribe: []string{idWeb}})
 	c.none()
 	// Rotating what nobody asks for any more sends nothing.
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.ca.mint(t, idWeb)}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.ca.mint(t, idWeb)}, Bundles: []*workload.Bundle{f.own}})
 	c.none()
 	// Subscribing again sends it, even though the client had this name before.
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResourceNamesSubscribe: []string{idWeb}})
@@ -216,17 +217,17 @@ func TestDeltaUnsubscribeAndResubscribe(t *testing.T) {
 
 func TestDeltaNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{"ALL"}})
 	r, _, _ := c.recv()
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: r.Nonce,
 		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "unknown validator"}})
 	c.none()
-	w.publish(f.view())
+	w.Publish(f.view())
 	c.none()
 	// A federated bundle rotating changes ALL.
-	w.publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, f.fed.bundle(8)}})
+	w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, f.fed.bundle(8)}})
 	_, got, versions := c.recv()
 	wantNames(t, got, "ALL")
 	if versions["ALL"] != "example.org=1,other.org=8" {
@@ -236,14 +237,14 @@ func TestDeltaNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 
 func TestDeltaWildcard(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own, f.federated}})
+	w := workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own, f.federated}})
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode})
 	r, got, _ := c.recv()
 	wantNames(t, got, idWeb, "spiffe://example.org", "spiffe://other.org")
 	c.ack(r)
 	// A new entry: only the new SVID is sent. A federation dropped: removed.
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own}})
 	r, got, _ = c.recv()
 	wantNames(t, got, idDB)
 	if !slices.Equal(r.RemovedResources, []string{"spiffe://other.org"}) {
@@ -253,11 +254,11 @@ func TestDeltaWildcard(t *testing.T) {
 
 func TestDeltaUnknownNameIsPushedWhenItAppears(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(&workload.View{})
+	w := workloadtest.NewWatcher(&workload.View{})
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{"default"}})
 	c.none()
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
 	_, got, _ := c.recv()
 	wantNames(t, got, "default")
 	wantTLS(t, got["default"], f.web, f.ca)
@@ -283,7 +284,7 @@ func TestDeltaErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := openDelta(t, startServer(t, newFakeWatcher(f.view()), nil))
+			c := openDelta(t, startServer(t, workloadtest.NewWatcher(f.view()), nil))
 			for _, req := range tt.reqs {
 				c.send(req)
 			}

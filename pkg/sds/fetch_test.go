@@ -8,6 +8,8 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 func TestFetchSecrets(t *testing.T) {
@@ -28,8 +30,8 @@ func TestFetchSecrets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newFakeWatcher(f.view())
-			w.err = tt.watchErr
+			w := workloadtest.NewWatcher(f.view())
+			w.SetErr(tt.watchErr)
 			c := startServer(t, w, nil)
 			if tt.req.TypeUrl == "" {
 				tt.req.TypeUrl = SecretTypeURL
@@ -38,8 +40,8 @@ func TestFetchSecrets(t *testing.T) {
 			if status.Code(err) != tt.code {
 				t.Fatalf("got %v, want %v", err, tt.code)
 			}
-			if w.open() != 0 {
-				t.Errorf("FetchSecrets left %d subscriptions open", w.open())
+			if w.Open() != 0 {
+				t.Errorf("FetchSecrets left %d subscriptions open", w.Open())
 			}
 			if err != nil {
 				return

@@ -17,6 +17,7 @@ import (
 
 	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // fakeStream drives a handler in process: requests come from a channel, responses go to a
@@ -155,7 +156,7 @@ func FuzzStreamRequests(f *testing.F) {
 
 func fuzzStream(t *testing.T, views []*workload.View, data []byte) {
 	in := &fuzzBytes{b: data}
-	w := newFakeWatcher(views[1])
+	w := workloadtest.NewWatcher(views[1])
 	srv, err := New(Config{Watcher: w, TrustDomain: tdExample, PeerFunc: fixedPeer})
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +205,7 @@ func fuzzStream(t *testing.T, views []*workload.View, data []byte) {
 			}
 			stream.reqs <- req
 		case 1:
-			w.publish(views[in.pick(len(views))])
+			w.Publish(views[in.pick(len(views))])
 		}
 	}
 	close(stream.reqs)
@@ -216,7 +217,7 @@ func fuzzStream(t *testing.T, views []*workload.View, data []byte) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("handler did not return after the client closed")
 	}
-	if w.open() != 0 {
+	if w.Open() != 0 {
 		t.Fatal("subscription left open")
 	}
 }
@@ -231,7 +232,7 @@ func FuzzDeltaRequests(f *testing.F) {
 
 func fuzzDelta(t *testing.T, views []*workload.View, data []byte) {
 	in := &fuzzBytes{b: data}
-	w := newFakeWatcher(views[1])
+	w := workloadtest.NewWatcher(views[1])
 	srv, err := New(Config{Watcher: w, TrustDomain: tdExample, PeerFunc: fixedPeer})
 	if err != nil {
 		t.Fatal(err)
@@ -304,7 +305,7 @@ func fuzzDelta(t *testing.T, views []*workload.View, data []byte) {
 			}
 			stream.reqs <- req
 		case 1:
-			w.publish(views[in.pick(len(views))])
+			w.Publish(views[in.pick(len(views))])
 		}
 	}
 	close(stream.reqs)
@@ -316,7 +317,7 @@ func fuzzDelta(t *testing.T, views []*workload.View, data []byte) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("handler did not return after the client closed")
 	}
-	if w.open() != 0 {
+	if w.Open() != 0 {
 		t.Fatal("subscription left open")
 	}
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 var (
@@ -172,67 +173,13 @@ func (f *fixture) view() *workload.View {
 	return &workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.federated}}
 }
 
-// fakeWatcher stands in for the agent: every Watch gets a subscription to the current View,
-// and publish pushes a new View to every open subscription.
-type fakeWatcher struct {
-	mu      sync.Mutex
-	view    *workload.View
-	err     error
-	subs    map[*workload.Subscription]struct{}
-	watches int
-	peers   []*peercred.Peer
-}
-
-func newFakeWatcher(v *workload.View) *fakeWatcher {
-	return &fakeWatcher{view: v, subs: map[*workload.Subscription]struct{}{}}
-}
-
-func (f *fakeWatcher) Watch(_ context.Context, p *peercred.Peer) (*workload.Subscription, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.watches++
-	f.peers = append(f.peers, p)
-	if f.err != nil {
-		return nil, f.err
-	}
-	var sub *workload.Subscription
-	sub = workload.NewSubscription(f.view, func() {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		delete(f.subs, sub)
-	})
-	f.subs[sub] = struct{}{}
-	return sub, nil
-}
-
-func (f *fakeWatcher) publish(v *workload.View) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.view = v
-	for sub := range f.subs {
-		sub.Publish(v)
-	}
-}
-
-func (f *fakeWatcher) open() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.subs)
-}
-
-func (f *fakeWatcher) watchCount() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.watches
-}
-
 var testPeer = peercred.NewPeer(4242, 1000, 1000, -1)
 
 func fixedPeer(context.Context) (*peercred.Peer, bool) { return testPeer, true }
 
 // startServer serves SDS on a Unix socket in a short temp dir and returns a client. At
 // cleanup it checks every stream handler closed its subscription.
-func startServer(t *testing.T, w *fakeWatcher, mod func(*Config)) secretv3.SecretDiscoveryServiceClient {
+func startServer(t *testing.T, w *workloadtest.Watcher, mod func(*Config)) secretv3.SecretDiscoveryServiceClient {
 	t.Helper()
 	cfg := Config{Watcher: w, TrustDomain: tdExample, PeerFunc: fixedPeer}
 	if mod != nil {
@@ -268,9 +215,9 @@ func startServer(t *testing.T, w *fakeWatcher, mod func(*Config)) secretv3.Secre
 			t.Errorf("serve: %v", err)
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for w.open() > 0 {
+		for w.Open() > 0 {
 			if time.Now().After(deadline) {
-				t.Errorf("%d subscriptions left open after the server stopped", w.open())
+				t.Errorf("%d subscriptions left open after the server stopped", w.Open())
 				return
 			}
 			time.Sleep(5 * time.Millisecond)

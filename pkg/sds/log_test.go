@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // countingHandler wraps a handler and counts the loggers derived from it (With) and the
@@ -67,7 +68,7 @@ func TestStreamLoggerIsLazy(t *testing.T) {
 	var withs, handled atomic.Int64
 	var buf lockedBuffer
 	h := countingHandler{slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}), &withs, &handled}
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	client := startServer(t, w, func(c *Config) { c.Logger = slog.New(h) })
 	base := withs.Load() // New's component attribute
 
@@ -101,7 +102,7 @@ func TestStreamLoggerIsLazy(t *testing.T) {
 func TestStreamLoggerAttributes(t *testing.T) {
 	f := newFixture(t)
 	var buf lockedBuffer
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	client := startServer(t, w, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -174,7 +175,7 @@ func wantStreamAttrs(t *testing.T, line, msg string) {
 // hand-assembled response decodes to what the generated types would have built.
 func TestEncodingSharedPerView(t *testing.T) {
 	f := newFixture(t)
-	srv, err := New(Config{Watcher: newFakeWatcher(nil), TrustDomain: tdExample})
+	srv, err := New(Config{Watcher: workloadtest.NewWatcher(nil), TrustDomain: tdExample})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 type recordingMetrics struct {
@@ -70,7 +72,7 @@ func TestStreamMetricsAndLogs(t *testing.T) {
 	f := newFixture(t)
 	m := &recordingMetrics{}
 	logs := &syncBuffer{}
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	client := startServer(t, w, func(c *Config) {
 		c.Metrics = m
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

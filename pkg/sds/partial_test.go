@@ -8,6 +8,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // TestPartialView: while the agent is still minting a caller's other SVIDs (a Partial View),
@@ -20,7 +21,7 @@ func TestPartialView(t *testing.T) {
 	complete := f.view() // db (the default: first) and web
 
 	t.Run("sotw", func(t *testing.T) {
-		w := newFakeWatcher(partial)
+		w := workloadtest.NewWatcher(partial)
 		c := openSotw(t, startServer(t, w, nil))
 		c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb, "default", "ROOTCA"}})
 		r, got := c.recv()
@@ -29,14 +30,14 @@ func TestPartialView(t *testing.T) {
 		c.ack(r, idWeb, "default", "ROOTCA")
 		c.none()
 
-		w.publish(complete)
+		w.Publish(complete)
 		_, got = c.recv()
 		wantNames(t, got, idWeb, "default", "ROOTCA")
 		wantTLS(t, got["default"], complete.SVIDs[0], f.ca)
 	})
 
 	t.Run("sotw wildcard", func(t *testing.T) {
-		w := newFakeWatcher(partial)
+		w := workloadtest.NewWatcher(partial)
 		c := openSotw(t, startServer(t, w, nil))
 		c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{"*"}})
 		_, got := c.recv()
@@ -45,7 +46,7 @@ func TestPartialView(t *testing.T) {
 				t.Fatalf("wildcard on a Partial View sent SVID %q", name)
 			}
 		}
-		w.publish(complete)
+		w.Publish(complete)
 		_, got = c.recv()
 		if got[idWeb] == nil || got[idDB] == nil {
 			t.Fatalf("complete View: got %v, want every SVID", slices.Collect(maps.Keys(got)))
@@ -53,7 +54,7 @@ func TestPartialView(t *testing.T) {
 	})
 
 	t.Run("delta keeps what is not minted yet", func(t *testing.T) {
-		w := newFakeWatcher(partial)
+		w := workloadtest.NewWatcher(partial)
 		c := openDelta(t, startServer(t, w, nil))
 		// Reconnecting after an agent restart: the client holds both SVIDs.
 		c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{idWeb, idDB},
@@ -64,7 +65,7 @@ func TestPartialView(t *testing.T) {
 			t.Fatalf("Partial View: removed %v, want nothing removed", r.RemovedResources)
 		}
 		c.ack(r)
-		w.publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
+		w.Publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
 		r, _, _ = c.recv()
 		if !slices.Equal(r.RemovedResources, []string{idDB}) {
 			t.Fatalf("complete View without db: removed %v, want [%s]", r.RemovedResources, idDB)

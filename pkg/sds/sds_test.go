@@ -5,10 +5,11 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 func TestNewValidatesConfig(t *testing.T) {
-	w := newFakeWatcher(nil)
+	w := workloadtest.NewWatcher(nil)
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -39,8 +40,8 @@ func TestNewValidatesConfig(t *testing.T) {
 }
 
 func TestTokensAreUnique(t *testing.T) {
-	a, _ := New(Config{Watcher: newFakeWatcher(nil), TrustDomain: tdExample})
-	b, _ := New(Config{Watcher: newFakeWatcher(nil), TrustDomain: tdExample})
+	a, _ := New(Config{Watcher: workloadtest.NewWatcher(nil), TrustDomain: tdExample})
+	b, _ := New(Config{Watcher: workloadtest.NewWatcher(nil), TrustDomain: tdExample})
 	seen := map[string]bool{}
 	for range 1000 {
 		for _, tok := range []string{a.token(), b.token()} {

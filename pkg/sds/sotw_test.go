@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // wantTLS checks a TlsCertificate Secret: the chain is the SVID's, it parses as an X509-SVID
@@ -141,7 +142,7 @@ func TestStreamSecretsNames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newFakeWatcher(f.view())
+			w := workloadtest.NewWatcher(f.view())
 			c := openSotw(t, startServer(t, w, tt.cfg))
 			c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: tt.names})
 			_, got := c.recv()
@@ -176,16 +177,16 @@ func wantSPIFFEValidator(t *testing.T, sec *tlsv3.Secret, bundles ...*workload.B
 
 func TestStreamUnknownNameIsPushedWhenItAppears(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(&workload.View{}) // entitled to nothing yet
+	w := workloadtest.NewWatcher(&workload.View{}) // entitled to nothing yet
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb, "ROOTCA"}})
 	c.none() // an empty response would be NACKed by Envoy; the stream stays open
 
 	// Someone else's SVID appearing changes nothing for this caller.
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.federated}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.federated}})
 	c.none()
 
-	w.publish(f.view())
+	w.Publish(f.view())
 	_, got := c.recv()
 	wantNames(t, got, idWeb, "ROOTCA")
 	wantTLS(t, got[idWeb], f.web, f.ca)
@@ -193,7 +194,7 @@ func TestStreamUnknownNameIsPushedWhenItAppears(t *testing.T) {
 
 func TestStreamACKAndViewUpdates(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r1, _ := c.recv()
@@ -203,12 +204,12 @@ func TestStreamACKAndViewUpdates(t *testing.T) {
 
 	// A new View whose requested resources have the same versions: nothing to say.
 	api := f.ca.mint(t, "spiffe://example.org/api")
-	w.publish(&workload.View{SVIDs: []*workload.SVID{api, f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.fed.bundle(8)}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{api, f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.fed.bundle(8)}})
 	c.none()
 
 	// Rotation: a new serial for the requested SVID is pushed without a request.
 	web2 := f.ca.mint(t, idWeb)
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
 	r2, got := c.recv()
 	wantNames(t, got, idWeb)
 	wantTLS(t, got[idWeb], web2, f.ca)
@@ -219,16 +220,16 @@ func TestStreamACKAndViewUpdates(t *testing.T) {
 	c.none()
 
 	// The SVID leaving the View is not a deletion in state of the world: nothing is sent.
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.own}})
 	c.none()
-	if n := w.watchCount(); n != 1 {
+	if n := w.Watches(); n != 1 {
 		t.Errorf("Watch called %d times for one stream, want 1", n)
 	}
 }
 
 func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{"ROOTCA"}})
 	r1, _ := c.recv()
@@ -238,7 +239,7 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	c.send(nack)
 	c.none()
 	// Same View again: still nothing.
-	w.publish(f.view())
+	w.Publish(f.view())
 	c.none()
 
 	// Even a NACK that changes the names is not answered, but the names are remembered...
@@ -246,7 +247,7 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	c.send(nack)
 	c.none()
 	// ...so the next View sends them, since one was never sent.
-	w.publish(f.view())
+	w.Publish(f.view())
 	r2, got := c.recv()
 	wantNames(t, got, "ROOTCA", idWeb)
 	c.ack(r2, "ROOTCA", idWeb)
@@ -254,7 +255,7 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 
 	// A new bundle is something new: pushed.
 	own2 := f.ca.bundle(2)
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{own2}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{own2}})
 	_, got = c.recv()
 	wantNames(t, got, "ROOTCA", idWeb)
 	wantCA(t, got["ROOTCA"], own2)
@@ -262,7 +263,7 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 
 func TestStreamNamesChangeAnsweredAtOnce(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r1, _ := c.recv()
@@ -276,19 +277,19 @@ func TestStreamNamesChangeAnsweredAtOnce(t *testing.T) {
 	c.ack(r2, "spiffe://example.org/api")
 	c.none()
 	api := f.ca.mint(t, "spiffe://example.org/api")
-	w.publish(&workload.View{SVIDs: []*workload.SVID{api}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{api}, Bundles: []*workload.Bundle{f.own}})
 	_, got = c.recv()
 	wantNames(t, got, "spiffe://example.org/api")
 }
 
 func TestStreamStaleNonceIgnored(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r1, _ := c.recv()
 	web2 := f.ca.mint(t, idWeb)
-	w.publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
 	r2, _ := c.recv()
 
 	// The ACK of r1 arrives after r2 was sent, asking for other names: it is superseded.
@@ -312,7 +313,7 @@ func TestStreamReconnectWithOldNonceIsAnswered(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newFakeWatcher(f.view())
+			w := workloadtest.NewWatcher(f.view())
 			c := openSotw(t, startServer(t, w, nil))
 			c.send(tt.req)
 			r, got := c.recv()
@@ -326,16 +327,16 @@ func TestStreamReconnectWithOldNonceIsAnswered(t *testing.T) {
 
 func TestStreamWildcardFollowsView(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(&workload.View{})
+	w := workloadtest.NewWatcher(&workload.View{})
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode})
 	c.none()
-	w.publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
 	r, got := c.recv()
 	wantNames(t, got, idWeb, "spiffe://example.org")
 	c.ack(r)
 	c.none()
-	w.publish(f.view())
+	w.Publish(f.view())
 	_, got = c.recv()
 	wantNames(t, got, idWeb, idDB, "spiffe://example.org", "spiffe://other.org")
 }
@@ -350,7 +351,7 @@ func TestStreamErrors(t *testing.T) {
 		name    string
 		req     *discoveryv3.DiscoveryRequest
 		cfg     func(*Config)
-		watcher func(*fakeWatcher)
+		watcher func(*workloadtest.Watcher)
 		code    codes.Code
 	}{
 		{name: "too many names", req: &discoveryv3.DiscoveryRequest{ResourceNames: many}, code: codes.InvalidArgument},
@@ -359,11 +360,11 @@ func TestStreamErrors(t *testing.T) {
 		{name: "no peer", req: &discoveryv3.DiscoveryRequest{ResourceNames: []string{idWeb}}, code: codes.PermissionDenied,
 			cfg: func(c *Config) { c.PeerFunc = nil }}, // the default reads peercred AuthInfo, which this test server does not attach
 		{name: "watch fails", req: &discoveryv3.DiscoveryRequest{ResourceNames: []string{idWeb}}, code: codes.Unavailable,
-			watcher: func(w *fakeWatcher) { w.err = errors.New("attesting pid 4242: process gone") }},
+			watcher: func(w *workloadtest.Watcher) { w.SetErr(errors.New("attesting pid 4242: process gone")) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newFakeWatcher(f.view())
+			w := workloadtest.NewWatcher(f.view())
 			if tt.watcher != nil {
 				tt.watcher(w)
 			}
@@ -382,7 +383,7 @@ func TestStreamErrors(t *testing.T) {
 
 func TestStreamInvalidRequestAfterValidOne(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r, _ := c.recv()
@@ -394,7 +395,7 @@ func TestStreamInvalidRequestAfterValidOne(t *testing.T) {
 
 func TestStreamClientCloseEndsCleanly(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	c.recv()

@@ -9,13 +9,14 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // TestIdleStreamsHoldOneGoroutine: an open, idle stream costs the agent the one goroutine gRPC
 // runs its handler on (blocked in Recv); pushes use goroutines that end once sent.
 func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	client := startServer(t, w, nil)
 	// settle waits until the goroutine count has not moved for 50 ms (push goroutines and
 	// gRPC's own short-lived ones have ended), for at most 5 s.
@@ -48,7 +49,7 @@ func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 	}
 	// Push to every stream, then let the push goroutines end.
 	web2 := f.ca.mint(t, idWeb)
-	w.publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
 	for _, c := range cs {
 		r, _ := c.recv()
 		c.ack(r, idWeb)
@@ -70,7 +71,7 @@ func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 // (latest wins), and whatever the interleaving the last response carries the last View.
 func TestPushesDeliverTheNewestView(t *testing.T) {
 	f := newFixture(t)
-	w := newFakeWatcher(f.view())
+	w := workloadtest.NewWatcher(f.view())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r, _ := c.recv()
@@ -79,7 +80,7 @@ func TestPushesDeliverTheNewestView(t *testing.T) {
 	var last *workload.SVID
 	for range 40 {
 		last = f.ca.mint(t, idWeb)
-		w.publish(&workload.View{SVIDs: []*workload.SVID{last}, Bundles: []*workload.Bundle{f.own}})
+		w.Publish(&workload.View{SVIDs: []*workload.SVID{last}, Bundles: []*workload.Bundle{f.own}})
 	}
 	seen := 0
 	for {

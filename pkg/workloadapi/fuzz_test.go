@@ -16,6 +16,7 @@ import (
 
 	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // fakeStream drives a streaming handler in process: each response goes to send, which ends
@@ -120,11 +121,11 @@ func FuzzWorkloadAPI(f *testing.F) {
 			md = metadata.Pairs(HeaderKey, in.str([]string{"True", "TRUE", "1", HeaderValue}))
 		}
 		view := views[in.pick(len(views))]
-		w := newFakeWatcher(view)
+		w := workloadtest.NewWatcher(view)
 		fj := &fakeJWT{w: w, ca: fix.ca}
 		switch in.pick(8) {
 		case 0:
-			w.err = errors.New("attestation failed")
+			w.SetErr(errors.New("attestation failed"))
 		case 1:
 			fj.err = workload.ErrUnavailable
 		}
@@ -197,7 +198,7 @@ func FuzzWorkloadAPI(f *testing.F) {
 		default:
 			t.Fatalf("rpc %d: unexpected error %v", rpc, err)
 		}
-		if n := w.open(); n != 0 {
+		if n := w.Open(); n != 0 {
 			t.Fatalf("rpc %d left %d subscriptions open", rpc, n)
 		}
 	})

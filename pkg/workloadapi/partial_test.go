@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // TestPartialView: a Workload API stream that joins a caller group made Partial by an SDS
@@ -27,7 +28,7 @@ func TestPartialView(t *testing.T) {
 		{"no SVID ready yet", &workload.View{Partial: true, Bundles: f.view().Bundles}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ts := startServer(t, newFakeWatcher(tc.partial), nil)
+			ts := startServer(t, workloadtest.NewWatcher(tc.partial), nil)
 			c := ts.raw(t)
 			x509s := openRaw(t, func(ctx context.Context) (grpc.ServerStreamingClient[workloadpb.X509SVIDResponse], error) {
 				return c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
@@ -52,7 +53,7 @@ func TestPartialView(t *testing.T) {
 			}
 			x509s.none() // nothing from the Partial View
 
-			ts.w.publish(f.view())
+			ts.w.Publish(f.view())
 			r := x509s.recv()
 			if len(r.Svids) != 2 || r.Svids[0].SpiffeId != idDB || r.Svids[1].SpiffeId != idWeb {
 				t.Fatalf("X509SVIDResponse after the complete View: %d SVIDs, want db (the default) then web", len(r.Svids))

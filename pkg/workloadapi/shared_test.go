@@ -12,13 +12,15 @@ import (
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 // TestResponsesSharedPerView: every stream holding a View gets the same response message
 // (built once per View), and another View gets its own, equal one.
 func TestResponsesSharedPerView(t *testing.T) {
 	f := newFixture(t)
-	srv, err := New(Config{Watcher: newFakeWatcher(nil), TrustDomain: tdExample})
+	srv, err := New(Config{Watcher: workloadtest.NewWatcher(nil), TrustDomain: tdExample})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +77,7 @@ func TestStreamLoggingIsLazy(t *testing.T) {
 			var mu sync.Mutex
 			var buf bytes.Buffer
 			h := &countingHandler{Handler: slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: tc.level}), withs: &withs}
-			ts := startServer(t, newFakeWatcher(f.view()), func(c *Config) { c.Logger = slog.New(h) })
+			ts := startServer(t, workloadtest.NewWatcher(f.view()), func(c *Config) { c.Logger = slog.New(h) })
 			base := withs.Load()
 			ctx, cancel := context.WithCancel(withHeader(testCtx(t)))
 			raw := ts.raw(t)

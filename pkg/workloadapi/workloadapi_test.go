@@ -28,10 +28,11 @@ import (
 
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/workload"
+	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 func TestNew(t *testing.T) {
-	w := newFakeWatcher(nil)
+	w := workloadtest.NewWatcher(nil)
 	for _, tc := range []struct {
 		name, want string
 		cfg        Config
@@ -80,7 +81,7 @@ func callAll(ctx context.Context, c workloadpb.SpiffeWorkloadAPIClient, token st
 
 func TestHeaderRequired(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.raw(t)
 	token := f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)
 	for _, tc := range []struct {
@@ -102,7 +103,7 @@ func TestHeaderRequired(t *testing.T) {
 			}
 		})
 	}
-	if n := ts.w.watchCount(); n != 0 {
+	if n := ts.w.Watches(); n != 0 {
 		t.Errorf("%d watches for requests without the header", n)
 	}
 	ts.jwt.mu.Lock()
@@ -122,7 +123,7 @@ func TestHeaderRequired(t *testing.T) {
 
 func TestNoIdentity(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(&workload.View{}), nil)
+	ts := startServer(t, workloadtest.NewWatcher(&workload.View{}), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 	token := f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)
@@ -153,12 +154,12 @@ func TestNoIdentity(t *testing.T) {
 			err error
 		}
 		done := make(chan result, 1)
-		before := ts.w.watchCount()
+		before := ts.w.Watches()
 		go func() {
 			src, err := wlapi.NewX509Source(ctx, wlapi.WithClientOptions(wlapi.WithAddr(ts.addr), wlapi.WithBackoffStrategy(fastBackoff{})))
 			done <- result{src, err}
 		}()
-		for ts.w.watchCount() < before+2 {
+		for ts.w.Watches() < before+2 {
 			select {
 			case r := <-done:
 				t.Fatalf("source ready without an identity: %v", r.err)
@@ -167,7 +168,7 @@ func TestNoIdentity(t *testing.T) {
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
-		ts.w.publish(f.view())
+		ts.w.Publish(f.view())
 		r := <-done
 		if r.err != nil {
 			t.Fatal(r.err)
@@ -199,8 +200,8 @@ func TestCallerErrors(t *testing.T) {
 		{"agent unavailable", nil, workload.ErrUnavailable, codes.Unavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newFakeWatcher(f.view())
-			w.err = tc.err
+			w := workloadtest.NewWatcher(f.view())
+			w.SetErr(tc.err)
 			ts := startServer(t, w, tc.mod)
 			ts.jwt.setErr(tc.err)
 			for rpc, err := range callAll(withHeader(testCtx(t)), ts.raw(t), f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)) {
@@ -214,7 +215,7 @@ func TestCallerErrors(t *testing.T) {
 
 func TestFetchX509SVIDs(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 
@@ -226,7 +227,7 @@ func TestFetchX509SVIDs(t *testing.T) {
 	var got []string
 	for i, s := range svids {
 		got = append(got, s.ID.String())
-		want := ts.w.current().SVIDs[i]
+		want := ts.w.Current().SVIDs[i]
 		if s.Certificates[0].SerialNumber.Text(16) != want.Serial {
 			t.Errorf("svid %d: serial %x, want %s", i, s.Certificates[0].SerialNumber, want.Serial)
 		}
@@ -303,7 +304,7 @@ func checkX509Bundles(t *testing.T, set *x509bundle.Set, want map[spiffeid.Trust
 
 func TestX509SourceRotation(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	ctx := testCtx(t)
 	src, err := wlapi.NewX509Source(ctx, wlapi.WithClientOptions(wlapi.WithAddr(ts.addr)))
 	if err != nil {
@@ -329,7 +330,7 @@ func TestX509SourceRotation(t *testing.T) {
 	// Rotation: the agent publishes a new View with a fresh SVID and a new federated root.
 	db2 := f.ca.mint(t, idDB)
 	fed2 := newTestCA(t, tdOther, "fed2")
-	ts.w.publish(&workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: []*workload.Bundle{f.own, fed2.bundle(t, 8)}})
+	ts.w.Publish(&workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: []*workload.Bundle{f.own, fed2.bundle(t, 8)}})
 	select {
 	case <-src.Updated():
 	case <-ctx.Done():
@@ -428,7 +429,7 @@ func withOwnBundle(v *workload.View, b *workload.Bundle) *workload.View {
 // TestStreamsSendOnlyChanges publishes a series of Views and checks which streams respond.
 func TestStreamsSendOnlyChanges(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.raw(t)
 	x509s := openRaw(t, func(ctx context.Context) (grpc.ServerStreamingClient[workloadpb.X509SVIDResponse], error) {
 		return c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
@@ -471,7 +472,7 @@ func TestStreamsSendOnlyChanges(t *testing.T) {
 		{"federation ended", &workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{&jwtOnly}}, expect{x509: true, bundles: true, jwt: true}},
 	} {
 		t.Run(step.name, func(t *testing.T) {
-			ts.w.publish(step.view)
+			ts.w.Publish(step.view)
 			// Each stream either responds with the full set or stays quiet.
 			if step.want.x509 {
 				r := x509s.recv()
@@ -508,24 +509,24 @@ func TestStreamsSendOnlyChanges(t *testing.T) {
 	}
 
 	// Losing the last identity ends every stream with PermissionDenied.
-	ts.w.publish(&workload.View{})
+	ts.w.Publish(&workload.View{})
 	for name, err := range map[string]error{"x509": x509s.err(), "bundles": bundles.err(), "jwt": jwts.err()} {
 		if status.Code(err) != codes.PermissionDenied {
 			t.Errorf("%s stream: %v, want PermissionDenied", name, err)
 		}
 	}
 	deadline := time.Now().Add(waitLong)
-	for ts.w.open() > 0 && time.Now().Before(deadline) {
+	for ts.w.Open() > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if n := ts.w.open(); n != 0 {
+	if n := ts.w.Open(); n != 0 {
 		t.Errorf("%d subscriptions open after the streams ended", n)
 	}
 }
 
 func TestX509Bundles(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 	set, err := c.FetchX509Bundles(ctx)
@@ -544,7 +545,7 @@ func TestX509Bundles(t *testing.T) {
 		t.Fatalf("first watch update has %d bundles", first.Len())
 	}
 	fed2 := newTestCA(t, tdOther, "fed2")
-	ts.w.publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, fed2.bundle(t, 8)}})
+	ts.w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, fed2.bundle(t, 8)}})
 	select {
 	case set := <-w.updates:
 		checkX509Bundles(t, set, map[spiffeid.TrustDomain]*testCA{tdExample: f.ca, tdOther: fed2})
@@ -564,7 +565,7 @@ func (w *bundleWatcher) OnX509BundlesWatchError(error)         {}
 
 func TestWatchX509Context(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}}), nil)
+	ts := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}}), nil)
 	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()
 	w := &contextWatcher{updates: make(chan *wlapi.X509Context, 4)}
@@ -574,7 +575,7 @@ func TestWatchX509Context(t *testing.T) {
 		t.Fatalf("first context: %d SVIDs", len(xc.SVIDs))
 	}
 	// A second identity is added; it sorts first and becomes the default.
-	ts.w.publish(f.view())
+	ts.w.Publish(f.view())
 	select {
 	case xc := <-w.updates:
 		var ids []string
@@ -601,7 +602,7 @@ func (w *contextWatcher) OnX509ContextWatchError(error)            {}
 
 func TestJWTRoundTrip(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 
@@ -681,7 +682,7 @@ func TestJWTRoundTrip(t *testing.T) {
 
 func TestFetchJWTSVIDErrors(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 
@@ -694,7 +695,7 @@ func TestFetchJWTSVIDErrors(t *testing.T) {
 		t.Fatalf("fetcher unavailable: %v, want Unavailable", err)
 	}
 
-	noJWT := startServer(t, newFakeWatcher(f.view()), func(c *Config) { c.JWT = nil })
+	noJWT := startServer(t, workloadtest.NewWatcher(f.view()), func(c *Config) { c.JWT = nil })
 	if _, err := noJWT.client(t).FetchJWTSVID(ctx, jwtsvid.Params{Audience: "svc"}); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("no fetcher: %v, want Unimplemented", err)
 	}
@@ -702,7 +703,7 @@ func TestFetchJWTSVIDErrors(t *testing.T) {
 
 func TestBadRequests(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.raw(t)
 	ctx := withHeader(testCtx(t))
 	token := f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)
@@ -743,7 +744,7 @@ func TestBadRequests(t *testing.T) {
 
 func TestJWTBundles(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	ctx := testCtx(t)
 	set, err := ts.client(t).FetchJWTBundles(ctx)
 	if err != nil {
@@ -774,7 +775,7 @@ func TestJWTBundles(t *testing.T) {
 	own.JWKS = nil // built from JWTAuthorities
 	noJWT := *f.federated
 	noJWT.JWTAuthorities, noJWT.JWKS = nil, nil
-	ts.w.publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{&own, &noJWT}})
+	ts.w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{&own, &noJWT}})
 	select {
 	case <-src.Updated():
 	case <-ctx.Done():
@@ -816,8 +817,8 @@ func checkJWTKey(t *testing.T, set *jwtbundle.Set, td spiffeid.TrustDomain, kid 
 func TestMTLS(t *testing.T) {
 	f := newFixture(t)
 	bundles := []*workload.Bundle{f.own, f.federated}
-	server := startServer(t, newFakeWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: bundles}), nil)
-	client := startServer(t, newFakeWatcher(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: bundles}), nil)
+	server := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: bundles}), nil)
+	client := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: bundles}), nil)
 	ctx := testCtx(t)
 	newSource := func(ts *testServer) *wlapi.X509Source {
 		src, err := wlapi.NewX509Source(ctx, wlapi.WithClientOptions(wlapi.WithAddr(ts.addr)))
@@ -889,7 +890,7 @@ func TestMTLS(t *testing.T) {
 
 func TestWITUnimplemented(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, newFakeWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 	if _, err := c.FetchWITSVID(ctx, ""); status.Code(err) != codes.Unimplemented {
@@ -942,7 +943,7 @@ func (m *recordingMetrics) RequestFailed(k Kind, c codes.Code) {
 func TestMetrics(t *testing.T) {
 	f := newFixture(t)
 	m := newRecordingMetrics()
-	ts := startServer(t, newFakeWatcher(f.view()), func(c *Config) { c.Metrics = m })
+	ts := startServer(t, workloadtest.NewWatcher(f.view()), func(c *Config) { c.Metrics = m })
 	c := ts.client(t)
 	ctx := testCtx(t)
 	if _, err := c.FetchX509SVIDs(ctx); err != nil {
