@@ -124,7 +124,7 @@ func TestDeltaSubscribeRotateRemove(t *testing.T) {
 	c.none()
 
 	// Rotation sends only what changed.
-	web2 := f.ca.mint(t, idWeb)
+	web2 := f.ca.Mint(t, idWeb)
 	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
 	r, got, _ = c.recv()
 	wantNames(t, got, idWeb)
@@ -207,7 +207,7 @@ func TestDeltaUnsubscribeAndResubscribe(t *testing.T) {
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: r.Nonce, ResourceNamesUnsubscribe: []string{idWeb}})
 	c.none()
 	// Rotating what nobody asks for any more sends nothing.
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.ca.mint(t, idWeb)}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.ca.Mint(t, idWeb)}, Bundles: []*workload.Bundle{f.own}})
 	c.none()
 	// Subscribing again sends it, even though the client had this name before.
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResourceNamesSubscribe: []string{idWeb}})
@@ -227,7 +227,7 @@ func TestDeltaNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	w.Publish(f.view())
 	c.none()
 	// A federated bundle rotating changes ALL.
-	w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, f.fed.bundle(8)}})
+	w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, f.fed.Bundle(t, 8)}})
 	_, got, versions := c.recv()
 	wantNames(t, got, "ALL")
 	if versions["ALL"] != "example.org=1,other.org=8" {

@@ -74,13 +74,13 @@ var fuzzNames = []string{
 
 func fuzzViews(t testing.TB) []*workload.View {
 	f := newFixture(t)
-	api := f.ca.mint(t, "spiffe://example.org/api")
-	web2 := f.ca.mint(t, idWeb)
+	api := f.ca.Mint(t, "spiffe://example.org/api")
+	web2 := f.ca.Mint(t, idWeb)
 	return []*workload.View{
 		{},
 		f.view(),
 		{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}},
-		{SVIDs: []*workload.SVID{api, f.db, web2}, Bundles: []*workload.Bundle{f.own, f.fed.bundle(8)}},
+		{SVIDs: []*workload.SVID{api, f.db, web2}, Bundles: []*workload.Bundle{f.own, f.fed.Bundle(t, 8)}},
 		{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.federated}},
 		nil,
 	}

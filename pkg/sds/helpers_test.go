@@ -2,16 +2,8 @@ package sds
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -40,102 +32,8 @@ var (
 	tdOther   = spiffeid.RequireTrustDomainFromString("other.org")
 )
 
-// testCA is a tiny self-signed CA for one trust domain.
-type testCA struct {
-	td   spiffeid.TrustDomain
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestCA(t testing.TB, td spiffeid.TrustDomain) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          randSerial(t),
-		Subject:               pkix.Name{Organization: []string{"svidd test"}, CommonName: td.Name()},
-		URIs:                  []*url.URL{td.ID().URL()},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{td: td, cert: cert, key: key}
-}
-
-func randSerial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n.Add(n, big.NewInt(1))
-}
-
-// mint returns an X509-SVID for id as the agent would publish it.
-func (ca *testCA) mint(t testing.TB, id string) *workload.SVID {
-	t.Helper()
-	sid := spiffeid.RequireFromString(id)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          randSerial(t),
-		URIs:                  []*url.URL{sid.URL()},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(30 * time.Minute),
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &workload.SVID{
-		EntryID:      "entry-" + id,
-		ID:           sid,
-		Certificates: []*x509.Certificate{leaf},
-		PrivateKey:   key,
-		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		CertChainDER: der,
-		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		KeyDER:       keyDER,
-		NotBefore:    leaf.NotBefore,
-		NotAfter:     leaf.NotAfter,
-		RotateAt:     leaf.NotBefore.Add(15 * time.Minute),
-		Serial:       leaf.SerialNumber.Text(16),
-	}
-}
-
-func (ca *testCA) bundle(seq uint64) *workload.Bundle {
-	return &workload.Bundle{
-		TrustDomain:     ca.td,
-		X509Authorities: []*x509.Certificate{ca.cert},
-		PEM:             pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
-		DER:             ca.cert.Raw,
-		Sequence:        seq,
-	}
-}
+// testCA is the test CA shared with the Workload API's tests.
+type testCA = workloadtest.CA
 
 // fixture holds the certificates most tests share: two SVIDs of the caller and two bundles.
 type fixture struct {
@@ -158,11 +56,11 @@ var (
 // these tests).
 func newFixture(t testing.TB) *fixture {
 	fixtureOnce.Do(func() {
-		ca, fed := newTestCA(t, tdExample), newTestCA(t, tdOther)
+		ca, fed := workloadtest.NewCA(t, tdExample, "k1"), workloadtest.NewCA(t, tdOther, "fed1")
 		sharedFix = &fixture{
 			ca: ca, fed: fed,
-			web: ca.mint(t, idWeb), db: ca.mint(t, idDB),
-			own: ca.bundle(1), federated: fed.bundle(7),
+			web: ca.Mint(t, idWeb), db: ca.Mint(t, idDB),
+			own: ca.Bundle(t, 1), federated: fed.Bundle(t, 7),
 		}
 	})
 	return sharedFix

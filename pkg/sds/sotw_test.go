@@ -40,7 +40,7 @@ func wantTLS(t *testing.T, sec *tlsv3.Secret, sv *workload.SVID, ca *testCA) {
 	if parsed.ID != sv.ID {
 		t.Fatalf("secret %q holds %s, want %s", sec.Name, parsed.ID, sv.ID)
 	}
-	bundle := x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+	bundle := x509bundle.FromX509Authorities(ca.TD, []*x509.Certificate{ca.Cert})
 	if _, _, err := x509svid.Verify(parsed.Certificates, bundle); err != nil {
 		t.Fatalf("secret %q does not verify against its bundle: %v", sec.Name, err)
 	}
@@ -203,12 +203,12 @@ func TestStreamACKAndViewUpdates(t *testing.T) {
 	c.none()
 
 	// A new View whose requested resources have the same versions: nothing to say.
-	api := f.ca.mint(t, "spiffe://example.org/api")
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{api, f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.fed.bundle(8)}})
+	api := f.ca.Mint(t, "spiffe://example.org/api")
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{api, f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.fed.Bundle(t, 8)}})
 	c.none()
 
 	// Rotation: a new serial for the requested SVID is pushed without a request.
-	web2 := f.ca.mint(t, idWeb)
+	web2 := f.ca.Mint(t, idWeb)
 	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
 	r2, got := c.recv()
 	wantNames(t, got, idWeb)
@@ -254,7 +254,7 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	c.none()
 
 	// A new bundle is something new: pushed.
-	own2 := f.ca.bundle(2)
+	own2 := f.ca.Bundle(t, 2)
 	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{own2}})
 	_, got = c.recv()
 	wantNames(t, got, "ROOTCA", idWeb)
@@ -276,7 +276,7 @@ func TestStreamNamesChangeAnsweredAtOnce(t *testing.T) {
 	// A name that does not exist: nothing can be sent yet.
 	c.ack(r2, "spiffe://example.org/api")
 	c.none()
-	api := f.ca.mint(t, "spiffe://example.org/api")
+	api := f.ca.Mint(t, "spiffe://example.org/api")
 	w.Publish(&workload.View{SVIDs: []*workload.SVID{api}, Bundles: []*workload.Bundle{f.own}})
 	_, got = c.recv()
 	wantNames(t, got, "spiffe://example.org/api")
@@ -288,7 +288,7 @@ func TestStreamStaleNonceIgnored(t *testing.T) {
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r1, _ := c.recv()
-	web2 := f.ca.mint(t, idWeb)
+	web2 := f.ca.Mint(t, idWeb)
 	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
 	r2, _ := c.recv()
 

@@ -48,7 +48,7 @@ func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 		cs[i].ack(r, idWeb)
 	}
 	// Push to every stream, then let the push goroutines end.
-	web2 := f.ca.mint(t, idWeb)
+	web2 := f.ca.Mint(t, idWeb)
 	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
 	for _, c := range cs {
 		r, _ := c.recv()
@@ -79,7 +79,7 @@ func TestPushesDeliverTheNewestView(t *testing.T) {
 
 	var last *workload.SVID
 	for range 40 {
-		last = f.ca.mint(t, idWeb)
+		last = f.ca.Mint(t, idWeb)
 		w.Publish(&workload.View{SVIDs: []*workload.SVID{last}, Bundles: []*workload.Bundle{f.own}})
 	}
 	seen := 0

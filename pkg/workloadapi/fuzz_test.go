@@ -82,7 +82,7 @@ var fuzzIDs = []string{idWeb, idDB, "spiffe://example.org/api", "spiffe://other.
 
 func FuzzWorkloadAPI(f *testing.F) {
 	fix := newFixture(f)
-	api := fix.ca.mint(f, "spiffe://example.org/api")
+	api := fix.ca.Mint(f, "spiffe://example.org/api")
 	noJWT := *fix.federated
 	noJWT.JWTAuthorities, noJWT.JWKS = nil, nil
 	views := []*workload.View{
@@ -95,10 +95,10 @@ func FuzzWorkloadAPI(f *testing.F) {
 		{SVIDs: []*workload.SVID{fix.db}},
 	}
 	tokens := []string{
-		fix.ca.sign(f, fix.db.ID, []string{"svc"}, time.Minute),
-		fix.ca.sign(f, fix.web.ID, []string{"svc", "svc-a"}, time.Minute),
-		fix.ca.sign(f, fix.db.ID, []string{"svc"}, -time.Minute),
-		fix.fed.sign(f, fix.db.ID, []string{"svc"}, time.Minute),
+		caSign(f, fix.ca, fix.db.ID, []string{"svc"}, time.Minute),
+		caSign(f, fix.ca, fix.web.ID, []string{"svc", "svc-a"}, time.Minute),
+		caSign(f, fix.ca, fix.db.ID, []string{"svc"}, -time.Minute),
+		caSign(f, fix.fed, fix.db.ID, []string{"svc"}, time.Minute),
 		"a.b.c", "..", strings.Repeat("x", MaxTokenLength+1),
 	}
 

@@ -2,17 +2,9 @@ package workloadapi
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -21,7 +13,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	wlapi "github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -48,126 +39,13 @@ const (
 	waitQuiet = 200 * time.Millisecond
 )
 
-// testCA is a tiny self-signed X.509 CA plus a JWT signing key for one trust domain.
-type testCA struct {
-	td     spiffeid.TrustDomain
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	jwtKey *ecdsa.PrivateKey
-	kid    string
-}
+// testCA is the test CA shared with the SDS tests.
+type testCA = workloadtest.CA
 
-func genKey(t testing.TB) *ecdsa.PrivateKey {
+// caSign returns a JWT-SVID for id signed with ca's JWT key.
+func caSign(t testing.TB, ca *testCA, id spiffeid.ID, aud []string, ttl time.Duration) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-func randSerial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n.Add(n, big.NewInt(1))
-}
-
-func newTestCA(t testing.TB, td spiffeid.TrustDomain, kid string) *testCA {
-	t.Helper()
-	key := genKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          randSerial(t),
-		Subject:               pkix.Name{Organization: []string{"svidd test"}, CommonName: td.Name()},
-		URIs:                  []*url.URL{td.ID().URL()},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{td: td, cert: cert, key: key, jwtKey: genKey(t), kid: kid}
-}
-
-// mint returns an X509-SVID for id as the agent would publish it.
-func (ca *testCA) mint(t testing.TB, id string) *workload.SVID {
-	t.Helper()
-	sid := spiffeid.RequireFromString(id)
-	key := genKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          randSerial(t),
-		URIs:                  []*url.URL{sid.URL()},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(30 * time.Minute),
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &workload.SVID{
-		EntryID:      "entry-" + id,
-		ID:           sid,
-		Certificates: []*x509.Certificate{leaf},
-		PrivateKey:   key,
-		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		CertChainDER: der,
-		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		KeyDER:       keyDER,
-		NotBefore:    leaf.NotBefore,
-		NotAfter:     leaf.NotAfter,
-		RotateAt:     leaf.NotBefore.Add(15 * time.Minute),
-		Serial:       leaf.SerialNumber.Text(16),
-	}
-}
-
-// bundle returns the CA's bundle with its X.509 root and JWT key, JWKS built as go-spiffe
-// builds it.
-func (ca *testCA) bundle(t testing.TB, seq uint64) *workload.Bundle {
-	t.Helper()
-	auth := map[string]crypto.PublicKey{ca.kid: ca.jwtKey.Public()}
-	jb := jwtbundle.New(ca.td)
-	if err := jb.AddJWTAuthority(ca.kid, ca.jwtKey.Public()); err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := jb.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &workload.Bundle{
-		TrustDomain:     ca.td,
-		X509Authorities: []*x509.Certificate{ca.cert},
-		PEM:             pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}),
-		DER:             ca.cert.Raw,
-		JWTAuthorities:  auth,
-		JWKS:            jwks,
-		Sequence:        seq,
-	}
-}
-
-// sign returns a JWT-SVID for id signed with the CA's JWT key.
-func (ca *testCA) sign(t testing.TB, id spiffeid.ID, aud []string, ttl time.Duration) string {
-	t.Helper()
-	tok, err := signJWT(ca.jwtKey, ca.kid, id, aud, ttl)
+	tok, err := signJWT(ca.JWTKey, ca.KID, id, aud, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,11 +82,11 @@ var (
 // newFixture returns shared, immutable certificates (key generation is the slow part).
 func newFixture(t testing.TB) *fixture {
 	fixtureOnce.Do(func() {
-		ca, fed := newTestCA(t, tdExample, "k1"), newTestCA(t, tdOther, "fed1")
+		ca, fed := workloadtest.NewCA(t, tdExample, "k1"), workloadtest.NewCA(t, tdOther, "fed1")
 		sharedFix = &fixture{
 			ca: ca, fed: fed,
-			web: ca.mint(t, idWeb), db: ca.mint(t, idDB),
-			own: ca.bundle(t, 1), federated: fed.bundle(t, 7),
+			web: ca.Mint(t, idWeb), db: ca.Mint(t, idDB),
+			own: ca.Bundle(t, 1), federated: fed.Bundle(t, 7),
 		}
 	})
 	return sharedFix
@@ -258,7 +136,7 @@ func (f *fakeJWT) FetchJWTSVIDs(_ context.Context, p *peercred.Peer, id spiffeid
 	}
 	out := make([]*workload.JWTSVID, 0, len(svids))
 	for _, s := range svids {
-		tok, err := signJWT(f.ca.jwtKey, f.ca.kid, s.ID, aud, 5*time.Minute)
+		tok, err := signJWT(f.ca.JWTKey, f.ca.KID, s.ID, aud, 5*time.Minute)
 		if err != nil {
 			return nil, err
 		}

@@ -47,7 +47,7 @@ func TestPartialView(t *testing.T) {
 				t.Fatalf("JWTBundlesResponse from the Partial View: %v, want %v", keys(r.Bundles), want)
 			}
 			ctx := withHeader(testCtx(t))
-			tok := f.ca.sign(t, f.web.ID, []string{"aud"}, time.Minute)
+			tok := caSign(t, f.ca, f.web.ID, []string{"aud"}, time.Minute)
 			if r, err := c.ValidateJWTSVID(ctx, &workloadpb.ValidateJWTSVIDRequest{Audience: "aud", Svid: tok}); err != nil || r.SpiffeId != idWeb {
 				t.Fatalf("ValidateJWTSVID with a Partial View: %v, %v", r, err)
 			}

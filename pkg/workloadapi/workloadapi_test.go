@@ -83,7 +83,7 @@ func TestHeaderRequired(t *testing.T) {
 	f := newFixture(t)
 	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.raw(t)
-	token := f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)
+	token := caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)
 	for _, tc := range []struct {
 		name string
 		md   metadata.MD
@@ -126,7 +126,7 @@ func TestNoIdentity(t *testing.T) {
 	ts := startServer(t, workloadtest.NewWatcher(&workload.View{}), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
-	token := f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)
+	token := caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)
 
 	for name, call := range map[string]func() error{
 		"FetchX509SVIDs":   func() error { _, err := c.FetchX509SVIDs(ctx); return err },
@@ -204,7 +204,7 @@ func TestCallerErrors(t *testing.T) {
 			w.SetErr(tc.err)
 			ts := startServer(t, w, tc.mod)
 			ts.jwt.setErr(tc.err)
-			for rpc, err := range callAll(withHeader(testCtx(t)), ts.raw(t), f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)) {
+			for rpc, err := range callAll(withHeader(testCtx(t)), ts.raw(t), caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)) {
 				if status.Code(err) != tc.want {
 					t.Errorf("%s: %v, want %s", rpc, err, tc.want)
 				}
@@ -296,7 +296,7 @@ func checkX509Bundles(t *testing.T, set *x509bundle.Set, want map[spiffeid.Trust
 			t.Errorf("no bundle for %s", td)
 			continue
 		}
-		if auth := b.X509Authorities(); len(auth) != 1 || !auth[0].Equal(ca.cert) {
+		if auth := b.X509Authorities(); len(auth) != 1 || !auth[0].Equal(ca.Cert) {
 			t.Errorf("bundle for %s has the wrong roots", td)
 		}
 	}
@@ -323,14 +323,14 @@ func TestX509SourceRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !b.HasX509Authority(f.ca.cert) {
+	if !b.HasX509Authority(f.ca.Cert) {
 		t.Fatal("own bundle lacks the CA")
 	}
 
 	// Rotation: the agent publishes a new View with a fresh SVID and a new federated root.
-	db2 := f.ca.mint(t, idDB)
-	fed2 := newTestCA(t, tdOther, "fed2")
-	ts.w.Publish(&workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: []*workload.Bundle{f.own, fed2.bundle(t, 8)}})
+	db2 := f.ca.Mint(t, idDB)
+	fed2 := workloadtest.NewCA(t, tdOther, "fed2")
+	ts.w.Publish(&workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: []*workload.Bundle{f.own, fed2.Bundle(t, 8)}})
 	select {
 	case <-src.Updated():
 	case <-ctx.Done():
@@ -347,7 +347,7 @@ func TestX509SourceRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !fb.HasX509Authority(fed2.cert) || fb.HasX509Authority(f.fed.cert) {
+	if !fb.HasX509Authority(fed2.Cert) || fb.HasX509Authority(f.fed.Cert) {
 		t.Fatal("federated bundle not replaced")
 	}
 }
@@ -450,12 +450,12 @@ func TestStreamsSendOnlyChanges(t *testing.T) {
 		t.Fatalf("first JWTBundlesResponse: %v", keys(r.Bundles))
 	}
 
-	db2 := f.ca.mint(t, idDB)
+	db2 := f.ca.Mint(t, idDB)
 	jwtOnly := *f.own
 	jwtOnly.Sequence++
-	newKey := newTestCA(t, tdExample, "k2").bundle(t, 0)
+	newKey := workloadtest.NewCA(t, tdExample, "k2").Bundle(t, 0)
 	jwtOnly.JWTAuthorities, jwtOnly.JWKS = newKey.JWTAuthorities, newKey.JWKS
-	fed2 := newTestCA(t, tdOther, "fed2").bundle(t, 8)
+	fed2 := workloadtest.NewCA(t, tdOther, "fed2").Bundle(t, 8)
 	fed2.JWTAuthorities, fed2.JWKS = f.federated.JWTAuthorities, f.federated.JWKS
 
 	type expect struct{ x509, bundles, jwt bool }
@@ -544,8 +544,8 @@ func TestX509Bundles(t *testing.T) {
 	if first := <-w.updates; first.Len() != 2 {
 		t.Fatalf("first watch update has %d bundles", first.Len())
 	}
-	fed2 := newTestCA(t, tdOther, "fed2")
-	ts.w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, fed2.bundle(t, 8)}})
+	fed2 := workloadtest.NewCA(t, tdOther, "fed2")
+	ts.w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, fed2.Bundle(t, 8)}})
 	select {
 	case set := <-w.updates:
 		checkX509Bundles(t, set, map[spiffeid.TrustDomain]*testCA{tdExample: f.ca, tdOther: fed2})
@@ -654,21 +654,21 @@ func TestJWTRoundTrip(t *testing.T) {
 
 	// A federated trust domain's token validates with that trust domain's key.
 	fedID := spiffeid.RequireFromString("spiffe://other.org/partner")
-	if got, err := c.ValidateJWTSVID(ctx, f.fed.sign(t, fedID, []string{"svc-a"}, time.Minute), "svc-a"); err != nil || got.ID != fedID {
+	if got, err := c.ValidateJWTSVID(ctx, caSign(t, f.fed, fedID, []string{"svc-a"}, time.Minute), "svc-a"); err != nil || got.ID != fedID {
 		t.Fatalf("federated token: %v", err)
 	}
 
 	forged := *f.ca
-	forged.jwtKey = genKey(t) // same key ID, another key
+	forged.JWTKey = workloadtest.NewCA(t, tdExample, f.ca.KID).JWTKey // same key ID, another key
 	unknownTD := spiffeid.RequireFromString("spiffe://unknown.org/x")
 	for _, tc := range []struct {
 		name, token, aud, want string
 	}{
 		{"wrong audience", svid.Marshal(), "svc-c", "audience"},
-		{"forged signature", forged.sign(t, f.db.ID, []string{"svc-a"}, time.Minute), "svc-a", "claims"},
-		{"unknown key id", (&testCA{jwtKey: f.ca.jwtKey, kid: "nope"}).sign(t, f.db.ID, []string{"svc-a"}, time.Minute), "svc-a", "no JWT authority"},
-		{"untrusted trust domain", f.ca.sign(t, unknownTD, []string{"svc-a"}, time.Minute), "svc-a", "no bundle"},
-		{"expired", f.ca.sign(t, f.db.ID, []string{"svc-a"}, -time.Minute), "svc-a", "expired"},
+		{"forged signature", caSign(t, &forged, f.db.ID, []string{"svc-a"}, time.Minute), "svc-a", "claims"},
+		{"unknown key id", caSign(t, &testCA{JWTKey: f.ca.JWTKey, KID: "nope"}, f.db.ID, []string{"svc-a"}, time.Minute), "svc-a", "no JWT authority"},
+		{"untrusted trust domain", caSign(t, f.ca, unknownTD, []string{"svc-a"}, time.Minute), "svc-a", "no bundle"},
+		{"expired", caSign(t, f.ca, f.db.ID, []string{"svc-a"}, -time.Minute), "svc-a", "expired"},
 		{"garbage", "not.a.token", "svc-a", "parse"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -706,7 +706,7 @@ func TestBadRequests(t *testing.T) {
 	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
 	c := ts.raw(t)
 	ctx := withHeader(testCtx(t))
-	token := f.ca.sign(t, f.db.ID, []string{"svc"}, time.Minute)
+	token := caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)
 	long := strings.Repeat("a", MaxAudienceLength)
 	many := slices.Repeat([]string{long}, MaxAudiences)
 
@@ -750,8 +750,8 @@ func TestJWTBundles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkJWTKey(t, set, tdExample, "k1", f.ca.jwtKey)
-	checkJWTKey(t, set, tdOther, "fed1", f.fed.jwtKey)
+	checkJWTKey(t, set, tdExample, "k1", f.ca.JWTKey)
+	checkJWTKey(t, set, tdOther, "fed1", f.fed.JWTKey)
 
 	src, err := wlapi.NewJWTSource(ctx, wlapi.WithClientOptions(wlapi.WithAddr(ts.addr)))
 	if err != nil {
@@ -769,9 +769,9 @@ func TestJWTBundles(t *testing.T) {
 
 	// Key rotation: the trust domain adds a key; a trust domain without JWT keys is served
 	// as an empty JWK Set, which the client accepts.
-	k2 := newTestCA(t, tdExample, "k2")
+	k2 := workloadtest.NewCA(t, tdExample, "k2")
 	own := *f.own
-	own.JWTAuthorities = map[string]crypto.PublicKey{"k1": f.ca.jwtKey.Public(), "k2": k2.jwtKey.Public()}
+	own.JWTAuthorities = map[string]crypto.PublicKey{"k1": f.ca.JWTKey.Public(), "k2": k2.JWTKey.Public()}
 	own.JWKS = nil // built from JWTAuthorities
 	noJWT := *f.federated
 	noJWT.JWTAuthorities, noJWT.JWKS = nil, nil
@@ -792,7 +792,7 @@ func TestJWTBundles(t *testing.T) {
 	if err != nil || !fb.Empty() {
 		t.Fatalf("trust domain without JWT keys: %v, empty %v", err, err == nil && fb.Empty())
 	}
-	if _, err := jwtsvid.ParseAndValidate(k2.sign(t, f.web.ID, []string{"svc"}, time.Minute), src, []string{"svc"}); err != nil {
+	if _, err := jwtsvid.ParseAndValidate(caSign(t, k2, f.web.ID, []string{"svc"}, time.Minute), src, []string{"svc"}); err != nil {
 		t.Fatalf("token signed with the new key: %v", err)
 	}
 }
