@@ -30,7 +30,7 @@ func BenchmarkBuildResponse(b *testing.B) {
 		b.Run(bc.name+"/first", func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				view := f.view()
+				view := f.View()
 				rs := srv.resolveAll(view, bc.names, bc.wildcard)
 				if _, _, err := srv.buildResponse(view, rs); err != nil {
 					b.Fatal(err)
@@ -38,7 +38,7 @@ func BenchmarkBuildResponse(b *testing.B) {
 			}
 		})
 		b.Run(bc.name+"/shared", func(b *testing.B) {
-			view := f.view()
+			view := f.View()
 			b.ReportAllocs()
 			for b.Loop() {
 				rs := srv.resolveAll(view, bc.names, bc.wildcard)
@@ -58,8 +58,8 @@ func BenchmarkUnchangedView(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := &sotwStream{s: srv, started: true, names: []string{idWeb}, sent: map[string]string{idWeb: f.web.Serial}, log: newStreamLog(srv.log, "StreamSecrets")}
-	views := []*workload.View{f.view(), {SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}}}
+	st := &sotwStream{s: srv, started: true, names: []string{idWeb}, sent: map[string]string{idWeb: f.Web.Serial}, log: newStreamLog(srv.log, "StreamSecrets")}
+	views := []*workload.View{f.View(), {SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}}}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

@@ -110,29 +110,29 @@ func (c *deltaClient) ack(r *discoveryv3.DeltaDiscoveryResponse) {
 
 func TestDeltaSubscribeRotateRemove(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{idWeb, "ROOTCA"}})
 	r, got, versions := c.recv()
 	wantNames(t, got, idWeb, "ROOTCA")
-	wantTLS(t, got[idWeb], f.web, f.ca)
-	wantCA(t, got["ROOTCA"], f.own)
-	if versions[idWeb] != f.web.Serial || versions["ROOTCA"] != "1" {
+	wantTLS(t, got[idWeb], f.Web, f.CA)
+	wantCA(t, got["ROOTCA"], f.Own)
+	if versions[idWeb] != f.Web.Serial || versions["ROOTCA"] != "1" {
 		t.Errorf("versions %v, want the serial and the bundle sequence", versions)
 	}
 	c.ack(r)
 	c.none()
 
 	// Rotation sends only what changed.
-	web2 := f.ca.Mint(t, idWeb)
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
+	web2 := f.CA.Mint(t, idWeb)
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB, web2}, Bundles: []*workload.Bundle{f.Own}})
 	r, got, _ = c.recv()
 	wantNames(t, got, idWeb)
-	wantTLS(t, got[idWeb], web2, f.ca)
+	wantTLS(t, got[idWeb], web2, f.CA)
 	c.ack(r)
 
 	// The entry is deleted: the client is told to drop the secret.
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB}, Bundles: []*workload.Bundle{f.Own}})
 	r, got, _ = c.recv()
 	wantNames(t, got)
 	if !slices.Equal(r.RemovedResources, []string{idWeb}) {
@@ -142,7 +142,7 @@ func TestDeltaSubscribeRotateRemove(t *testing.T) {
 	c.none()
 
 	// It comes back: still subscribed, so it is sent.
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB, web2}, Bundles: []*workload.Bundle{f.Own}})
 	_, got, _ = c.recv()
 	wantNames(t, got, idWeb)
 }
@@ -158,18 +158,18 @@ func TestDeltaInitialResourceVersions(t *testing.T) {
 	}{
 		{
 			name:      "client is up to date",
-			initial:   map[string]string{idWeb: f.web.Serial, "ROOTCA": "1"},
+			initial:   map[string]string{idWeb: f.Web.Serial, "ROOTCA": "1"},
 			subscribe: []string{idWeb, "ROOTCA"},
 		},
 		{
 			name:      "only the stale one is sent",
-			initial:   map[string]string{idWeb: f.web.Serial, "ROOTCA": "0", idDB: "minted-before-restart"},
+			initial:   map[string]string{idWeb: f.Web.Serial, "ROOTCA": "0", idDB: "minted-before-restart"},
 			subscribe: []string{idWeb, "ROOTCA", idDB},
 			wantSent:  []string{"ROOTCA", idDB},
 		},
 		{
 			name:        "a held secret the caller lost is removed",
-			initial:     map[string]string{idWeb: f.web.Serial, "spiffe://example.org/gone": "abc"},
+			initial:     map[string]string{idWeb: f.Web.Serial, "spiffe://example.org/gone": "abc"},
 			subscribe:   []string{idWeb, "spiffe://example.org/gone"},
 			wantRemoved: []string{"spiffe://example.org/gone"},
 		},
@@ -181,7 +181,7 @@ func TestDeltaInitialResourceVersions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := workloadtest.NewWatcher(f.view())
+			w := workloadtest.NewWatcher(f.View())
 			c := openDelta(t, startServer(t, w, nil))
 			c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: tt.subscribe,
 				InitialResourceVersions: tt.initial, ResponseNonce: "from-before-restart"})
@@ -200,14 +200,14 @@ func TestDeltaInitialResourceVersions(t *testing.T) {
 
 func TestDeltaUnsubscribeAndResubscribe(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{idWeb, idDB}})
 	r, _, _ := c.recv()
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: r.Nonce, ResourceNamesUnsubscribe: []string{idWeb}})
 	c.none()
 	// Rotating what nobody asks for any more sends nothing.
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.ca.Mint(t, idWeb)}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB, f.CA.Mint(t, idWeb)}, Bundles: []*workload.Bundle{f.Own}})
 	c.none()
 	// Subscribing again sends it, even though the client had this name before.
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResourceNamesSubscribe: []string{idWeb}})
@@ -217,17 +217,17 @@ func TestDeltaUnsubscribeAndResubscribe(t *testing.T) {
 
 func TestDeltaNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{"ALL"}})
 	r, _, _ := c.recv()
 	c.send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: r.Nonce,
 		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "unknown validator"}})
 	c.none()
-	w.Publish(f.view())
+	w.Publish(f.View())
 	c.none()
 	// A federated bundle rotating changes ALL.
-	w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, f.fed.Bundle(t, 8)}})
+	w.Publish(&workload.View{SVIDs: f.View().SVIDs, Bundles: []*workload.Bundle{f.Own, f.Fed.Bundle(t, 8)}})
 	_, got, versions := c.recv()
 	wantNames(t, got, "ALL")
 	if versions["ALL"] != "example.org=1,other.org=8" {
@@ -237,14 +237,14 @@ func TestDeltaNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 
 func TestDeltaWildcard(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own, f.federated}})
+	w := workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own, f.Federated}})
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode})
 	r, got, _ := c.recv()
 	wantNames(t, got, idWeb, "spiffe://example.org", "spiffe://other.org")
 	c.ack(r)
 	// A new entry: only the new SVID is sent. A federation dropped: removed.
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB, f.Web}, Bundles: []*workload.Bundle{f.Own}})
 	r, got, _ = c.recv()
 	wantNames(t, got, idDB)
 	if !slices.Equal(r.RemovedResources, []string{"spiffe://other.org"}) {
@@ -258,10 +258,10 @@ func TestDeltaUnknownNameIsPushedWhenItAppears(t *testing.T) {
 	c := openDelta(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{"default"}})
 	c.none()
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}})
 	_, got, _ := c.recv()
 	wantNames(t, got, "default")
-	wantTLS(t, got["default"], f.web, f.ca)
+	wantTLS(t, got["default"], f.Web, f.CA)
 }
 
 func TestDeltaErrors(t *testing.T) {
@@ -284,7 +284,7 @@ func TestDeltaErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := openDelta(t, startServer(t, workloadtest.NewWatcher(f.view()), nil))
+			c := openDelta(t, startServer(t, workloadtest.NewWatcher(f.View()), nil))
 			for _, req := range tt.reqs {
 				c.send(req)
 			}

@@ -30,7 +30,7 @@ func TestFetchSecrets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := workloadtest.NewWatcher(f.view())
+			w := workloadtest.NewWatcher(f.View())
 			w.SetErr(tt.watchErr)
 			c := startServer(t, w, nil)
 			if tt.req.TypeUrl == "" {

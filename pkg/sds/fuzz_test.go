@@ -74,14 +74,14 @@ var fuzzNames = []string{
 
 func fuzzViews(t testing.TB) []*workload.View {
 	f := newFixture(t)
-	api := f.ca.Mint(t, "spiffe://example.org/api")
-	web2 := f.ca.Mint(t, idWeb)
+	api := f.CA.Mint(t, "spiffe://example.org/api")
+	web2 := f.CA.Mint(t, idWeb)
 	return []*workload.View{
 		{},
-		f.view(),
-		{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}},
-		{SVIDs: []*workload.SVID{api, f.db, web2}, Bundles: []*workload.Bundle{f.own, f.fed.Bundle(t, 8)}},
-		{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.federated}},
+		f.View(),
+		{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}},
+		{SVIDs: []*workload.SVID{api, f.DB, web2}, Bundles: []*workload.Bundle{f.Own, f.Fed.Bundle(t, 8)}},
+		{SVIDs: []*workload.SVID{f.DB}, Bundles: []*workload.Bundle{f.Federated}},
 		nil,
 	}
 }

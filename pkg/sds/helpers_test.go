@@ -3,10 +3,6 @@ package sds
 import (
 	"context"
 	"errors"
-	"net"
-	"os"
-	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,61 +11,32 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/svidd/svidd/pkg/peercred"
-	"github.com/svidd/svidd/pkg/wire"
-	"github.com/svidd/svidd/pkg/workload"
 	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 var (
-	tdExample = spiffeid.RequireTrustDomainFromString("example.org")
-	tdOther   = spiffeid.RequireTrustDomainFromString("other.org")
+	tdExample = workloadtest.ExampleTD
+	tdOther   = workloadtest.OtherTD
+)
+
+const (
+	idWeb = workloadtest.IDWeb
+	idDB  = workloadtest.IDDB
 )
 
 // testCA is the test CA shared with the Workload API's tests.
 type testCA = workloadtest.CA
 
-// fixture holds the certificates most tests share: two SVIDs of the caller and two bundles.
-type fixture struct {
-	ca, fed        *testCA
-	web, db        *workload.SVID
-	own, federated *workload.Bundle
-}
+// fixture is the certificates most tests share (workloadtest.SharedFixture).
+type fixture = workloadtest.Fixture
 
-const (
-	idWeb = "spiffe://example.org/web"
-	idDB  = "spiffe://example.org/db"
-)
-
-var (
-	fixtureOnce sync.Once
-	sharedFix   *fixture
-)
-
-// newFixture returns shared, immutable certificates (key generation is the slow part of
-// these tests).
-func newFixture(t testing.TB) *fixture {
-	fixtureOnce.Do(func() {
-		ca, fed := workloadtest.NewCA(t, tdExample, "k1"), workloadtest.NewCA(t, tdOther, "fed1")
-		sharedFix = &fixture{
-			ca: ca, fed: fed,
-			web: ca.Mint(t, idWeb), db: ca.Mint(t, idDB),
-			own: ca.Bundle(t, 1), federated: fed.Bundle(t, 7),
-		}
-	})
-	return sharedFix
-}
-
-// view is the caller's usual View: the agent orders SVIDs by SPIFFE ID, so db comes first.
-func (f *fixture) view() *workload.View {
-	return &workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.federated}}
-}
+func newFixture(t testing.TB) *fixture { return workloadtest.SharedFixture(t) }
 
 var testPeer = peercred.NewPeer(4242, 1000, 1000, -1)
 
@@ -87,40 +54,12 @@ func startServer(t *testing.T, w *workloadtest.Watcher, mod func(*Config)) secre
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "sds")
+	addr := workloadtest.Serve(t, w, srv.Register)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "api.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(wire.ServerOption())
-	srv.Register(g)
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(ln) }()
-
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		g.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("serve: %v", err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for w.Open() > 0 {
-			if time.Now().After(deadline) {
-				t.Errorf("%d subscriptions left open after the server stopped", w.Open())
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
+	t.Cleanup(func() { conn.Close() })
 	return secretv3.NewSecretDiscoveryServiceClient(conn)
 }
 

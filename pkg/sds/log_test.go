@@ -68,7 +68,7 @@ func TestStreamLoggerIsLazy(t *testing.T) {
 	var withs, handled atomic.Int64
 	var buf lockedBuffer
 	h := countingHandler{slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}), &withs, &handled}
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	client := startServer(t, w, func(c *Config) { c.Logger = slog.New(h) })
 	base := withs.Load() // New's component attribute
 
@@ -102,7 +102,7 @@ func TestStreamLoggerIsLazy(t *testing.T) {
 func TestStreamLoggerAttributes(t *testing.T) {
 	f := newFixture(t)
 	var buf lockedBuffer
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	client := startServer(t, w, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -207,7 +207,7 @@ func TestEncodingSharedPerView(t *testing.T) {
 				}
 				return built{parts: msg.Parts(), resp: resp, tok: tok}
 			}
-			view := f.view()
+			view := f.View()
 			first := build(view)
 			if first.resp.GetVersionInfo() != first.tok || first.resp.GetNonce() != first.tok || first.resp.GetTypeUrl() != SecretTypeURL {
 				t.Fatalf("response header = version %q nonce %q type %q, want %q twice and %q",
@@ -255,7 +255,7 @@ func TestEncodingSharedPerView(t *testing.T) {
 					}
 				}
 			}
-			other := build(f.view())
+			other := build(f.View())
 			for j := 1; j < len(other.parts); j++ {
 				if &other.parts[j][0] == &first.parts[j][0] {
 					t.Fatalf("resource %d: another View reused this View's encoding", j)

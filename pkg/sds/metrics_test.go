@@ -72,7 +72,7 @@ func TestStreamMetricsAndLogs(t *testing.T) {
 	f := newFixture(t)
 	m := &recordingMetrics{}
 	logs := &syncBuffer{}
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	client := startServer(t, w, func(c *Config) {
 		c.Metrics = m
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -17,8 +17,8 @@ import (
 // only because they are not minted yet. The complete View brings the rest.
 func TestPartialView(t *testing.T) {
 	f := newFixture(t)
-	partial := &workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}, Partial: true}
-	complete := f.view() // db (the default: first) and web
+	partial := &workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}, Partial: true}
+	complete := f.View() // db (the default: first) and web
 
 	t.Run("sotw", func(t *testing.T) {
 		w := workloadtest.NewWatcher(partial)
@@ -26,14 +26,14 @@ func TestPartialView(t *testing.T) {
 		c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb, "default", "ROOTCA"}})
 		r, got := c.recv()
 		wantNames(t, got, idWeb, "ROOTCA")
-		wantTLS(t, got[idWeb], f.web, f.ca)
+		wantTLS(t, got[idWeb], f.Web, f.CA)
 		c.ack(r, idWeb, "default", "ROOTCA")
 		c.none()
 
 		w.Publish(complete)
 		_, got = c.recv()
 		wantNames(t, got, idWeb, "default", "ROOTCA")
-		wantTLS(t, got["default"], complete.SVIDs[0], f.ca)
+		wantTLS(t, got["default"], complete.SVIDs[0], f.CA)
 	})
 
 	t.Run("sotw wildcard", func(t *testing.T) {
@@ -65,7 +65,7 @@ func TestPartialView(t *testing.T) {
 			t.Fatalf("Partial View: removed %v, want nothing removed", r.RemovedResources)
 		}
 		c.ack(r)
-		w.Publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
+		w.Publish(&workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}})
 		r, _, _ = c.recv()
 		if !slices.Equal(r.RemovedResources, []string{idDB}) {
 			t.Fatalf("complete View without db: removed %v, want [%s]", r.RemovedResources, idDB)

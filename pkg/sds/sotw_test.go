@@ -88,12 +88,12 @@ func TestStreamSecretsNames(t *testing.T) {
 	}{
 		{"spiffe id", []string{idWeb}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, idWeb)
-			wantTLS(t, got[idWeb], f.web, f.ca)
+			wantTLS(t, got[idWeb], f.Web, f.CA)
 		}},
 		{"two spiffe ids", []string{idWeb, idDB}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, idWeb, idDB)
-			wantTLS(t, got[idWeb], f.web, f.ca)
-			wantTLS(t, got[idDB], f.db, f.ca)
+			wantTLS(t, got[idWeb], f.Web, f.CA)
+			wantTLS(t, got[idDB], f.DB, f.CA)
 		}},
 		{"same name twice", []string{idWeb, idWeb}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, idWeb)
@@ -103,38 +103,38 @@ func TestStreamSecretsNames(t *testing.T) {
 		}},
 		{"own trust domain", []string{"spiffe://example.org"}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, "spiffe://example.org")
-			wantCA(t, got["spiffe://example.org"], f.own)
+			wantCA(t, got["spiffe://example.org"], f.Own)
 		}},
 		{"federated trust domain", []string{"spiffe://other.org"}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, "spiffe://other.org")
-			wantCA(t, got["spiffe://other.org"], f.federated)
+			wantCA(t, got["spiffe://other.org"], f.Federated)
 		}},
 		{"ROOTCA", []string{"ROOTCA"}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, "ROOTCA")
-			wantCA(t, got["ROOTCA"], f.own)
+			wantCA(t, got["ROOTCA"], f.Own)
 		}},
 		{"default is the first SVID", []string{"default"}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, "default")
-			wantTLS(t, got["default"], f.db, f.ca)
+			wantTLS(t, got["default"], f.DB, f.CA)
 		}},
 		{"ALL", []string{"ALL"}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, "ALL")
-			wantSPIFFEValidator(t, got["ALL"], f.own, f.federated)
+			wantSPIFFEValidator(t, got["ALL"], f.Own, f.Federated)
 		}},
 		{"custom special names", []string{"svid", "root", "everyone", "default"}, func(c *Config) {
 			c.DefaultSVIDName, c.DefaultBundleName, c.DefaultAllBundlesName = "svid", "root", "everyone"
 		}, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, "svid", "root", "everyone")
-			wantTLS(t, got["svid"], f.db, f.ca)
-			wantCA(t, got["root"], f.own)
-			wantSPIFFEValidator(t, got["everyone"], f.own, f.federated)
+			wantTLS(t, got["svid"], f.DB, f.CA)
+			wantCA(t, got["root"], f.Own)
+			wantSPIFFEValidator(t, got["everyone"], f.Own, f.Federated)
 		}},
 		{"wildcard", nil, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, idWeb, idDB, "spiffe://example.org", "spiffe://other.org")
-			wantTLS(t, got[idWeb], f.web, f.ca)
-			wantTLS(t, got[idDB], f.db, f.ca)
-			wantCA(t, got["spiffe://example.org"], f.own)
-			wantCA(t, got["spiffe://other.org"], f.federated)
+			wantTLS(t, got[idWeb], f.Web, f.CA)
+			wantTLS(t, got[idDB], f.DB, f.CA)
+			wantCA(t, got["spiffe://example.org"], f.Own)
+			wantCA(t, got["spiffe://other.org"], f.Federated)
 		}},
 		{"explicit wildcard and a name", []string{"*", "ROOTCA", idWeb}, nil, func(t *testing.T, got map[string]*tlsv3.Secret) {
 			wantNames(t, got, idWeb, idDB, "spiffe://example.org", "spiffe://other.org", "ROOTCA")
@@ -142,7 +142,7 @@ func TestStreamSecretsNames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := workloadtest.NewWatcher(f.view())
+			w := workloadtest.NewWatcher(f.View())
 			c := openSotw(t, startServer(t, w, tt.cfg))
 			c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: tt.names})
 			_, got := c.recv()
@@ -183,18 +183,18 @@ func TestStreamUnknownNameIsPushedWhenItAppears(t *testing.T) {
 	c.none() // an empty response would be NACKed by Envoy; the stream stays open
 
 	// Someone else's SVID appearing changes nothing for this caller.
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.federated}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB}, Bundles: []*workload.Bundle{f.Federated}})
 	c.none()
 
-	w.Publish(f.view())
+	w.Publish(f.View())
 	_, got := c.recv()
 	wantNames(t, got, idWeb, "ROOTCA")
-	wantTLS(t, got[idWeb], f.web, f.ca)
+	wantTLS(t, got[idWeb], f.Web, f.CA)
 }
 
 func TestStreamACKAndViewUpdates(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r1, _ := c.recv()
@@ -203,16 +203,16 @@ func TestStreamACKAndViewUpdates(t *testing.T) {
 	c.none()
 
 	// A new View whose requested resources have the same versions: nothing to say.
-	api := f.ca.Mint(t, "spiffe://example.org/api")
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{api, f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.fed.Bundle(t, 8)}})
+	api := f.CA.Mint(t, "spiffe://example.org/api")
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{api, f.DB, f.Web}, Bundles: []*workload.Bundle{f.Own, f.Fed.Bundle(t, 8)}})
 	c.none()
 
 	// Rotation: a new serial for the requested SVID is pushed without a request.
-	web2 := f.ca.Mint(t, idWeb)
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, web2}, Bundles: []*workload.Bundle{f.own}})
+	web2 := f.CA.Mint(t, idWeb)
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB, web2}, Bundles: []*workload.Bundle{f.Own}})
 	r2, got := c.recv()
 	wantNames(t, got, idWeb)
-	wantTLS(t, got[idWeb], web2, f.ca)
+	wantTLS(t, got[idWeb], web2, f.CA)
 	if r2.VersionInfo == r1.VersionInfo || r2.Nonce == r1.Nonce {
 		t.Errorf("version/nonce reused: %s/%s then %s/%s", r1.VersionInfo, r1.Nonce, r2.VersionInfo, r2.Nonce)
 	}
@@ -220,7 +220,7 @@ func TestStreamACKAndViewUpdates(t *testing.T) {
 	c.none()
 
 	// The SVID leaving the View is not a deletion in state of the world: nothing is sent.
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB}, Bundles: []*workload.Bundle{f.Own}})
 	c.none()
 	if n := w.Watches(); n != 1 {
 		t.Errorf("Watch called %d times for one stream, want 1", n)
@@ -229,7 +229,7 @@ func TestStreamACKAndViewUpdates(t *testing.T) {
 
 func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{"ROOTCA"}})
 	r1, _ := c.recv()
@@ -239,7 +239,7 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	c.send(nack)
 	c.none()
 	// Same View again: still nothing.
-	w.Publish(f.view())
+	w.Publish(f.View())
 	c.none()
 
 	// Even a NACK that changes the names is not answered, but the names are remembered...
@@ -247,15 +247,15 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 	c.send(nack)
 	c.none()
 	// ...so the next View sends them, since one was never sent.
-	w.Publish(f.view())
+	w.Publish(f.View())
 	r2, got := c.recv()
 	wantNames(t, got, "ROOTCA", idWeb)
 	c.ack(r2, "ROOTCA", idWeb)
 	c.none()
 
 	// A new bundle is something new: pushed.
-	own2 := f.ca.Bundle(t, 2)
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{own2}})
+	own2 := f.CA.Bundle(t, 2)
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.DB, f.Web}, Bundles: []*workload.Bundle{own2}})
 	_, got = c.recv()
 	wantNames(t, got, "ROOTCA", idWeb)
 	wantCA(t, got["ROOTCA"], own2)
@@ -263,7 +263,7 @@ func TestStreamNACKIsNotAnsweredWithTheSameSecrets(t *testing.T) {
 
 func TestStreamNamesChangeAnsweredAtOnce(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r1, _ := c.recv()
@@ -276,20 +276,20 @@ func TestStreamNamesChangeAnsweredAtOnce(t *testing.T) {
 	// A name that does not exist: nothing can be sent yet.
 	c.ack(r2, "spiffe://example.org/api")
 	c.none()
-	api := f.ca.Mint(t, "spiffe://example.org/api")
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{api}, Bundles: []*workload.Bundle{f.own}})
+	api := f.CA.Mint(t, "spiffe://example.org/api")
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{api}, Bundles: []*workload.Bundle{f.Own}})
 	_, got = c.recv()
 	wantNames(t, got, "spiffe://example.org/api")
 }
 
 func TestStreamStaleNonceIgnored(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r1, _ := c.recv()
-	web2 := f.ca.Mint(t, idWeb)
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
+	web2 := f.CA.Mint(t, idWeb)
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.Own}})
 	r2, _ := c.recv()
 
 	// The ACK of r1 arrives after r2 was sent, asking for other names: it is superseded.
@@ -313,7 +313,7 @@ func TestStreamReconnectWithOldNonceIsAnswered(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := workloadtest.NewWatcher(f.view())
+			w := workloadtest.NewWatcher(f.View())
 			c := openSotw(t, startServer(t, w, nil))
 			c.send(tt.req)
 			r, got := c.recv()
@@ -331,12 +331,12 @@ func TestStreamWildcardFollowsView(t *testing.T) {
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode})
 	c.none()
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}})
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}})
 	r, got := c.recv()
 	wantNames(t, got, idWeb, "spiffe://example.org")
 	c.ack(r)
 	c.none()
-	w.Publish(f.view())
+	w.Publish(f.View())
 	_, got = c.recv()
 	wantNames(t, got, idWeb, idDB, "spiffe://example.org", "spiffe://other.org")
 }
@@ -364,7 +364,7 @@ func TestStreamErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := workloadtest.NewWatcher(f.view())
+			w := workloadtest.NewWatcher(f.View())
 			if tt.watcher != nil {
 				tt.watcher(w)
 			}
@@ -383,7 +383,7 @@ func TestStreamErrors(t *testing.T) {
 
 func TestStreamInvalidRequestAfterValidOne(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r, _ := c.recv()
@@ -395,7 +395,7 @@ func TestStreamInvalidRequestAfterValidOne(t *testing.T) {
 
 func TestStreamClientCloseEndsCleanly(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	c.recv()

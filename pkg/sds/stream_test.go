@@ -16,7 +16,7 @@ import (
 // runs its handler on (blocked in Recv); pushes use goroutines that end once sent.
 func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	client := startServer(t, w, nil)
 	// settle waits until the goroutine count has not moved for 50 ms (push goroutines and
 	// gRPC's own short-lived ones have ended), for at most 5 s.
@@ -48,8 +48,8 @@ func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 		cs[i].ack(r, idWeb)
 	}
 	// Push to every stream, then let the push goroutines end.
-	web2 := f.ca.Mint(t, idWeb)
-	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.own}})
+	web2 := f.CA.Mint(t, idWeb)
+	w.Publish(&workload.View{SVIDs: []*workload.SVID{web2}, Bundles: []*workload.Bundle{f.Own}})
 	for _, c := range cs {
 		r, _ := c.recv()
 		c.ack(r, idWeb)
@@ -71,7 +71,7 @@ func TestIdleStreamsHoldOneGoroutine(t *testing.T) {
 // (latest wins), and whatever the interleaving the last response carries the last View.
 func TestPushesDeliverTheNewestView(t *testing.T) {
 	f := newFixture(t)
-	w := workloadtest.NewWatcher(f.view())
+	w := workloadtest.NewWatcher(f.View())
 	c := openSotw(t, startServer(t, w, nil))
 	c.send(&discoveryv3.DiscoveryRequest{Node: testNode, ResourceNames: []string{idWeb}})
 	r, _ := c.recv()
@@ -79,8 +79,8 @@ func TestPushesDeliverTheNewestView(t *testing.T) {
 
 	var last *workload.SVID
 	for range 40 {
-		last = f.ca.Mint(t, idWeb)
-		w.Publish(&workload.View{SVIDs: []*workload.SVID{last}, Bundles: []*workload.Bundle{f.own}})
+		last = f.CA.Mint(t, idWeb)
+		w.Publish(&workload.View{SVIDs: []*workload.SVID{last}, Bundles: []*workload.Bundle{f.Own}})
 	}
 	seen := 0
 	for {
@@ -88,7 +88,7 @@ func TestPushesDeliverTheNewestView(t *testing.T) {
 		seen++
 		c.ack(r, idWeb)
 		if bytes.Equal(got[idWeb].GetTlsCertificate().GetCertificateChain().GetInlineBytes(), last.CertChainPEM) {
-			wantTLS(t, got[idWeb], last, f.ca)
+			wantTLS(t, got[idWeb], last, f.CA)
 			break
 		}
 		if seen > 40 {

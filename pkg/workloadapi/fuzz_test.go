@@ -82,23 +82,23 @@ var fuzzIDs = []string{idWeb, idDB, "spiffe://example.org/api", "spiffe://other.
 
 func FuzzWorkloadAPI(f *testing.F) {
 	fix := newFixture(f)
-	api := fix.ca.Mint(f, "spiffe://example.org/api")
-	noJWT := *fix.federated
+	api := fix.CA.Mint(f, "spiffe://example.org/api")
+	noJWT := *fix.Federated
 	noJWT.JWTAuthorities, noJWT.JWKS = nil, nil
 	views := []*workload.View{
 		{},
 		nil,
-		fix.view(),
-		{SVIDs: []*workload.SVID{fix.web}, Bundles: []*workload.Bundle{fix.own}},
-		{SVIDs: []*workload.SVID{api, fix.db}, Bundles: []*workload.Bundle{fix.own, &noJWT}},
-		{SVIDs: []*workload.SVID{fix.db}, Bundles: []*workload.Bundle{fix.federated}}, // own bundle missing
-		{SVIDs: []*workload.SVID{fix.db}},
+		fix.View(),
+		{SVIDs: []*workload.SVID{fix.Web}, Bundles: []*workload.Bundle{fix.Own}},
+		{SVIDs: []*workload.SVID{api, fix.DB}, Bundles: []*workload.Bundle{fix.Own, &noJWT}},
+		{SVIDs: []*workload.SVID{fix.DB}, Bundles: []*workload.Bundle{fix.Federated}}, // own bundle missing
+		{SVIDs: []*workload.SVID{fix.DB}},
 	}
 	tokens := []string{
-		caSign(f, fix.ca, fix.db.ID, []string{"svc"}, time.Minute),
-		caSign(f, fix.ca, fix.web.ID, []string{"svc", "svc-a"}, time.Minute),
-		caSign(f, fix.ca, fix.db.ID, []string{"svc"}, -time.Minute),
-		caSign(f, fix.fed, fix.db.ID, []string{"svc"}, time.Minute),
+		caSign(f, fix.CA, fix.DB.ID, []string{"svc"}, time.Minute),
+		caSign(f, fix.CA, fix.Web.ID, []string{"svc", "svc-a"}, time.Minute),
+		caSign(f, fix.CA, fix.DB.ID, []string{"svc"}, -time.Minute),
+		caSign(f, fix.Fed, fix.DB.ID, []string{"svc"}, time.Minute),
 		"a.b.c", "..", strings.Repeat("x", MaxTokenLength+1),
 	}
 
@@ -122,7 +122,7 @@ func FuzzWorkloadAPI(f *testing.F) {
 		}
 		view := views[in.pick(len(views))]
 		w := workloadtest.NewWatcher(view)
-		fj := &fakeJWT{w: w, ca: fix.ca}
+		fj := &fakeJWT{w: w, ca: fix.CA}
 		switch in.pick(8) {
 		case 0:
 			w.SetErr(errors.New("attestation failed"))

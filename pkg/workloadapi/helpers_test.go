@@ -3,10 +3,6 @@ package workloadapi
 import (
 	"context"
 	"crypto/ecdsa"
-	"errors"
-	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -21,19 +17,18 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/svidd/svidd/pkg/peercred"
-	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
 var (
-	tdExample = spiffeid.RequireTrustDomainFromString("example.org")
-	tdOther   = spiffeid.RequireTrustDomainFromString("other.org")
+	tdExample = workloadtest.ExampleTD
+	tdOther   = workloadtest.OtherTD
 )
 
 const (
-	idWeb = "spiffe://example.org/web"
-	idDB  = "spiffe://example.org/db"
+	idWeb = workloadtest.IDWeb
+	idDB  = workloadtest.IDDB
 
 	waitLong  = 5 * time.Second
 	waitQuiet = 200 * time.Millisecond
@@ -67,35 +62,10 @@ func signJWT(key *ecdsa.PrivateKey, kid string, id spiffeid.ID, aud []string, tt
 	}).Claims(map[string]any{"svidd_test": "yes"}).Serialize()
 }
 
-// fixture holds the certificates most tests share: two SVIDs of the caller and two bundles.
-type fixture struct {
-	ca, fed        *testCA
-	web, db        *workload.SVID
-	own, federated *workload.Bundle
-}
+// fixture is the certificates most tests share (workloadtest.SharedFixture).
+type fixture = workloadtest.Fixture
 
-var (
-	fixtureOnce sync.Once
-	sharedFix   *fixture
-)
-
-// newFixture returns shared, immutable certificates (key generation is the slow part).
-func newFixture(t testing.TB) *fixture {
-	fixtureOnce.Do(func() {
-		ca, fed := workloadtest.NewCA(t, tdExample, "k1"), workloadtest.NewCA(t, tdOther, "fed1")
-		sharedFix = &fixture{
-			ca: ca, fed: fed,
-			web: ca.Mint(t, idWeb), db: ca.Mint(t, idDB),
-			own: ca.Bundle(t, 1), federated: fed.Bundle(t, 7),
-		}
-	})
-	return sharedFix
-}
-
-// view is the caller's usual View: the agent orders SVIDs by SPIFFE ID, so db comes first.
-func (f *fixture) view() *workload.View {
-	return &workload.View{SVIDs: []*workload.SVID{f.db, f.web}, Bundles: []*workload.Bundle{f.own, f.federated}}
-}
+func newFixture(t testing.TB) *fixture { return workloadtest.SharedFixture(t) }
 
 // fakeJWT stands in for the agent's JWT minting: it signs a real token for each identity in
 // the watcher's current View with the trust domain's key, and records what it was asked.
@@ -114,15 +84,15 @@ type jwtCall struct {
 	aud  []string
 }
 
-func (f *fakeJWT) FetchJWTSVIDs(_ context.Context, p *peercred.Peer, id spiffeid.ID, aud []string) ([]*workload.JWTSVID, error) {
-	f.mu.Lock()
-	f.calls = append(f.calls, jwtCall{peer: p, id: id, aud: append([]string(nil), aud...)})
-	err := f.err
-	f.mu.Unlock()
+func (j *fakeJWT) FetchJWTSVIDs(_ context.Context, p *peercred.Peer, id spiffeid.ID, aud []string) ([]*workload.JWTSVID, error) {
+	j.mu.Lock()
+	j.calls = append(j.calls, jwtCall{peer: p, id: id, aud: append([]string(nil), aud...)})
+	err := j.err
+	j.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	v := f.w.Current()
+	v := j.w.Current()
 	if v.Empty() {
 		return nil, workload.ErrNotEntitled
 	}
@@ -136,7 +106,7 @@ func (f *fakeJWT) FetchJWTSVIDs(_ context.Context, p *peercred.Peer, id spiffeid
 	}
 	out := make([]*workload.JWTSVID, 0, len(svids))
 	for _, s := range svids {
-		tok, err := signJWT(f.ca.JWTKey, f.ca.KID, s.ID, aud, 5*time.Minute)
+		tok, err := signJWT(j.ca.JWTKey, j.ca.KID, s.ID, aud, 5*time.Minute)
 		if err != nil {
 			return nil, err
 		}
@@ -145,20 +115,20 @@ func (f *fakeJWT) FetchJWTSVIDs(_ context.Context, p *peercred.Peer, id spiffeid
 	return out, nil
 }
 
-func (f *fakeJWT) lastCall(t *testing.T) jwtCall {
+func (j *fakeJWT) lastCall(t *testing.T) jwtCall {
 	t.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.calls) == 0 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if len(j.calls) == 0 {
 		t.Fatal("JWT fetcher was not called")
 	}
-	return f.calls[len(f.calls)-1]
+	return j.calls[len(j.calls)-1]
 }
 
-func (f *fakeJWT) setErr(err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.err = err
+func (j *fakeJWT) setErr(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.err = err
 }
 
 var testPeer = peercred.NewPeer(4242, 1000, 1000, -1)
@@ -177,7 +147,7 @@ type testServer struct {
 func startServer(t *testing.T, w *workloadtest.Watcher, mod func(*Config)) *testServer {
 	t.Helper()
 	f := newFixture(t)
-	fj := &fakeJWT{w: w, ca: f.ca}
+	fj := &fakeJWT{w: w, ca: f.CA}
 	cfg := Config{Watcher: w, JWT: fj, TrustDomain: tdExample, PeerFunc: fixedPeer}
 	if mod != nil {
 		mod(&cfg)
@@ -186,35 +156,8 @@ func startServer(t *testing.T, w *workloadtest.Watcher, mod func(*Config)) *test
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "wlapi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "api.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(wire.ServerOption())
-	srv.Register(g)
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(ln) }()
-	t.Cleanup(func() {
-		g.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			t.Errorf("serve: %v", err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for w.Open() > 0 {
-			if time.Now().After(deadline) {
-				t.Errorf("%d subscriptions left open after the server stopped", w.Open())
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-	return &testServer{addr: "unix://" + sock, w: w, jwt: fj}
+	addr := workloadtest.Serve(t, w, srv.Register)
+	return &testServer{addr: addr, w: w, jwt: fj}
 }
 
 // client returns go-spiffe's own Workload API client for ts, closed at cleanup.

@@ -24,8 +24,8 @@ func TestPartialView(t *testing.T) {
 		partial *workload.View
 	}{
 		// web is ready, db (the default, first in the complete View) is still being minted.
-		{"one SVID ready, not the default", &workload.View{Partial: true, SVIDs: []*workload.SVID{f.web}, Bundles: f.view().Bundles}},
-		{"no SVID ready yet", &workload.View{Partial: true, Bundles: f.view().Bundles}},
+		{"one SVID ready, not the default", &workload.View{Partial: true, SVIDs: []*workload.SVID{f.Web}, Bundles: f.View().Bundles}},
+		{"no SVID ready yet", &workload.View{Partial: true, Bundles: f.View().Bundles}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := startServer(t, workloadtest.NewWatcher(tc.partial), nil)
@@ -47,13 +47,13 @@ func TestPartialView(t *testing.T) {
 				t.Fatalf("JWTBundlesResponse from the Partial View: %v, want %v", keys(r.Bundles), want)
 			}
 			ctx := withHeader(testCtx(t))
-			tok := caSign(t, f.ca, f.web.ID, []string{"aud"}, time.Minute)
+			tok := caSign(t, f.CA, f.Web.ID, []string{"aud"}, time.Minute)
 			if r, err := c.ValidateJWTSVID(ctx, &workloadpb.ValidateJWTSVIDRequest{Audience: "aud", Svid: tok}); err != nil || r.SpiffeId != idWeb {
 				t.Fatalf("ValidateJWTSVID with a Partial View: %v, %v", r, err)
 			}
 			x509s.none() // nothing from the Partial View
 
-			ts.w.Publish(f.view())
+			ts.w.Publish(f.View())
 			r := x509s.recv()
 			if len(r.Svids) != 2 || r.Svids[0].SpiffeId != idDB || r.Svids[1].SpiffeId != idWeb {
 				t.Fatalf("X509SVIDResponse after the complete View: %d SVIDs, want db (the default) then web", len(r.Svids))

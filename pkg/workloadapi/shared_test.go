@@ -26,7 +26,7 @@ func TestResponsesSharedPerView(t *testing.T) {
 	}
 	for _, name := range []string{"X509SVIDResponse", "X509BundlesResponse"} {
 		t.Run(name, func(t *testing.T) {
-			v, other := f.view(), f.view()
+			v, other := f.View(), f.View()
 			var first, again, fresh proto.Message
 			var n int
 			if name == "X509SVIDResponse" {
@@ -77,7 +77,7 @@ func TestStreamLoggingIsLazy(t *testing.T) {
 			var mu sync.Mutex
 			var buf bytes.Buffer
 			h := &countingHandler{Handler: slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: tc.level}), withs: &withs}
-			ts := startServer(t, workloadtest.NewWatcher(f.view()), func(c *Config) { c.Logger = slog.New(h) })
+			ts := startServer(t, workloadtest.NewWatcher(f.View()), func(c *Config) { c.Logger = slog.New(h) })
 			base := withs.Load()
 			ctx, cancel := context.WithCancel(withHeader(testCtx(t)))
 			raw := ts.raw(t)

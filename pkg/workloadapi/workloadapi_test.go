@@ -81,9 +81,9 @@ func callAll(ctx context.Context, c workloadpb.SpiffeWorkloadAPIClient, token st
 
 func TestHeaderRequired(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.raw(t)
-	token := caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)
+	token := caSign(t, f.CA, f.DB.ID, []string{"svc"}, time.Minute)
 	for _, tc := range []struct {
 		name string
 		md   metadata.MD
@@ -126,7 +126,7 @@ func TestNoIdentity(t *testing.T) {
 	ts := startServer(t, workloadtest.NewWatcher(&workload.View{}), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
-	token := caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)
+	token := caSign(t, f.CA, f.DB.ID, []string{"svc"}, time.Minute)
 
 	for name, call := range map[string]func() error{
 		"FetchX509SVIDs":   func() error { _, err := c.FetchX509SVIDs(ctx); return err },
@@ -168,7 +168,7 @@ func TestNoIdentity(t *testing.T) {
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
-		ts.w.Publish(f.view())
+		ts.w.Publish(f.View())
 		r := <-done
 		if r.err != nil {
 			t.Fatal(r.err)
@@ -178,8 +178,8 @@ func TestNoIdentity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if svid.ID != f.db.ID {
-			t.Fatalf("default SVID %s, want %s", svid.ID, f.db.ID)
+		if svid.ID != f.DB.ID {
+			t.Fatalf("default SVID %s, want %s", svid.ID, f.DB.ID)
 		}
 	})
 }
@@ -200,11 +200,11 @@ func TestCallerErrors(t *testing.T) {
 		{"agent unavailable", nil, workload.ErrUnavailable, codes.Unavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := workloadtest.NewWatcher(f.view())
+			w := workloadtest.NewWatcher(f.View())
 			w.SetErr(tc.err)
 			ts := startServer(t, w, tc.mod)
 			ts.jwt.setErr(tc.err)
-			for rpc, err := range callAll(withHeader(testCtx(t)), ts.raw(t), caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)) {
+			for rpc, err := range callAll(withHeader(testCtx(t)), ts.raw(t), caSign(t, f.CA, f.DB.ID, []string{"svc"}, time.Minute)) {
 				if status.Code(err) != tc.want {
 					t.Errorf("%s: %v, want %s", rpc, err, tc.want)
 				}
@@ -215,7 +215,7 @@ func TestCallerErrors(t *testing.T) {
 
 func TestFetchX509SVIDs(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 
@@ -243,15 +243,15 @@ func TestFetchX509SVIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if def.ID != f.db.ID {
-		t.Fatalf("default SVID %s, want %s", def.ID, f.db.ID)
+	if def.ID != f.DB.ID {
+		t.Fatalf("default SVID %s, want %s", def.ID, f.DB.ID)
 	}
 
 	xc, err := c.FetchX509Context(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkX509Bundles(t, xc.Bundles, map[spiffeid.TrustDomain]*testCA{tdExample: f.ca, tdOther: f.fed})
+	checkX509Bundles(t, xc.Bundles, map[spiffeid.TrustDomain]*testCA{tdExample: f.CA, tdOther: f.Fed})
 
 	// The wire form: each SVID carries its trust domain's bundle, the other is federated.
 	stream, err := ts.raw(t).FetchX509SVID(withHeader(ctx), &workloadpb.X509SVIDRequest{})
@@ -263,14 +263,14 @@ func TestFetchX509SVIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range resp.Svids {
-		if string(s.Bundle) != string(f.own.DER) {
+		if string(s.Bundle) != string(f.Own.DER) {
 			t.Errorf("%s: bundle is not the own trust domain's", s.SpiffeId)
 		}
 		if s.Hint != "" {
 			t.Errorf("%s: hint %q", s.SpiffeId, s.Hint)
 		}
 	}
-	if len(resp.FederatedBundles) != 1 || string(resp.FederatedBundles["spiffe://other.org"]) != string(f.federated.DER) {
+	if len(resp.FederatedBundles) != 1 || string(resp.FederatedBundles["spiffe://other.org"]) != string(f.Federated.DER) {
 		t.Errorf("federated bundles %v, want only spiffe://other.org", keys(resp.FederatedBundles))
 	}
 }
@@ -304,7 +304,7 @@ func checkX509Bundles(t *testing.T, set *x509bundle.Set, want map[spiffeid.Trust
 
 func TestX509SourceRotation(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	ctx := testCtx(t)
 	src, err := wlapi.NewX509Source(ctx, wlapi.WithClientOptions(wlapi.WithAddr(ts.addr)))
 	if err != nil {
@@ -316,21 +316,21 @@ func TestX509SourceRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if svid.ID != f.db.ID || svid.Certificates[0].SerialNumber.Text(16) != f.db.Serial {
-		t.Fatalf("source has %s serial %x, want the default %s serial %s", svid.ID, svid.Certificates[0].SerialNumber, f.db.ID, f.db.Serial)
+	if svid.ID != f.DB.ID || svid.Certificates[0].SerialNumber.Text(16) != f.DB.Serial {
+		t.Fatalf("source has %s serial %x, want the default %s serial %s", svid.ID, svid.Certificates[0].SerialNumber, f.DB.ID, f.DB.Serial)
 	}
 	b, err := src.GetX509BundleForTrustDomain(tdExample)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !b.HasX509Authority(f.ca.Cert) {
+	if !b.HasX509Authority(f.CA.Cert) {
 		t.Fatal("own bundle lacks the CA")
 	}
 
 	// Rotation: the agent publishes a new View with a fresh SVID and a new federated root.
-	db2 := f.ca.Mint(t, idDB)
+	db2 := f.CA.Mint(t, idDB)
 	fed2 := workloadtest.NewCA(t, tdOther, "fed2")
-	ts.w.Publish(&workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: []*workload.Bundle{f.own, fed2.Bundle(t, 8)}})
+	ts.w.Publish(&workload.View{SVIDs: []*workload.SVID{db2, f.Web}, Bundles: []*workload.Bundle{f.Own, fed2.Bundle(t, 8)}})
 	select {
 	case <-src.Updated():
 	case <-ctx.Done():
@@ -347,7 +347,7 @@ func TestX509SourceRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !fb.HasX509Authority(fed2.Cert) || fb.HasX509Authority(f.fed.Cert) {
+	if !fb.HasX509Authority(fed2.Cert) || fb.HasX509Authority(f.Fed.Cert) {
 		t.Fatal("federated bundle not replaced")
 	}
 }
@@ -429,7 +429,7 @@ func withOwnBundle(v *workload.View, b *workload.Bundle) *workload.View {
 // TestStreamsSendOnlyChanges publishes a series of Views and checks which streams respond.
 func TestStreamsSendOnlyChanges(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.raw(t)
 	x509s := openRaw(t, func(ctx context.Context) (grpc.ServerStreamingClient[workloadpb.X509SVIDResponse], error) {
 		return c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
@@ -450,13 +450,13 @@ func TestStreamsSendOnlyChanges(t *testing.T) {
 		t.Fatalf("first JWTBundlesResponse: %v", keys(r.Bundles))
 	}
 
-	db2 := f.ca.Mint(t, idDB)
-	jwtOnly := *f.own
+	db2 := f.CA.Mint(t, idDB)
+	jwtOnly := *f.Own
 	jwtOnly.Sequence++
 	newKey := workloadtest.NewCA(t, tdExample, "k2").Bundle(t, 0)
 	jwtOnly.JWTAuthorities, jwtOnly.JWKS = newKey.JWTAuthorities, newKey.JWKS
 	fed2 := workloadtest.NewCA(t, tdOther, "fed2").Bundle(t, 8)
-	fed2.JWTAuthorities, fed2.JWKS = f.federated.JWTAuthorities, f.federated.JWKS
+	fed2.JWTAuthorities, fed2.JWKS = f.Federated.JWTAuthorities, f.Federated.JWKS
 
 	type expect struct{ x509, bundles, jwt bool }
 	for _, step := range []struct {
@@ -464,12 +464,12 @@ func TestStreamsSendOnlyChanges(t *testing.T) {
 		view *workload.View
 		want expect
 	}{
-		{"same content, new View", f.view(), expect{}},
-		{"SVID rotated", &workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: f.view().Bundles}, expect{x509: true}},
-		{"JWT keys only", &workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: []*workload.Bundle{&jwtOnly, f.federated}}, expect{jwt: true}},
-		{"federated X.509 root only", &workload.View{SVIDs: []*workload.SVID{db2, f.web}, Bundles: []*workload.Bundle{&jwtOnly, fed2}}, expect{x509: true, bundles: true}},
-		{"SVID removed", &workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{&jwtOnly, fed2}}, expect{x509: true}},
-		{"federation ended", &workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{&jwtOnly}}, expect{x509: true, bundles: true, jwt: true}},
+		{"same content, new View", f.View(), expect{}},
+		{"SVID rotated", &workload.View{SVIDs: []*workload.SVID{db2, f.Web}, Bundles: f.View().Bundles}, expect{x509: true}},
+		{"JWT keys only", &workload.View{SVIDs: []*workload.SVID{db2, f.Web}, Bundles: []*workload.Bundle{&jwtOnly, f.Federated}}, expect{jwt: true}},
+		{"federated X.509 root only", &workload.View{SVIDs: []*workload.SVID{db2, f.Web}, Bundles: []*workload.Bundle{&jwtOnly, fed2}}, expect{x509: true, bundles: true}},
+		{"SVID removed", &workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{&jwtOnly, fed2}}, expect{x509: true}},
+		{"federation ended", &workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{&jwtOnly}}, expect{x509: true, bundles: true, jwt: true}},
 	} {
 		t.Run(step.name, func(t *testing.T) {
 			ts.w.Publish(step.view)
@@ -526,14 +526,14 @@ func TestStreamsSendOnlyChanges(t *testing.T) {
 
 func TestX509Bundles(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 	set, err := c.FetchX509Bundles(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkX509Bundles(t, set, map[spiffeid.TrustDomain]*testCA{tdExample: f.ca, tdOther: f.fed})
+	checkX509Bundles(t, set, map[spiffeid.TrustDomain]*testCA{tdExample: f.CA, tdOther: f.Fed})
 
 	// WatchX509Bundles sees a new federated root.
 	w := &bundleWatcher{updates: make(chan *x509bundle.Set, 4)}
@@ -545,10 +545,10 @@ func TestX509Bundles(t *testing.T) {
 		t.Fatalf("first watch update has %d bundles", first.Len())
 	}
 	fed2 := workloadtest.NewCA(t, tdOther, "fed2")
-	ts.w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{f.own, fed2.Bundle(t, 8)}})
+	ts.w.Publish(&workload.View{SVIDs: f.View().SVIDs, Bundles: []*workload.Bundle{f.Own, fed2.Bundle(t, 8)}})
 	select {
 	case set := <-w.updates:
-		checkX509Bundles(t, set, map[spiffeid.TrustDomain]*testCA{tdExample: f.ca, tdOther: fed2})
+		checkX509Bundles(t, set, map[spiffeid.TrustDomain]*testCA{tdExample: f.CA, tdOther: fed2})
 	case <-ctx.Done():
 		t.Fatal("no update after the federated bundle changed")
 	}
@@ -565,17 +565,17 @@ func (w *bundleWatcher) OnX509BundlesWatchError(error)         {}
 
 func TestWatchX509Context(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: []*workload.Bundle{f.own}}), nil)
+	ts := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}}), nil)
 	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()
 	w := &contextWatcher{updates: make(chan *wlapi.X509Context, 4)}
 	done := make(chan error, 1)
 	go func() { done <- ts.client(t).WatchX509Context(ctx, w) }()
-	if xc := <-w.updates; len(xc.SVIDs) != 1 || xc.SVIDs[0].ID != f.web.ID {
+	if xc := <-w.updates; len(xc.SVIDs) != 1 || xc.SVIDs[0].ID != f.Web.ID {
 		t.Fatalf("first context: %d SVIDs", len(xc.SVIDs))
 	}
 	// A second identity is added; it sorts first and becomes the default.
-	ts.w.Publish(f.view())
+	ts.w.Publish(f.View())
 	select {
 	case xc := <-w.updates:
 		var ids []string
@@ -602,7 +602,7 @@ func (w *contextWatcher) OnX509ContextWatchError(error)            {}
 
 func TestJWTRoundTrip(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 
@@ -610,8 +610,8 @@ func TestJWTRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if svid.ID != f.db.ID || !slices.Equal(svid.Audience, []string{"svc-a", "svc-b"}) {
-		t.Fatalf("JWT-SVID for %s %v, want the default %s for [svc-a svc-b]", svid.ID, svid.Audience, f.db.ID)
+	if svid.ID != f.DB.ID || !slices.Equal(svid.Audience, []string{"svc-a", "svc-b"}) {
+		t.Fatalf("JWT-SVID for %s %v, want the default %s for [svc-a svc-b]", svid.ID, svid.Audience, f.DB.ID)
 	}
 	call := ts.jwt.lastCall(t)
 	if call.peer != testPeer || !call.id.IsZero() || !slices.Equal(call.aud, []string{"svc-a", "svc-b"}) {
@@ -622,15 +622,15 @@ func TestJWTRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 2 || all[0].ID != f.db.ID || all[1].ID != f.web.ID {
+	if len(all) != 2 || all[0].ID != f.DB.ID || all[1].ID != f.Web.ID {
 		t.Fatalf("FetchJWTSVIDs: %d SVIDs", len(all))
 	}
-	web, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "svc-a", Subject: f.web.ID})
+	web, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "svc-a", Subject: f.Web.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if web.ID != f.web.ID || ts.jwt.lastCall(t).id != f.web.ID {
-		t.Fatalf("asked for %s, got %s", f.web.ID, web.ID)
+	if web.ID != f.Web.ID || ts.jwt.lastCall(t).id != f.Web.ID {
+		t.Fatalf("asked for %s, got %s", f.Web.ID, web.ID)
 	}
 
 	// Validation through the agent, for each audience the token carries.
@@ -639,7 +639,7 @@ func TestJWTRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("validate for %s: %v", aud, err)
 		}
-		if got.ID != f.db.ID {
+		if got.ID != f.DB.ID {
 			t.Fatalf("validated %s", got.ID)
 		}
 	}
@@ -654,21 +654,21 @@ func TestJWTRoundTrip(t *testing.T) {
 
 	// A federated trust domain's token validates with that trust domain's key.
 	fedID := spiffeid.RequireFromString("spiffe://other.org/partner")
-	if got, err := c.ValidateJWTSVID(ctx, caSign(t, f.fed, fedID, []string{"svc-a"}, time.Minute), "svc-a"); err != nil || got.ID != fedID {
+	if got, err := c.ValidateJWTSVID(ctx, caSign(t, f.Fed, fedID, []string{"svc-a"}, time.Minute), "svc-a"); err != nil || got.ID != fedID {
 		t.Fatalf("federated token: %v", err)
 	}
 
-	forged := *f.ca
-	forged.JWTKey = workloadtest.NewCA(t, tdExample, f.ca.KID).JWTKey // same key ID, another key
+	forged := *f.CA
+	forged.JWTKey = workloadtest.NewCA(t, tdExample, f.CA.KID).JWTKey // same key ID, another key
 	unknownTD := spiffeid.RequireFromString("spiffe://unknown.org/x")
 	for _, tc := range []struct {
 		name, token, aud, want string
 	}{
 		{"wrong audience", svid.Marshal(), "svc-c", "audience"},
-		{"forged signature", caSign(t, &forged, f.db.ID, []string{"svc-a"}, time.Minute), "svc-a", "claims"},
-		{"unknown key id", caSign(t, &testCA{JWTKey: f.ca.JWTKey, KID: "nope"}, f.db.ID, []string{"svc-a"}, time.Minute), "svc-a", "no JWT authority"},
-		{"untrusted trust domain", caSign(t, f.ca, unknownTD, []string{"svc-a"}, time.Minute), "svc-a", "no bundle"},
-		{"expired", caSign(t, f.ca, f.db.ID, []string{"svc-a"}, -time.Minute), "svc-a", "expired"},
+		{"forged signature", caSign(t, &forged, f.DB.ID, []string{"svc-a"}, time.Minute), "svc-a", "claims"},
+		{"unknown key id", caSign(t, &testCA{JWTKey: f.CA.JWTKey, KID: "nope"}, f.DB.ID, []string{"svc-a"}, time.Minute), "svc-a", "no JWT authority"},
+		{"untrusted trust domain", caSign(t, f.CA, unknownTD, []string{"svc-a"}, time.Minute), "svc-a", "no bundle"},
+		{"expired", caSign(t, f.CA, f.DB.ID, []string{"svc-a"}, -time.Minute), "svc-a", "expired"},
 		{"garbage", "not.a.token", "svc-a", "parse"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -682,7 +682,7 @@ func TestJWTRoundTrip(t *testing.T) {
 
 func TestFetchJWTSVIDErrors(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 
@@ -695,7 +695,7 @@ func TestFetchJWTSVIDErrors(t *testing.T) {
 		t.Fatalf("fetcher unavailable: %v, want Unavailable", err)
 	}
 
-	noJWT := startServer(t, workloadtest.NewWatcher(f.view()), func(c *Config) { c.JWT = nil })
+	noJWT := startServer(t, workloadtest.NewWatcher(f.View()), func(c *Config) { c.JWT = nil })
 	if _, err := noJWT.client(t).FetchJWTSVID(ctx, jwtsvid.Params{Audience: "svc"}); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("no fetcher: %v, want Unimplemented", err)
 	}
@@ -703,10 +703,10 @@ func TestFetchJWTSVIDErrors(t *testing.T) {
 
 func TestBadRequests(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.raw(t)
 	ctx := withHeader(testCtx(t))
-	token := caSign(t, f.ca, f.db.ID, []string{"svc"}, time.Minute)
+	token := caSign(t, f.CA, f.DB.ID, []string{"svc"}, time.Minute)
 	long := strings.Repeat("a", MaxAudienceLength)
 	many := slices.Repeat([]string{long}, MaxAudiences)
 
@@ -744,14 +744,14 @@ func TestBadRequests(t *testing.T) {
 
 func TestJWTBundles(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	ctx := testCtx(t)
 	set, err := ts.client(t).FetchJWTBundles(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkJWTKey(t, set, tdExample, "k1", f.ca.JWTKey)
-	checkJWTKey(t, set, tdOther, "fed1", f.fed.JWTKey)
+	checkJWTKey(t, set, tdExample, "k1", f.CA.JWTKey)
+	checkJWTKey(t, set, tdOther, "fed1", f.Fed.JWTKey)
 
 	src, err := wlapi.NewJWTSource(ctx, wlapi.WithClientOptions(wlapi.WithAddr(ts.addr)))
 	if err != nil {
@@ -763,19 +763,19 @@ func TestJWTBundles(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The workload validates locally with the bundles it was served.
-	if got, err := jwtsvid.ParseAndValidate(svid.Marshal(), src, []string{"svc"}); err != nil || got.ID != f.db.ID {
+	if got, err := jwtsvid.ParseAndValidate(svid.Marshal(), src, []string{"svc"}); err != nil || got.ID != f.DB.ID {
 		t.Fatalf("local validation: %v", err)
 	}
 
 	// Key rotation: the trust domain adds a key; a trust domain without JWT keys is served
 	// as an empty JWK Set, which the client accepts.
 	k2 := workloadtest.NewCA(t, tdExample, "k2")
-	own := *f.own
-	own.JWTAuthorities = map[string]crypto.PublicKey{"k1": f.ca.JWTKey.Public(), "k2": k2.JWTKey.Public()}
+	own := *f.Own
+	own.JWTAuthorities = map[string]crypto.PublicKey{"k1": f.CA.JWTKey.Public(), "k2": k2.JWTKey.Public()}
 	own.JWKS = nil // built from JWTAuthorities
-	noJWT := *f.federated
+	noJWT := *f.Federated
 	noJWT.JWTAuthorities, noJWT.JWKS = nil, nil
-	ts.w.Publish(&workload.View{SVIDs: f.view().SVIDs, Bundles: []*workload.Bundle{&own, &noJWT}})
+	ts.w.Publish(&workload.View{SVIDs: f.View().SVIDs, Bundles: []*workload.Bundle{&own, &noJWT}})
 	select {
 	case <-src.Updated():
 	case <-ctx.Done():
@@ -792,7 +792,7 @@ func TestJWTBundles(t *testing.T) {
 	if err != nil || !fb.Empty() {
 		t.Fatalf("trust domain without JWT keys: %v, empty %v", err, err == nil && fb.Empty())
 	}
-	if _, err := jwtsvid.ParseAndValidate(caSign(t, k2, f.web.ID, []string{"svc"}, time.Minute), src, []string{"svc"}); err != nil {
+	if _, err := jwtsvid.ParseAndValidate(caSign(t, k2, f.Web.ID, []string{"svc"}, time.Minute), src, []string{"svc"}); err != nil {
 		t.Fatalf("token signed with the new key: %v", err)
 	}
 }
@@ -816,9 +816,9 @@ func checkJWTKey(t *testing.T, set *jwtbundle.Set, td spiffeid.TrustDomain, kid 
 // other with go-spiffe's TLS configs over the identities the Workload API gave them.
 func TestMTLS(t *testing.T) {
 	f := newFixture(t)
-	bundles := []*workload.Bundle{f.own, f.federated}
-	server := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.web}, Bundles: bundles}), nil)
-	client := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.db}, Bundles: bundles}), nil)
+	bundles := []*workload.Bundle{f.Own, f.Federated}
+	server := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.Web}, Bundles: bundles}), nil)
+	client := startServer(t, workloadtest.NewWatcher(&workload.View{SVIDs: []*workload.SVID{f.DB}, Bundles: bundles}), nil)
 	ctx := testCtx(t)
 	newSource := func(ts *testServer) *wlapi.X509Source {
 		src, err := wlapi.NewX509Source(ctx, wlapi.WithClientOptions(wlapi.WithAddr(ts.addr)))
@@ -877,12 +877,12 @@ func TestMTLS(t *testing.T) {
 				t.Fatalf("handshake: server %v, client %v", srvErr, cliErr)
 			}
 			peerID, err := x509svid.IDFromCert(srv.ConnectionState().PeerCertificates[0])
-			if err != nil || peerID != f.db.ID {
-				t.Fatalf("server sees %s (%v), want %s", peerID, err, f.db.ID)
+			if err != nil || peerID != f.DB.ID {
+				t.Fatalf("server sees %s (%v), want %s", peerID, err, f.DB.ID)
 			}
 			peerID, err = x509svid.IDFromCert(cli.ConnectionState().PeerCertificates[0])
-			if err != nil || peerID != f.web.ID {
-				t.Fatalf("client sees %s (%v), want %s", peerID, err, f.web.ID)
+			if err != nil || peerID != f.Web.ID {
+				t.Fatalf("client sees %s (%v), want %s", peerID, err, f.Web.ID)
 			}
 		})
 	}
@@ -890,7 +890,7 @@ func TestMTLS(t *testing.T) {
 
 func TestWITUnimplemented(t *testing.T) {
 	f := newFixture(t)
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), nil)
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), nil)
 	c := ts.client(t)
 	ctx := testCtx(t)
 	if _, err := c.FetchWITSVID(ctx, ""); status.Code(err) != codes.Unimplemented {
@@ -943,7 +943,7 @@ func (m *recordingMetrics) RequestFailed(k Kind, c codes.Code) {
 func TestMetrics(t *testing.T) {
 	f := newFixture(t)
 	m := newRecordingMetrics()
-	ts := startServer(t, workloadtest.NewWatcher(f.view()), func(c *Config) { c.Metrics = m })
+	ts := startServer(t, workloadtest.NewWatcher(f.View()), func(c *Config) { c.Metrics = m })
 	c := ts.client(t)
 	ctx := testCtx(t)
 	if _, err := c.FetchX509SVIDs(ctx); err != nil {

@@ -1,0 +1,51 @@
+package workloadtest
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/svidd/svidd/pkg/wire"
+)
+
+// Serve runs a gRPC server, set up as the agent's is for the front-ends (pre-encoded
+// responses, pkg/wire), on a Unix socket in a short temp dir, with the services register
+// adds. It returns the socket's gRPC target ("unix:///…"). At cleanup it stops the server and
+// checks that every handler closed its subscription of w.
+func Serve(t testing.TB, w *Watcher, register func(*grpc.Server)) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "wlt") // short: a socket path is at most 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(wire.ServerOption())
+	register(g)
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(ln) }()
+	t.Cleanup(func() {
+		g.Stop()
+		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			t.Errorf("serve: %v", err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for w.Open() > 0 {
+			if time.Now().After(deadline) {
+				t.Errorf("%d subscriptions left open after the server stopped", w.Open())
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	return "unix://" + sock
+}
