@@ -500,7 +500,9 @@ func hupScript(t *testing.T, dir string) (script, log string) {
 	t.Helper()
 	log = filepath.Join(dir, "events")
 	script = filepath.Join(dir, "prog.sh")
-	src := fmt.Sprintf("#!/bin/sh\ntrap 'echo hup >> %s' HUP\necho \"start $$\" >> %s\nwhile :; do sleep 0.1; done\n", log, log)
+	// Each start logs its pid and its start time (field 22 of /proc/PID/stat): the kernel may
+	// give a restarted program the pid of the one it replaced, never the same pair.
+	src := fmt.Sprintf("#!/bin/sh\ntrap 'echo hup >> %s' HUP\necho \"start $$ $(cut -d' ' -f22 /proc/$$/stat)\" >> %s\nwhile :; do sleep 0.1; done\n", log, log)
 	if err := os.WriteFile(script, []byte(src), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -531,15 +533,25 @@ func countLines(path, prefix string) int {
 }
 
 func startPids(path string) []int {
-	b, _ := os.ReadFile(path)
 	var pids []int
-	for l := range strings.Lines(string(b)) {
-		if p, ok := strings.CutPrefix(strings.TrimSpace(l), "start "); ok {
-			n, _ := strconv.Atoi(p)
-			pids = append(pids, n)
-		}
+	for _, id := range starts(path) {
+		pid, _, _ := strings.Cut(id, " ")
+		n, _ := strconv.Atoi(pid)
+		pids = append(pids, n)
 	}
 	return pids
+}
+
+// starts returns each start's "PID STARTTIME": one process, however pids are reused.
+func starts(path string) []string {
+	b, _ := os.ReadFile(path)
+	var ids []string
+	for l := range strings.Lines(string(b)) {
+		if id, ok := strings.CutPrefix(strings.TrimSpace(l), "start "); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 func currentSerial(t *testing.T, dir string) int64 {
@@ -567,8 +579,8 @@ func TestSVIDWatch(t *testing.T) {
 		}},
 		{"restart child", "restart", func(t *testing.T, log string, n int) {
 			eventually(t, fmt.Sprintf("%d starts", n+1), func() bool { return len(startPids(log)) == n+1 })
-			if pids := startPids(log); len(slices.Compact(slices.Clone(pids))) != len(pids) {
-				t.Errorf("restarts reused a pid: %v", pids)
+			if ids := starts(log); len(slices.Compact(slices.Sorted(slices.Values(ids)))) != len(ids) {
+				t.Errorf("a restart did not start a new process: %v (pid, start time)", ids)
 			}
 			if got := countLines(log, "hup"); got != 0 {
 				t.Errorf("restart mode sent %d hups", got)
