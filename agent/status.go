@@ -53,3 +53,18 @@ func (x caAdmin) Authorities() []admin.Authority {
 
 func (x caAdmin) Prepare() error  { return x.c.Prepare() }
 func (x caAdmin) Activate() error { return x.c.Activate() }
+
+// gaugeMetrics sets the state gauges at scrape time.
+func (a *Agent) gaugeMetrics() {
+	st := a.cache.stats()
+	a.metrics.SetEntries(st.Entries)
+	a.metrics.SetSVIDs(st.SVIDs)
+	var soonest time.Time
+	for _, h := range a.cache.identities() {
+		if h.Streams > 0 && (soonest.IsZero() || h.SVID.NotAfter.Before(soonest)) {
+			soonest = h.SVID.NotAfter
+		}
+	}
+	a.metrics.SetSoonestSVIDNotAfter(soonest)
+	a.metrics.SetCANotAfter(a.ca.NotAfter())
+}

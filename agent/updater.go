@@ -1,0 +1,59 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// enqueue hands work to the updater goroutine. It never blocks (store callbacks and timers
+// call it).
+func (a *Agent) enqueue(f func()) {
+	t0 := time.Now()
+	a.qmu.Lock()
+	// Push latency: from the change being observed to every affected stream's View published.
+	a.queue = append(a.queue, func() { f(); a.metrics.PushLatency(time.Since(t0)) })
+	a.qmu.Unlock()
+	select {
+	case a.qready <- struct{}{}:
+	default:
+	}
+}
+
+// updater applies changes one at a time, in order, so two changes never interleave their
+// view rebuilds.
+func (a *Agent) updater(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.qready:
+		}
+		a.qmu.Lock()
+		work := a.queue
+		a.queue = nil
+		a.qmu.Unlock()
+		for _, f := range work {
+			f()
+		}
+	}
+}
+
+func (a *Agent) scheduleRotation(entryID string, at time.Time) {
+	time.AfterFunc(time.Until(at), func() { a.enqueue(func() { a.cache.rotate(entryID) }) })
+}
+
+func (a *Agent) watchBundle(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.ca.BundleChanged():
+			b := a.ca.Bundle()
+			a.metrics.BundleChanged()
+			a.log.Info("trust bundle changed", "trust_domain", b.TrustDomain.Name(), "sequence", b.Sequence, "authorities", len(b.X509Authorities))
+			a.enqueue(func() { a.cache.setBundles([]*workload.Bundle{b}) })
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/svidd/svidd/ca"
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/workload"
+)
+
+// Watch implements workload.Watcher: attest the connection, then subscribe to its View.
+func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscription, error) {
+	if !a.serving.Load() {
+		return nil, workload.ErrUnavailable
+	}
+	sel, err := a.attest(ctx, p, a.cache.usesDigest())
+	if err != nil {
+		return nil, err
+	}
+	// If the first unix:sha256 entry appears later, this stream's caller is attested again,
+	// with its binary's digest, so that entry can match it.
+	reattest := func() ([]entry.Selector, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return a.attest(ctx, p, true)
+	}
+	method, _ := grpc.Method(ctx)
+	opened := time.Now()
+	var served []string
+	onClose := func() {
+		a.log.Info("stream closed", "rpc", method, "pid", p.PID, "uid", p.UID, "duration", time.Since(opened).Round(time.Millisecond))
+	}
+	// A front-end that names the identities it needs first (SDS) gets them without waiting
+	// for every other SVID the caller is entitled to.
+	sub, err := a.cache.subscribe(sel, workload.Wanted(ctx), reattest, onClose)
+	if err != nil {
+		return nil, err
+	}
+	if a.log.Enabled(ctx, slog.LevelInfo) { // a hot path: build the ID list only if it is logged
+		v := sub.Latest()
+		for i, s := range v.SVIDs {
+			if i == maxLoggedIDs {
+				served = append(served, fmt.Sprintf("(+%d more)", len(v.SVIDs)-i))
+				break
+			}
+			served = append(served, s.ID.String())
+		}
+		a.log.Info("stream opened", "rpc", method, "pid", p.PID, "uid", p.UID, "gid", p.GID, "spiffe_ids", served)
+	}
+	return sub, nil
+}
+
+// maxLoggedIDs bounds the SPIFFE IDs listed on a stream's log line.
+const maxLoggedIDs = 8
+
+// FetchJWTSVIDs implements workload.JWTFetcher: JWT-SVIDs are minted per request (the
+// audience is the caller's), only for identities the attested caller is entitled to.
+func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid.ID, audience []string) ([]*workload.JWTSVID, error) {
+	if !a.serving.Load() {
+		return nil, workload.ErrUnavailable
+	}
+	sel, err := a.attest(ctx, p, a.cache.usesDigest())
+	if err != nil {
+		return nil, err
+	}
+	ids := a.cache.entitledIDs(sel)
+	if !id.IsZero() {
+		if !slices.Contains(ids, id) {
+			return nil, workload.ErrNotEntitled
+		}
+		ids = []spiffeid.ID{id}
+	}
+	if len(ids) == 0 {
+		return nil, workload.ErrNotEntitled
+	}
+	out := make([]*workload.JWTSVID, 0, len(ids))
+	for _, sid := range ids {
+		s, err := a.ca.MintJWTSVID(sid, audience, 0)
+		a.metrics.JWTSVIDMinted(err)
+		if errors.Is(err, ca.ErrCAExpired) {
+			return nil, fmt.Errorf("%w: %v", workload.ErrUnavailable, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("minting JWT-SVID for %s: %w", sid, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
