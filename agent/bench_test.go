@@ -58,14 +58,22 @@ func benchFanout(b *testing.B, n int, selectorsOf func(int) []string) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		<-sub.Updates() // the first View
+		wake := make(chan struct{}, 1)
+		_, seen := sub.LatestSeq() // the first View
+		sub.OnPublish(func() {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}, seen)
 		readers.Go(func() {
 			defer sub.Close()
 			for {
 				select {
 				case <-stop:
 					return
-				case v := <-sub.Updates():
+				case <-wake:
+					v := sub.Latest()
 					if r := cur.Load(); r != nil && len(v.Bundles) == 1 && v.Bundles[0].Sequence == r.seq {
 						r.wg.Done()
 					}

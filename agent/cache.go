@@ -27,8 +27,8 @@ import (
 // deduplicated per entry by minting. Changes (entries, bundle, rotation) are applied by one
 // goroutine at a time (the agent's updater); Subscribe runs concurrently with them.
 //
-// Partial groups: a subscriber that names the SPIFFE IDs it needs first (workload.Wanted; an
-// SDS stream serves one secret) waits only for those SVIDs. Its group is registered with a
+// Partial groups: a subscriber that names the SPIFFE IDs it needs first (workload.Need; an
+// SDS stream serves one secret, a bundle-only call needs none) waits only for those SVIDs. Its group is registered with a
 // Partial View and queued for the background minter, one goroutine for the whole cache that
 // mints the rest one SVID at a time, only while no foreground mint runs (a caller waiting for
 // its first secret always goes first), then publishes the complete View. A group never goes
@@ -140,7 +140,7 @@ type Reattester func() ([]entry.Selector, error)
 
 // subscribe returns a subscription for a caller with the given (normalized) selectors, holding
 // its current View. reattest and onClose may be nil; onClose runs once when the subscription
-// is closed. wanted is the hint of workload.Wanted: nil means the first View is complete;
+// is closed. wanted comes from the workload.Need of Watch: nil means the first View is complete;
 // otherwise it may be Partial, holding at least the SVIDs of the wanted IDs the caller is
 // entitled to (every entry granting one of them is minted first, so a Partial View serves the
 // same SVID the complete one will), and the rest are minted in the background.

@@ -113,16 +113,19 @@ func newTestCache(t *testing.T) (*cache, *fakeMinter, *clock) {
 	return c, m, clk
 }
 
-// latest drains the subscription and returns the newest View, or nil if none is pending.
+// seen remembers, per subscription, the sequence number (plus one) of the last View that
+// latest returned: what a reader of the subscription has already received.
+var seen sync.Map // *workload.Subscription → uint64
+
+// latest returns the newest View of s if the test has not received it yet (through latest),
+// or nil if nothing new was published since.
 func latest(s *workload.Subscription) *workload.View {
-	var v *workload.View
-	for {
-		select {
-		case v = <-s.Updates():
-		default:
-			return v
-		}
+	v, seq := s.LatestSeq()
+	if prev, ok := seen.Load(s); ok && prev.(uint64) == seq+1 {
+		return nil
 	}
+	seen.Store(s, seq+1)
+	return v
 }
 
 func ids(v *workload.View) []string {
@@ -520,21 +523,27 @@ func holdMints(m *fakeMinter, pass ...string) (release func()) {
 	return func() { once.Do(func() { close(ch) }) }
 }
 
-// waitView waits up to 5 s for sub to receive a View for which ok is true and returns it.
+// waitView waits up to 5 s for sub's newest View to be one for which ok is true and returns it.
 func waitView(t *testing.T, sub *workload.Subscription, what string, ok func(*workload.View) bool) *workload.View {
 	t.Helper()
-	timeout := time.After(5 * time.Second)
-	for {
+	wake := make(chan struct{}, 1)
+	v, seq := sub.LatestSeq()
+	sub.OnPublish(func() {
 		select {
-		case v := <-sub.Updates():
-			if ok(v) {
-				return v
-			}
+		case wake <- struct{}{}:
+		default:
+		}
+	}, seq)
+	timeout := time.After(5 * time.Second)
+	for !ok(v) {
+		select {
+		case <-wake:
+			v = sub.Latest()
 		case <-timeout:
-			v := sub.Latest()
 			t.Fatalf("no %s View within 5s; latest: partial=%v %v", what, v.Partial, ids(v))
 		}
 	}
+	return v
 }
 
 func complete(v *workload.View) bool { return !v.Partial }

@@ -18,7 +18,7 @@ import (
 )
 
 // Watch implements workload.Watcher: attest the connection, then subscribe to its View.
-func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscription, error) {
+func (a *Agent) Watch(ctx context.Context, p *peercred.Peer, need workload.Need) (*workload.Subscription, error) {
 	if !a.serving.Load() {
 		return nil, workload.ErrUnavailable
 	}
@@ -39,9 +39,9 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscrip
 	onClose := func() {
 		a.log.Info("stream closed", "rpc", method, "pid", p.PID, "uid", p.UID, "duration", time.Since(opened).Round(time.Millisecond))
 	}
-	// A front-end that names the identities it needs first (SDS) gets them without waiting
-	// for every other SVID the caller is entitled to.
-	sub, err := a.cache.subscribe(sel, workload.Wanted(ctx), reattest, onClose)
+	// A front-end that names the identities it needs first (SDS), or needs only bundles, gets
+	// them without waiting for every other SVID the caller is entitled to.
+	sub, err := a.cache.subscribe(sel, wanted(need), reattest, onClose)
 	if err != nil {
 		return nil, err
 	}
@@ -57,6 +57,18 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer) (*workload.Subscrip
 		a.log.Info("stream opened", "rpc", method, "pid", p.PID, "uid", p.UID, "gid", p.GID, "spiffe_ids", served)
 	}
 	return sub, nil
+}
+
+// wanted is the cache's form of need: nil for the complete View, else the IDs minted first
+// (none, but not nil, for bundles only).
+func wanted(need workload.Need) []spiffeid.ID {
+	switch {
+	case need.All:
+		return nil
+	case need.IDs == nil:
+		return []spiffeid.ID{}
+	}
+	return need.IDs
 }
 
 // maxLoggedIDs bounds the SPIFFE IDs listed on a stream's log line.

@@ -157,7 +157,7 @@ func (s *Server) token() string {
 // watch identifies the caller and subscribes it to its View. Errors are gRPC statuses; the
 // detail is logged, not returned. The caller is added to log. names are the resource names of
 // the stream's first request: when they say exactly which SVIDs the stream serves (see
-// wantedIDs), Watch is told so and returns once those are ready, possibly with a Partial View.
+// need), Watch is told so and returns once those are ready, possibly with a Partial View.
 func (s *Server) watch(ctx context.Context, log *streamLog, names ...string) (*workload.Subscription, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
@@ -170,7 +170,7 @@ func (s *Server) watch(ctx context.Context, log *streamLog, names ...string) (*w
 		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
 	}
 	log.setPeer(p)
-	sub, err := s.watcher.Watch(workload.WithWanted(ctx, s.wantedIDs(names)), p)
+	sub, err := s.watcher.Watch(ctx, p, s.need(names))
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
@@ -183,15 +183,15 @@ func (s *Server) watch(ctx context.Context, log *streamLog, names ...string) (*w
 	return sub, nil
 }
 
-// wantedIDs turns a first request's names into the hint for Watch: the SPIFFE IDs of the
-// SVIDs named, when every name is an SVID's SPIFFE ID or a bundle name (a trust domain ID,
-// the default bundle or all-bundles name); a stream asking only for bundles gets an empty,
-// non-nil hint. Anything else (the default SVID, the wildcard, no names, a name that is
-// neither) returns nil: no hint, the first View is complete, as those need every SVID (the
-// default is only known once all are minted) or may.
-func (s *Server) wantedIDs(names []string) []spiffeid.ID {
+// need turns a first request's names into what Watch must have ready before the stream
+// answers: the SVIDs named, when every name is an SVID's SPIFFE ID or a bundle name (a trust
+// domain ID, the default bundle or all-bundles name; a stream asking only for bundles needs
+// no SVID). Anything else (the default SVID, the wildcard, no names, a name that is neither)
+// needs the complete View: the default is only known once every SVID is minted, and the
+// others may need any of them.
+func (s *Server) need(names []string) workload.Need {
 	if len(names) == 0 {
-		return nil
+		return workload.NeedAll
 	}
 	ids := make([]spiffeid.ID, 0, len(names))
 	for _, n := range names {
@@ -199,11 +199,11 @@ func (s *Server) wantedIDs(names []string) []spiffeid.ID {
 		case s.rootName, s.allName:
 			continue
 		case s.svidName, wildcardName:
-			return nil
+			return workload.NeedAll
 		}
 		id, err := spiffeid.FromString(n)
 		if err != nil {
-			return nil
+			return workload.NeedAll
 		}
 		if id.Path() == "" {
 			continue // a trust domain's bundle
@@ -212,7 +212,7 @@ func (s *Server) wantedIDs(names []string) []spiffeid.ID {
 			ids = append(ids, id)
 		}
 	}
-	return ids
+	return workload.NeedIDs(ids...)
 }
 
 // checkTypeURL accepts the Secret type and, leniently, an empty one: the service implies it.

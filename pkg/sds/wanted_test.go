@@ -11,20 +11,20 @@ import (
 	"github.com/svidd/svidd/pkg/workload"
 )
 
-// hintWatcher records the hint each Watch was given.
+// hintWatcher records the Need each Watch was given.
 type hintWatcher struct {
-	hints [][]spiffeid.ID
+	needs []workload.Need
 }
 
-func (h *hintWatcher) Watch(ctx context.Context, _ *peercred.Peer) (*workload.Subscription, error) {
-	h.hints = append(h.hints, workload.Wanted(ctx))
+func (h *hintWatcher) Watch(_ context.Context, _ *peercred.Peer, need workload.Need) (*workload.Subscription, error) {
+	h.needs = append(h.needs, need)
 	return workload.NewSubscription(&workload.View{}, nil), nil
 }
 
-// TestWantedIDs: a stream's first request names become the hint for Watch only when they say
+// TestNeed: a stream's first request names become the hint for Watch only when they say
 // exactly which SVIDs the stream serves; the default SVID, the wildcard, no names or an
 // unknown name need the complete View.
-func TestWantedIDs(t *testing.T) {
+func TestNeed(t *testing.T) {
 	const (
 		web = "spiffe://example.org/web"
 		db  = "spiffe://example.org/db"
@@ -32,7 +32,7 @@ func TestWantedIDs(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		names []string
-		want  string // fmt of the hint; "nil" for none
+		want  string // fmt of the IDs needed; "nil" for the complete View
 	}{
 		{"one SVID and its trust domain", []string{web, "spiffe://example.org"}, "[" + web + "]"},
 		{"two SVIDs, one repeated", []string{web, db, web}, "[" + web + " " + db + "]"},
@@ -61,8 +61,11 @@ func TestWantedIDs(t *testing.T) {
 			}
 			sub.Close()
 			got := "nil"
-			if h.hints[0] != nil {
-				got = fmt.Sprint(h.hints[0])
+			if n := h.needs[0]; !n.All {
+				got = fmt.Sprint(n.IDs)
+				if n.IDs == nil {
+					got = "[]"
+				}
 			}
 			if got != tc.want {
 				t.Fatalf("hint for %q = %s, want %s", tc.names, got, tc.want)

@@ -5,13 +5,14 @@ import "sync"
 // Subscription delivers Views to one stream, latest value wins: the publisher never blocks,
 // and a slow stream skips intermediate Views rather than holding everyone else up.
 //
-// A stream reads Views either from the Updates channel (a goroutine parked on it) or, after
-// OnPublish, by being called back. The callback lets a front-end serve a stream with a single
-// goroutine — the one blocked in the stream's Recv — and start a short-lived one only when a
-// View arrives: with ten thousand idle streams, a second parked goroutine per stream was a
-// third of the agent's memory per stream (issue 6).
+// There is one way to receive Views: LatestSeq for the newest one and its sequence number,
+// and OnPublish for a call after each later Publish. A front-end serving a stream with a
+// single goroutine (SDS) starts a short-lived sender from the callback; one that parks a
+// goroutine per stream anyway (the Workload API, waiting on its context too) has the
+// callback signal a channel of its own. A channel inside every subscription was tried before
+// (issue 6): with ten thousand idle SDS streams, a second parked goroutine per stream was a
+// third of the agent's memory per stream, and the channel only served the other front-end.
 type Subscription struct {
-	ch      chan *View
 	mu      sync.Mutex
 	latest  *View
 	seq     uint64
@@ -20,17 +21,11 @@ type Subscription struct {
 	notify  func()
 }
 
-// NewSubscription returns a subscription whose channel already holds initial. onClose (may be
-// nil) runs once, on the first Close.
+// NewSubscription returns a subscription whose Latest is initial (sequence number 0).
+// onClose (may be nil) runs once, on the first Close.
 func NewSubscription(initial *View, onClose func()) *Subscription {
-	s := &Subscription{ch: make(chan *View, 1), latest: initial, onClose: onClose}
-	s.ch <- initial
-	return s
+	return &Subscription{latest: initial, onClose: onClose}
 }
-
-// Updates receives each new View. A value received is the newest at the time it was sent.
-// It receives nothing once OnPublish has been called.
-func (s *Subscription) Updates() <-chan *View { return s.ch }
 
 // Latest returns the most recently published View.
 func (s *Subscription) Latest() *View {
@@ -46,18 +41,14 @@ func (s *Subscription) LatestSeq() (*View, uint64) {
 	return s.latest, s.seq
 }
 
-// OnPublish switches the subscription from its channel to a callback: f runs after every
-// later Publish, on the publisher's goroutine, so it must return at once (typically it
-// wakes or starts the stream's sender). seen is the sequence number of the View the reader
-// holds (from LatestSeq); if a newer one was published before the switch, f is also called
-// once now, so nothing is missed.
+// OnPublish sets the callback: f runs after every later Publish, on the publisher's
+// goroutine, so it must return at once (typically it wakes or starts the stream's sender,
+// which then reads LatestSeq). seen is the sequence number of the View the reader holds
+// (from LatestSeq); if a newer one was published before the call, f is also called once
+// now, so nothing is missed. Calling OnPublish again replaces the callback.
 func (s *Subscription) OnPublish(f func(), seen uint64) {
 	s.mu.Lock()
 	s.notify = f
-	select {
-	case <-s.ch: // the channel is no longer read; don't keep a View alive in it
-	default:
-	}
 	missed := s.seq != seen && !s.closed
 	s.mu.Unlock()
 	if missed {
@@ -65,8 +56,8 @@ func (s *Subscription) OnPublish(f func(), seen uint64) {
 	}
 }
 
-// Publish replaces any undelivered View with v. It never blocks. Publishing after Close is a
-// no-op.
+// Publish makes v the latest View and calls the OnPublish callback, if any. It never
+// blocks. Publishing after Close is a no-op.
 func (s *Subscription) Publish(v *View) {
 	s.mu.Lock()
 	if s.closed {
@@ -75,17 +66,11 @@ func (s *Subscription) Publish(v *View) {
 	}
 	s.latest = v
 	s.seq++
-	if f := s.notify; f != nil {
-		s.mu.Unlock()
-		f()
-		return
-	}
-	select {
-	case <-s.ch: // drop the stale value: the reader only wants the newest
-	default:
-	}
-	s.ch <- v
+	f := s.notify
 	s.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 // Close unsubscribes. It is idempotent and safe to call concurrently with Publish.

@@ -68,7 +68,7 @@ type View struct {
 	// Bundles: the agent's own trust domain first, then federated ones by name.
 	Bundles []*Bundle
 	// Partial is set while SVIDs for some of the caller's entries are still being minted
-	// (the agent minted the ones the front-end asked for first, see WithWanted, and mints the
+	// (the agent minted the ones the front-end asked for first, see Need, and mints the
 	// rest in the background). SVIDs then holds only ready ones — at least those of the
 	// identities asked for first that the caller is entitled to — in the same order and with
 	// the same deduplication as a complete View (an SVID a Partial View holds is the one the
@@ -172,39 +172,39 @@ type JWTFetcher interface {
 // loaded); front-ends map it to codes.Unavailable.
 var ErrUnavailable = errors.New("agent unavailable")
 
-// wantedKey is the context key of WithWanted.
-type wantedKey struct{}
-
-// WithWanted returns a context telling Watch which of the caller's SPIFFE IDs the front-end
-// needs first (an SDS stream names the one secret it serves in its first request). Watch then
-// may return as soon as the SVIDs for those IDs are ready, with a Partial View, instead of
-// waiting for every SVID the caller is entitled to. ids nil means no hint (ctx is returned
-// as it is): the first View is complete. An empty, non-nil ids means none of the caller's
-// SVIDs is needed first (only bundles were asked for). The slice must not be modified
-// afterwards.
-func WithWanted(ctx context.Context, ids []spiffeid.ID) context.Context {
-	if ids == nil {
-		return ctx
-	}
-	return context.WithValue(ctx, wantedKey{}, ids)
+// Need is what a front-end needs in a subscription's first View before it can answer: Watch
+// returns once that much is ready. The agent mints the SVIDs needed first and the rest in the
+// background, publishing a Partial View until the complete one is ready (see View.Partial).
+type Need struct {
+	// All asks for a complete first View: every SVID the caller is entitled to. A front-end
+	// that must send the full set, or the caller's default SVID, needs it.
+	All bool
+	// IDs are the SPIFFE IDs whose SVIDs are needed first (ignored with All). None: only
+	// bundles are needed, and a Partial View holds them as the complete one does, so a
+	// bundle-only call is answered without waiting for any SVID to be minted.
+	IDs []spiffeid.ID
 }
 
-// Wanted returns the SPIFFE IDs set by WithWanted, or nil when there is no hint (everything
-// is wanted). The caller must not modify the slice.
-func Wanted(ctx context.Context) []spiffeid.ID {
-	ids, _ := ctx.Value(wantedKey{}).([]spiffeid.ID)
-	return ids
-}
+var (
+	// NeedAll: the first View is complete.
+	NeedAll = Need{All: true}
+	// NeedBundles: only the caller's bundles are needed (and whether it is entitled at all).
+	NeedBundles = Need{}
+)
+
+// NeedIDs: the SVIDs of ids are needed first. The slice must not be modified afterwards.
+func NeedIDs(ids ...spiffeid.ID) Need { return Need{IDs: ids} }
 
 // Watcher is the one thing front-ends need from the agent.
 type Watcher interface {
-	// Watch attests the caller and subscribes it to its View. The first View is already in
-	// Updates() when Watch returns, so a front-end answers its first request without waiting.
-	// Without a hint in ctx (WithWanted) that first View is complete; with one it may be
-	// Partial, holding at least the SVIDs of the wanted IDs the caller is entitled to.
+	// Watch attests the caller and subscribes it to its View. The first View is the
+	// subscription's Latest when Watch returns, so a front-end answers its first request
+	// without waiting. It holds what need asks for: complete with NeedAll; otherwise it may
+	// be Partial, holding the caller's bundles and at least the SVIDs of need.IDs the caller
+	// is entitled to.
 	// The caller must Close the subscription; cancelling ctx does not. Watch is safe for
 	// concurrent use. An attestation failure (caller gone, /proc unreadable) is an error;
 	// a caller entitled to nothing gets an empty View, not an error, and receives a new View
 	// if an entry later entitles it.
-	Watch(ctx context.Context, peer *peercred.Peer) (*Subscription, error)
+	Watch(ctx context.Context, peer *peercred.Peer, need Need) (*Subscription, error)
 }

@@ -155,7 +155,7 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJW
 		return nil, err
 	}
 
-	sub, log, err := s.watch(ctx, s.callLog("ValidateJWTSVID"))
+	sub, log, err := s.watch(ctx, s.callLog("ValidateJWTSVID"), workload.NeedBundles)
 	if err != nil {
 		return nil, err
 	}

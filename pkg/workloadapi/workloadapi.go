@@ -131,12 +131,12 @@ func (s *Server) peer(ctx context.Context, log *callLog) (*peercred.Peer, *callL
 
 // watch identifies the caller and subscribes it to its View. Errors are gRPC statuses; the
 // detail is logged, not returned.
-func (s *Server) watch(ctx context.Context, log *callLog) (*workload.Subscription, *callLog, error) {
+func (s *Server) watch(ctx context.Context, log *callLog, need workload.Need) (*workload.Subscription, *callLog, error) {
 	p, log, err := s.peer(ctx, log)
 	if err != nil {
 		return nil, log, err
 	}
-	sub, err := s.watcher.Watch(ctx, p)
+	sub, err := s.watcher.Watch(ctx, p, need)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, log, status.FromContextError(ctxErr).Err()
@@ -203,7 +203,11 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 	if err := checkHeader(ctx); err != nil {
 		return err
 	}
-	sub, log, err := s.watch(ctx, s.callLog(rpc))
+	need := workload.NeedAll // the full set of SVIDs, default first
+	if partialOK {
+		need = workload.NeedBundles // answered without waiting for SVIDs to be minted
+	}
+	sub, log, err := s.watch(ctx, s.callLog(rpc), need)
 	if err != nil {
 		return err
 	}
@@ -211,41 +215,54 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 	log.Debug("workload api stream opened")
 	defer log.Debug("workload api stream closed")
 
+	// This handler's goroutine waits anyway (on ctx too), so the subscription's callback just
+	// wakes it; a wake-up may cover several Publishes: only the newest View matters.
+	wake := make(chan struct{}, 1)
+	v, seq := sub.LatestSeq()
+	sub.OnPublish(func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}, seq)
 	var last []byte
 	sent := false
-	for {
-		select {
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		case v := <-sub.Updates():
-			if v.Partial && !partialOK {
-				// Only an SDS stream's hint makes a Partial View, but this stream may share
-				// that caller's group: the complete View is on its way.
-				continue
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return status.FromContextError(ctx.Err()).Err()
+			case <-wake:
+				v, _ = sub.LatestSeq()
 			}
-			if v.Empty() {
-				log.Debug("caller has no identity")
-				return errNoIdentity
-			}
-			resp, n := build(v)
-			b, err := encodedResponse(v, resp)
-			if err != nil {
-				log.Error("encoding workload api response failed", "error", err)
-				return status.Error(codes.Internal, "encoding response failed")
-			}
-			// The whole response is compared rather than versions: Views change rarely,
-			// and one that changes nothing this RPC carries is not sent again.
-			if sent && bytes.Equal(last, b) {
-				continue
-			}
-			if err := stream.SendMsg(wire.NewMessage(b)); err != nil {
-				return err
-			}
-			last, sent = b, true
-			s.metrics.ResponseSent(kind, n)
-			if log.Enabled(slog.LevelDebug) {
-				log.Debug("sent workload api response", "items", n)
-			}
+		}
+		if v.Partial && !partialOK {
+			// Only an SDS stream's need makes a Partial View, but this stream may share
+			// that caller's group: the complete View is on its way.
+			continue
+		}
+		if v.Empty() {
+			log.Debug("caller has no identity")
+			return errNoIdentity
+		}
+		resp, n := build(v)
+		b, err := encodedResponse(v, resp)
+		if err != nil {
+			log.Error("encoding workload api response failed", "error", err)
+			return status.Error(codes.Internal, "encoding response failed")
+		}
+		// The whole response is compared rather than versions: Views change rarely,
+		// and one that changes nothing this RPC carries is not sent again.
+		if sent && bytes.Equal(last, b) {
+			continue
+		}
+		if err := stream.SendMsg(wire.NewMessage(b)); err != nil {
+			return err
+		}
+		last, sent = b, true
+		s.metrics.ResponseSent(kind, n)
+		if log.Enabled(slog.LevelDebug) {
+			log.Debug("sent workload api response", "items", n)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -555,6 +556,43 @@ func TestX509Bundles(t *testing.T) {
 	cancel()
 	if err := <-watchDone; status.Code(err) != codes.Canceled && !errors.Is(err, context.Canceled) {
 		t.Fatalf("watch ended with %v", err)
+	}
+}
+
+// TestBundleCallsDoNotWaitForSVIDs: the bundle-only calls ask Watch for bundles only and answer
+// from a Partial View (whose bundles are final) at once; FetchX509SVID asks for the complete
+// View and sends nothing until it arrives.
+func TestBundleCallsDoNotWaitForSVIDs(t *testing.T) {
+	f := newFixture(t)
+	partial := &workload.View{Bundles: f.View().Bundles, Partial: true}
+	ts := startServer(t, workloadtest.NewWatcher(partial), nil)
+	c := ts.client(t)
+	ctx := testCtx(t)
+
+	if _, err := c.FetchX509Bundles(ctx); err != nil {
+		t.Fatalf("FetchX509Bundles from a Partial View: %v", err)
+	}
+	if _, err := c.FetchJWTBundles(ctx); err != nil {
+		t.Fatalf("FetchJWTBundles from a Partial View: %v", err)
+	}
+	svids := make(chan error, 1)
+	go func() { _, err := c.FetchX509Context(ctx); svids <- err }()
+	select {
+	case err := <-svids:
+		t.Fatalf("FetchX509Context answered from a Partial View (err %v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	ts.w.Publish(f.View())
+	if err := <-svids; err != nil {
+		t.Fatalf("FetchX509Context after the complete View: %v", err)
+	}
+	var got []string
+	for _, n := range ts.w.Needs() {
+		got = append(got, fmt.Sprintf("all=%v ids=%d", n.All, len(n.IDs)))
+	}
+	want := []string{"all=false ids=0", "all=false ids=0", "all=true ids=0"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Watch needs = %v, want %v", got, want)
 	}
 }
 

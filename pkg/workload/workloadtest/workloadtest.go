@@ -18,6 +18,7 @@ type Watcher struct {
 	err     error
 	subs    map[*workload.Subscription]struct{}
 	watches int
+	needs   []workload.Need
 }
 
 var _ workload.Watcher = (*Watcher)(nil)
@@ -27,12 +28,13 @@ func NewWatcher(v *workload.View) *Watcher {
 	return &Watcher{view: v, subs: map[*workload.Subscription]struct{}{}}
 }
 
-// Watch implements workload.Watcher. It counts the call, then fails with the error set by
+// Watch implements workload.Watcher. It counts the call and records need, then fails with the error set by
 // SetErr, if any.
-func (w *Watcher) Watch(context.Context, *peercred.Peer) (*workload.Subscription, error) {
+func (w *Watcher) Watch(_ context.Context, _ *peercred.Peer, need workload.Need) (*workload.Subscription, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.watches++
+	w.needs = append(w.needs, need)
 	if w.err != nil {
 		return nil, w.err
 	}
@@ -82,4 +84,11 @@ func (w *Watcher) Watches() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.watches
+}
+
+// Needs returns the Need of every Watch call so far, in order.
+func (w *Watcher) Needs() []workload.Need {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]workload.Need(nil), w.needs...)
 }
