@@ -1,7 +1,6 @@
 package ca
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -73,6 +72,17 @@ type Config struct {
 	// OnStep, when set, is called after each rotation step is committed, with the step's name
 	// (prepare, activate, prune, replace-expired); for metrics. It must not block.
 	OnStep func(step string)
+
+	// Upstream, when set, signs every CA this host uses (see Upstream): the host's CA is an
+	// intermediate, SVIDs carry its chain, the bundle is the upstream's roots, and the CA
+	// never falls back to self-signing. A failed signing is retried with backoff while the
+	// active CA keeps signing until it expires.
+	Upstream Upstream
+	// NodeName names the host in the subject of the CA certificates it asks the upstream for.
+	NodeName string
+	// OnUpstreamError, when set, is called after each failed upstream signing; for metrics.
+	// It must not block.
+	OnUpstreamError func(err error)
 }
 
 // State is an authority's place in the rotation.
@@ -108,9 +118,33 @@ type authority struct {
 	state  State
 	cert   *x509.Certificate
 	signer crypto.Signer // nil for old authorities: they never sign again
+	// chain holds the upstream intermediates above cert (never a root), roots the upstream's
+	// roots when it was signed; both nil for a self-signed authority.
+	chain []*x509.Certificate
+	roots []*x509.Certificate
 	// jwt is the JWT-SVID key; public only for old authorities, nil for an old authority
 	// from a state file written before JWT keys existed.
 	jwt *jwtKey
+}
+
+// retired returns a as an old authority: it keeps its certificates and JWT public key, and
+// drops its private keys (an old authority never signs again).
+func (a *authority) retired() *authority {
+	return &authority{state: StateOld, cert: a.cert, chain: a.chain, roots: a.roots, jwt: a.jwt.public()}
+}
+
+// activated returns a copy of a in the active state.
+func (a *authority) activated() *authority {
+	b := *a
+	b.state = StateActive
+	return &b
+}
+
+// withJWT returns a copy of a with JWT key k.
+func (a *authority) withJWT(k *jwtKey) *authority {
+	b := *a
+	b.jwt = k
+	return &b
 }
 
 // snapshot is the whole CA state at one moment; immutable once published.
@@ -149,6 +183,8 @@ type CA struct {
 
 	// kick wakes Run after a forced Prepare/Activate so it recomputes its timer.
 	kick chan struct{}
+
+	upstream upstreamState
 }
 
 // New validates cfg, then loads the CA state from cfg.Dir or, on first start, creates a root
@@ -223,7 +259,7 @@ func New(cfg Config) (*CA, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		a, err := c.newAuthority(StateActive, c.clock())
 		if err != nil {
-			return nil, fmt.Errorf("ca: creating root: %w", err)
+			return nil, fmt.Errorf("ca: creating the first CA: %w", err)
 		}
 		if snap, err = c.newSnapshot([]*authority{a}, 1); err != nil {
 			return nil, fmt.Errorf("ca: %w", err)
@@ -247,7 +283,11 @@ func New(cfg Config) (*CA, error) {
 	}
 
 	if _, err := c.Rotate(c.clock()); err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		// An upstream that is down must not stop a host whose CA still signs: Run retries.
+		if cfg.Upstream == nil || !c.clock().Before(c.NotAfter()) {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		c.log.Warn("CA rotation failed at start; the active CA keeps signing and the rotation is retried", "error", err)
 	}
 	return c, nil
 }
@@ -338,8 +378,11 @@ func (c *CA) mint(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*worklo
 		}
 	}
 
-	act := c.state.Load().find(StateActive)
-	now := c.clock()
+	return c.mintWith(c.state.Load().find(StateActive), id, ttl, dnsNames, c.clock())
+}
+
+// mintWith signs an SVID with act at now; id, ttl and dnsNames are already checked.
+func (c *CA) mintWith(act *authority, id spiffeid.ID, ttl time.Duration, dnsNames []string, now time.Time) (*workload.SVID, error) {
 	// Backdate for clock skew, but by at most a tenth of the TTL: rotation happens at half of
 	// [NotBefore, NotAfter], and a 10s backdate on a 4s SVID would put that point in the past.
 	notBefore := now.Add(-min(backdate, ttl/10))
@@ -395,12 +438,19 @@ func (c *CA) mint(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*worklo
 	if err != nil {
 		return nil, fmt.Errorf("encoding key: %w", err)
 	}
+	// Under an upstream, the chain up to (not including) the root goes with every SVID: a
+	// peer holds only the roots.
+	certs := []*x509.Certificate{leaf}
+	if act.roots != nil {
+		certs = append(append(certs, act.cert), act.chain...)
+	}
+	chainPEM, chainDER := encodeChain(certs)
 	return &workload.SVID{
 		ID:           id,
-		Certificates: []*x509.Certificate{leaf},
+		Certificates: certs,
 		PrivateKey:   key,
-		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		CertChainDER: der,
+		CertChainPEM: chainPEM,
+		CertChainDER: chainDER,
 		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 		KeyDER:       keyDER,
 		NotBefore:    leaf.NotBefore,
@@ -409,9 +459,26 @@ func (c *CA) mint(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*worklo
 	}, nil
 }
 
-// newAuthority generates a self-signed CA for the trust domain, valid from now (backdated)
-// for CATTL, and its JWT signing key.
+// newAuthority makes the next CA: signed by the upstream when there is one, else self-signed.
 func (c *CA) newAuthority(st State, now time.Time) (*authority, error) {
+	if c.cfg.Upstream != nil {
+		return c.newUpstreamAuthority(st, now)
+	}
+	return c.newSelfSigned(st, now)
+}
+
+// encodeChain returns certs PEM-encoded and as concatenated DER.
+func encodeChain(certs []*x509.Certificate) (pemOut, derOut []byte) {
+	for _, c := range certs {
+		pemOut = append(pemOut, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		derOut = append(derOut, c.Raw...)
+	}
+	return pemOut, derOut
+}
+
+// newSelfSigned generates a self-signed CA for the trust domain, valid from now (backdated)
+// for CATTL, and its JWT signing key.
+func (c *CA) newSelfSigned(st State, now time.Time) (*authority, error) {
 	key, err := generateKey(c.cfg.KeyType)
 	if err != nil {
 		return nil, fmt.Errorf("generating CA key: %w", err)
@@ -466,13 +533,8 @@ func (c *CA) newSnapshot(auths []*authority, seq uint64) (*snapshot, error) {
 		}
 		return a.cert.SerialNumber.Cmp(b.cert.SerialNumber)
 	})
-	var pemBuf, derBuf bytes.Buffer
-	certs := make([]*x509.Certificate, 0, len(auths))
-	for _, a := range auths {
-		certs = append(certs, a.cert)
-		_ = pem.Encode(&pemBuf, &pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw})
-		derBuf.Write(a.cert.Raw)
-	}
+	certs := bundleCerts(auths)
+	pemBytes, derBytes := encodeChain(certs)
 	jwtKeys, jwks, err := marshalJWKS(auths, seq, refreshHint(c.cfg.CATTL))
 	if err != nil {
 		return nil, err
@@ -483,8 +545,8 @@ func (c *CA) newSnapshot(auths []*authority, seq uint64) (*snapshot, error) {
 		bundle: &workload.Bundle{
 			TrustDomain:     c.td,
 			X509Authorities: certs,
-			PEM:             pemBuf.Bytes(),
-			DER:             derBuf.Bytes(),
+			PEM:             pemBytes,
+			DER:             derBytes,
 			JWTAuthorities:  jwtKeys,
 			JWKS:            jwks,
 			Sequence:        seq,

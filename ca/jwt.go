@@ -227,7 +227,7 @@ func (c *CA) addMissingJWTKeys() error {
 			if err != nil {
 				return err
 			}
-			a = &authority{state: a.state, cert: a.cert, signer: a.signer, jwt: k}
+			a = a.withJWT(k)
 			added++
 		}
 		out = append(out, a)

@@ -14,8 +14,6 @@ const (
 	// maxSleep bounds Run's sleep so that a wall-clock jump (suspend, NTP step) delays a
 	// transition by at most this much; timers follow the monotonic clock.
 	maxSleep = 10 * time.Minute
-	// retryDelay is how long Run waits after a failed transition (e.g. disk full).
-	retryDelay = 30 * time.Second
 	// maxSteps bounds one Rotate: after a long downtime several steps fall due at once
 	// (prune, replace, prepare, activate), never more than a handful.
 	maxSteps = 8
@@ -77,6 +75,22 @@ func nextStep(auths []*authority, now time.Time) step {
 	return stepNone
 }
 
+// nextStep is nextStep, plus one rule that depends on the configuration: with an upstream
+// configured, a self-signed active CA (from before the upstream was configured) is replaced
+// at once by an upstream-signed one; it stays in the bundle until it expires.
+func (c *CA) nextStep(auths []*authority, now time.Time) step {
+	s := nextStep(auths, now)
+	if s != stepNone || c.cfg.Upstream == nil {
+		return s
+	}
+	for _, a := range auths {
+		if a.state == StateActive && a.roots == nil {
+			return stepFresh
+		}
+	}
+	return stepNone
+}
+
 // nextDue is when nextStep will next return something other than stepNone.
 func nextDue(auths []*authority) time.Time {
 	var due time.Time
@@ -118,7 +132,7 @@ func (c *CA) Rotate(now time.Time) (changed bool, err error) {
 	auths := cur.authorities
 	var applied []step
 	for range maxSteps {
-		s := nextStep(auths, now)
+		s := c.nextStep(auths, now)
 		if s == stepNone {
 			break
 		}
@@ -156,10 +170,10 @@ func (c *CA) apply(auths []*authority, s step, now time.Time) ([]*authority, err
 		if err != nil {
 			return nil, err
 		}
-		c.log.Warn("active CA expired; created a new one", "ski", hex.EncodeToString(n.cert.SubjectKeyId))
+		c.log.Warn("active CA expired (or is self-signed under an upstream); replaced it", "ski", hex.EncodeToString(n.cert.SubjectKeyId))
 		for _, a := range auths {
 			if a.state == StateActive {
-				a = &authority{state: StateOld, cert: a.cert, jwt: a.jwt.public()} // pruned by the next step
+				a = a.retired() // pruned by the next step
 			}
 			out = append(out, a)
 		}
@@ -174,9 +188,9 @@ func (c *CA) apply(auths []*authority, s step, now time.Time) ([]*authority, err
 		for _, a := range auths {
 			switch a.state {
 			case StateActive:
-				a = &authority{state: StateOld, cert: a.cert, jwt: a.jwt.public()}
+				a = a.retired()
 			case StatePrepared:
-				a = &authority{state: StateActive, cert: a.cert, signer: a.signer, jwt: a.jwt}
+				a = a.activated()
 			}
 			out = append(out, a)
 		}
@@ -279,13 +293,22 @@ func (c *CA) wake() {
 func (c *CA) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var retry backoff
 	for {
 		wait := maxSleep
 		if _, err := c.Rotate(c.clock()); err != nil {
-			c.log.Error("CA rotation failed; retrying", "error", err, "retry_in", retryDelay)
-			wait = retryDelay
-		} else if d := c.NextChange().Sub(c.clock()); d < wait {
-			wait = max(d, 0)
+			// Back off (an upstream that is down is not hammered), but never sleep past a
+			// quarter of the active CA's remaining life: retries stay dense before it expires.
+			wait = retry.next()
+			if left := c.NotAfter().Sub(c.clock()) / 4; left > backoffMin && wait > left {
+				wait = left
+			}
+			c.log.Error("CA rotation failed; retrying", "error", err, "retry_in", wait)
+		} else {
+			retry.reset()
+			if d := c.NextChange().Sub(c.clock()); d < wait {
+				wait = max(d, 0)
+			}
 		}
 		// Since Go 1.23, Reset on a timer never delivers a stale tick, so no draining.
 		timer.Reset(wait)

@@ -39,6 +39,11 @@ type fileAuthority struct {
 	JWTKeyID      string `json:"jwt_key_id,omitempty"`
 	JWTPublicKey  string `json:"jwt_public_key,omitempty"`
 	JWTPrivateKey string `json:"jwt_private_key,omitempty"`
+	// UpstreamChain (the upstream intermediates above Certificate, never a root) and
+	// UpstreamRoots (the roots it chains to) are set, as PEM, when an upstream signed
+	// Certificate; both absent for a self-signed authority.
+	UpstreamChain string `json:"upstream_chain,omitempty"`
+	UpstreamRoots string `json:"upstream_roots,omitempty"`
 }
 
 // maxKeyIDLen bounds a kid read from the state file; ours are 32 hex digits.
@@ -136,10 +141,30 @@ func decodeAuthority(fa fileAuthority, td spiffeid.TrustDomain) (*authority, err
 	if err != nil {
 		return nil, fmt.Errorf("parsing certificate: %w", err)
 	}
-	if err := checkCACert(cert, td); err != nil {
-		return nil, err
-	}
 	a := &authority{state: fa.State, cert: cert}
+	if fa.UpstreamRoots == "" {
+		if fa.UpstreamChain != "" {
+			return nil, errors.New("upstream chain without upstream roots")
+		}
+		if err := checkCACert(cert, td); err != nil {
+			return nil, err
+		}
+	} else {
+		if a.chain, err = decodeCerts(fa.UpstreamChain); err != nil {
+			return nil, fmt.Errorf("upstream chain: %w", err)
+		}
+		if a.roots, err = decodeCerts(fa.UpstreamRoots); err != nil {
+			return nil, fmt.Errorf("upstream roots: %w", err)
+		}
+		if len(a.roots) == 0 {
+			return nil, errors.New("upstream roots are empty")
+		}
+		// Checked as of its own start: an expired one is still a valid state to load (it is
+		// pruned or replaced next).
+		if err := checkUpstreamAuthority(a, td, cert.NotBefore); err != nil {
+			return nil, err
+		}
+	}
 	if a.jwt, err = decodeJWTKey(fa); err != nil {
 		return nil, err
 	}
@@ -245,6 +270,28 @@ func checkCACert(cert *x509.Certificate, td spiffeid.TrustDomain) error {
 	return nil
 }
 
+// decodeCerts parses zero or more PEM CERTIFICATE blocks and nothing else.
+func decodeCerts(data string) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	rest := []byte(data)
+	for len(bytes.TrimSpace(rest)) > 0 {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return nil, errors.New("trailing data that is not PEM")
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block is %q, want \"CERTIFICATE\"", b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
 func decodePEM(data []byte, typ string) ([]byte, error) {
 	b, rest := pem.Decode(data)
 	if b == nil {
@@ -265,6 +312,11 @@ func encodeState(td spiffeid.TrustDomain, snap *snapshot) ([]byte, error) {
 		fa := fileAuthority{
 			State:       a.state,
 			Certificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw})),
+		}
+		if a.roots != nil {
+			chain, _ := encodeChain(a.chain)
+			roots, _ := encodeChain(a.roots)
+			fa.UpstreamChain, fa.UpstreamRoots = string(chain), string(roots)
 		}
 		if a.state != StateOld {
 			kder, err := x509.MarshalPKCS8PrivateKey(a.signer)
