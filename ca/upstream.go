@@ -3,6 +3,7 @@ package ca
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -141,7 +142,7 @@ func (c *CA) signUpstream(st State, now time.Time) (*authority, error) {
 		return nil, errors.New("returned no certificate")
 	}
 	cert := signed.Chain[0]
-	pub, ok := key.Public().(interface{ Equal(any) bool })
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !pub.Equal(cert.PublicKey) {
 		return nil, errors.New("returned a certificate for another key")
 	}
