@@ -39,6 +39,9 @@ type Config struct {
 	DataDir         string // CA keys and the SQLite store; may be relative
 	LogLevel        slog.Level
 	LogFormat       string // LogFormatText or LogFormatJSON
+	// NodeName names this host: in the subject of the CA certificates it asks an upstream
+	// for (so the upstream's logs say which host asked). Default: the hostname.
+	NodeName string
 
 	CA        CAConfig
 	SDS       SDSConfig
@@ -59,6 +62,8 @@ type CAConfig struct {
 	SVIDTTL time.Duration // default X509-SVID lifetime; at most CATTL/6
 	// JWTSVIDTTL is the default JWT-SVID lifetime; at most CATTL/6, for the same reason.
 	JWTSVIDTTL time.Duration
+	// Upstream signs the host's CA when set (Kind != ""); else the CA is self-signed.
+	Upstream UpstreamConfig
 }
 
 // SDSConfig is the sds {} block: the special resource names of DESIGN.md "Protocol rules".
@@ -116,6 +121,7 @@ func Default() Config {
 		DataDir:         "./.svidd",
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       LogFormatText,
+		NodeName:        defaultNodeName(),
 		CA: CAConfig{
 			KeyType:    KeyTypeECP256,
 			CATTL:      24 * time.Hour,

@@ -224,6 +224,7 @@ agent {
   data_dir          = "/var/lib/svidd"
   log_level         = "debug"
   log_format        = "json"
+  node_name         = "web-1"
 }
 ca {
   key_type = "ec-p384"
@@ -278,6 +279,7 @@ entry "frontend" {
 		DataDir:         "/var/lib/svidd",
 		LogLevel:        slog.LevelDebug,
 		LogFormat:       LogFormatJSON,
+		NodeName:        "web-1",
 		CA:              CAConfig{KeyType: KeyTypeECP384, CATTL: 168 * time.Hour, SVIDTTL: 90 * time.Minute, JWTSVIDTTL: 2 * time.Minute},
 		SDS:             SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle", DefaultAllBundlesName: "all"},
 		Telemetry:       TelemetryConfig{PrometheusAddress: ""},

@@ -44,17 +44,20 @@ type fileAgent struct {
 	LogLevelRange        hcl.Range `hcl:"log_level,attr_range"`
 	LogFormat            *string   `hcl:"log_format,optional"`
 	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
+	NodeName             *string   `hcl:"node_name,optional"`
+	NodeNameRange        hcl.Range `hcl:"node_name,attr_range"`
 }
 
 type fileCA struct {
-	KeyType         *string   `hcl:"key_type,optional"`
-	KeyTypeRange    hcl.Range `hcl:"key_type,attr_range"`
-	CATTL           *string   `hcl:"ca_ttl,optional"`
-	CATTLRange      hcl.Range `hcl:"ca_ttl,attr_range"`
-	SVIDTTL         *string   `hcl:"svid_ttl,optional"`
-	SVIDTTLRange    hcl.Range `hcl:"svid_ttl,attr_range"`
-	JWTSVIDTTL      *string   `hcl:"jwt_svid_ttl,optional"`
-	JWTSVIDTTLRange hcl.Range `hcl:"jwt_svid_ttl,attr_range"`
+	KeyType         *string        `hcl:"key_type,optional"`
+	KeyTypeRange    hcl.Range      `hcl:"key_type,attr_range"`
+	CATTL           *string        `hcl:"ca_ttl,optional"`
+	CATTLRange      hcl.Range      `hcl:"ca_ttl,attr_range"`
+	SVIDTTL         *string        `hcl:"svid_ttl,optional"`
+	SVIDTTLRange    hcl.Range      `hcl:"svid_ttl,attr_range"`
+	JWTSVIDTTL      *string        `hcl:"jwt_svid_ttl,optional"`
+	JWTSVIDTTLRange hcl.Range      `hcl:"jwt_svid_ttl,attr_range"`
+	Upstream        []fileUpstream `hcl:"upstream,block"`
 }
 
 type fileSDS struct {
@@ -298,12 +301,14 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		l.str("agent.data_dir", l.file("agent.data_dir", a.DataDir, a.DataDirRange), &cfg.DataDir)
 		l.logLevel("agent.log_level", l.file("agent.log_level", a.LogLevel, a.LogLevelRange), &cfg.LogLevel)
 		l.str("agent.log_format", l.file("agent.log_format", a.LogFormat, a.LogFormatRange), &cfg.LogFormat)
+		l.str("agent.node_name", l.file("agent.node_name", a.NodeName, a.NodeNameRange), &cfg.NodeName)
 	}
 	if c := f.CA; c != nil {
 		l.str("ca.key_type", l.file("ca.key_type", c.KeyType, c.KeyTypeRange), &cfg.CA.KeyType)
 		l.duration("ca.ca_ttl", l.file("ca.ca_ttl", c.CATTL, c.CATTLRange), &cfg.CA.CATTL)
 		l.duration("ca.svid_ttl", l.file("ca.svid_ttl", c.SVIDTTL, c.SVIDTTLRange), &cfg.CA.SVIDTTL)
 		l.duration("ca.jwt_svid_ttl", l.file("ca.jwt_svid_ttl", c.JWTSVIDTTL, c.JWTSVIDTTLRange), &cfg.CA.JWTSVIDTTL)
+		l.applyUpstream(cfg, c.Upstream, c.CATTL != nil)
 		// A default SVID lifetime follows a shortened ca_ttl down to a sixth of it (as the CA
 		// does), so setting only ca_ttl is never an error about a key the operator did not
 		// write; explicit values are held to the rule by validate.

@@ -18,6 +18,10 @@ agent {
 
   log_level  = "info" # debug | info | warn | error
   log_format = "text" # text | json
+
+  # This host's name, in the subject of the CA certificates it asks an upstream for (so the
+  # upstream's logs say which host asked). Default: the hostname.
+  # node_name = "web-1"
 }
 
 ca {
@@ -29,6 +33,24 @@ ca {
   # Default JWT-SVID lifetime (Workload API FetchJWTSVID). JWT-SVIDs are bearer tokens that
   # cannot be revoked, so keep it short; also at most a sixth of ca_ttl.
   jwt_svid_ttl = "5m"
+
+  # With an upstream, this host's CA is an intermediate signed by a PKI the fleet shares, and
+  # every host serves the upstream's roots as the bundle (README "Running a fleet"). ca_ttl
+  # then defaults to 6h. One of:
+  #
+  # upstream "disk" {
+  #   cert_file   = "/etc/svidd/upstream.pem" # the upstream CA (then its intermediates)
+  #   key_file    = "/etc/svidd/upstream.key"
+  #   bundle_file = "/etc/svidd/roots.pem"    # optional if cert_file is a root
+  # }
+  #
+  # upstream "step_ca" {
+  #   url                  = "https://ca.example.org:9000"
+  #   root_file            = "/etc/svidd/step-root.pem"
+  #   provisioner          = "svidd-web-1"
+  #   provisioner_key_file = "/etc/svidd/provisioner.key"
+  #   password_file        = "/etc/svidd/provisioner.pass"
+  # }
 }
 
 # The special SDS resource names Envoy may ask for (see DESIGN.md "Protocol rules").

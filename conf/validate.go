@@ -66,6 +66,11 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 		}
 	}
 
+	if c.NodeName == "" {
+		v.errf("agent.node_name", "node_name must not be empty (default: the hostname)")
+	}
+	v.validateUpstream(c.CA.Upstream)
+
 	sdsNames := []struct{ key, value string }{
 		{"sds.default_svid_name", c.SDS.DefaultSVIDName},
 		{"sds.default_bundle_name", c.SDS.DefaultBundleName},
