@@ -98,6 +98,10 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
 	a.store = st
+	upstream, err := newUpstream(cfg.CA.Upstream, a.log)
+	if err != nil {
+		return nil, err
+	}
 	a.ca, err = ca.New(ca.Config{
 		TrustDomain: cfg.TrustDomain,
 		Dir:         cfg.DataDir,
@@ -107,6 +111,10 @@ func New(cfg Config) (*Agent, error) {
 		JWTSVIDTTL:  cfg.CA.JWTSVIDTTL,
 		Logger:      a.log,
 		OnStep:      a.metrics.CARotation,
+		// With an upstream configured the CA never self-signs (README "Running a fleet").
+		Upstream:        upstream,
+		NodeName:        cfg.NodeName,
+		OnUpstreamError: func(error) { a.metrics.UpstreamFailed() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("loading CA: %w", err)
@@ -452,6 +460,11 @@ func (a *Agent) ready(ctx context.Context) error {
 	}
 	if a.ca.Bundle() == nil {
 		return errors.New("CA not loaded")
+	}
+	// Only an expired CA makes the agent unready: an upstream that is down is not, while
+	// the active CA still signs (/live never looks at either).
+	if na := a.ca.NotAfter(); !time.Now().Before(na) {
+		return fmt.Errorf("active CA expired at %s and no successor could be obtained", na.UTC().Format(time.RFC3339))
 	}
 	if err := a.store.Ping(ctx); err != nil {
 		return fmt.Errorf("store: %w", err)

@@ -18,6 +18,10 @@ func (a *Agent) status() admin.Status {
 		Streams:     st.Streams,
 		Authorities: caAdmin{a.ca}.Authorities(),
 	}
+	if u, ok := a.ca.UpstreamStatus(); ok {
+		out.Upstream = &admin.Upstream{Name: u.Name, LastSuccess: u.LastSuccess.UTC(), Failures: u.Failures,
+			LastError: u.LastError, LastFailure: u.LastFailure.UTC()}
+	}
 	for _, h := range a.cache.identities() {
 		out.Identities = append(out.Identities, admin.Identity{
 			SPIFFEID:  h.SVID.ID.String(),

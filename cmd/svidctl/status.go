@@ -50,6 +50,7 @@ func renderStatus(w io.Writer, st admin.Status) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	renderUpstream(w, st)
 	fmt.Fprintln(w)
 	if len(st.Identities) == 0 {
 		_, err := fmt.Fprintln(w, "No identities held (none minted yet, or no workload has asked).")
@@ -65,6 +66,36 @@ func renderStatus(w io.Writer, st admin.Status) error {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", id.SPIFFEID, id.Streams, stamp(id.NotBefore), stamp(id.NotAfter), next, lifetime(id.NotBefore, id.NotAfter, now))
 	}
 	return tw.Flush()
+}
+
+// renderUpstream says whether the upstream signs, and when it does not, what the operator
+// has left: the active CA signs until it expires, then nothing does.
+func renderUpstream(w io.Writer, st admin.Status) {
+	u := st.Upstream
+	if u == nil {
+		return
+	}
+	last := "not yet since start"
+	if !u.LastSuccess.IsZero() {
+		last = roundDur(st.Now.Sub(u.LastSuccess)) + " ago"
+	}
+	if u.Failures == 0 {
+		fmt.Fprintf(w, "\nUpstream: %s    OK    last signed a CA %s\n", u.Name, last)
+		return
+	}
+	var active time.Time
+	for _, a := range st.Authorities {
+		if a.State == "active" {
+			active = a.NotAfter
+		}
+	}
+	fmt.Fprintf(w, "\nUpstream: %s    FAILING: %d attempts since the last success (%s), retrying with backoff\n", u.Name, u.Failures, last)
+	fmt.Fprintf(w, "  last error %s ago: %s\n", roundDur(st.Now.Sub(u.LastFailure)), u.LastError)
+	if left := active.Sub(st.Now); left > 0 {
+		fmt.Fprintf(w, "  the active CA keeps signing until %s (in %s); after that no SVID can be minted\n", stamp(active), roundDur(left))
+	} else {
+		fmt.Fprintf(w, "  the active CA EXPIRED %s ago: no SVID can be minted until the upstream signs a new one\n", roundDur(-left))
+	}
 }
 
 // lifetime draws how much of [nb, na] is left at now: a bar, the percentage and the time.

@@ -66,6 +66,15 @@ func TestStatusGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "status-empty.golden", buf.Bytes())
+
+	st = statusFixture()
+	st.Upstream = &admin.Upstream{Name: "step_ca", LastSuccess: st.Now.Add(-9 * time.Hour), Failures: 14,
+		LastError: "upstream step_ca: Post \"https://ca.example.org:9000/1.0/sign\": dial tcp 10.0.0.5:9000: connect: connection refused", LastFailure: st.Now.Add(-40 * time.Second)}
+	buf.Reset()
+	if err := renderStatus(&buf, st); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "status-upstream-down.golden", buf.Bytes())
 }
 
 func TestLifetimeBar(t *testing.T) {

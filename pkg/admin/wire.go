@@ -127,4 +127,18 @@ type Status struct {
 	Streams     int         `json:"streams"`
 	Authorities []Authority `json:"authorities"`
 	Identities  []Identity  `json:"identities"`
+	// Upstream is set when an upstream signs the host's CA.
+	Upstream *Upstream `json:"upstream,omitempty"`
+}
+
+// Upstream is the state of the PKI that signs the host's CA.
+type Upstream struct {
+	Name string `json:"name"` // disk or step_ca
+	// LastSuccess is when it last signed a CA; zero if never since svidd started.
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	// Failures counts failed signings since the last success (each is retried with
+	// backoff); LastError and LastFailure describe the newest.
+	Failures    int       `json:"failures"`
+	LastError   string    `json:"last_error,omitempty"`
+	LastFailure time.Time `json:"last_failure,omitzero"`
 }

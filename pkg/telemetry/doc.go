@@ -43,6 +43,7 @@
 //	svidd_ca_not_after_timestamp_seconds  gauge    NotAfter (Unix seconds) of the active CA certificate
 //	svidd_ca_rotations_total              counter  CA rotation steps applied; label step = prepare | activate | prune | replace-expired | other
 //	svidd_bundle_changes_total            counter  trust bundle changes published to workloads
+//	svidd_ca_upstream_failures_total      counter  failed upstream signings of a CA (retried with backoff)
 //
 // Process and runtime (standard collectors): go_* (Go runtime: goroutines, GC, memory),
 // process_* (CPU, resident memory, open file descriptors, start time) and go_build_info.
@@ -56,7 +57,8 @@
 // # What to alert on
 //
 // An SVID or CA about to expire (svidd_svid_soonest_not_after_timestamp_seconds - time(),
-// svidd_ca_not_after_timestamp_seconds - time()): rotation is stuck. Any mint error. NACKs:
+// svidd_ca_not_after_timestamp_seconds - time()): rotation is stuck. Upstream failures
+// (svidd_ca_upstream_failures_total): the next CA cannot be signed. Any mint error. NACKs:
 // Envoy refused a secret. A slow push p99: rotations reach Envoy late.
 //
 // # HTTP

@@ -86,6 +86,7 @@ type Metrics struct {
 	caNotAfter     prometheus.Gauge
 	caRotations    *prometheus.CounterVec // step
 	bundleChanges  prometheus.Counter
+	upstreamFails  prometheus.Counter
 	sdsKindMetrics [3]serviceKind           // stream, delta, fetch: resolved once, no map lookup per event
 	firstResponse  *prometheus.HistogramVec // service, kind
 	sdsFirst       [3]prometheus.Observer   // firstResponse's SDS children, as sdsKindMetrics
@@ -211,6 +212,10 @@ func New(cfg Config) *Metrics {
 		Namespace: namespace, Subsystem: "ca", Name: "rotations_total",
 		Help: "CA rotation steps applied, by step (prepare, activate, prune, replace-expired, other).",
 	}, []string{"step"})
+	m.upstreamFails = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "ca", Name: "upstream_failures_total",
+		Help: "Failed attempts to have the upstream (disk, step_ca) sign a CA; each is retried with backoff while the active CA keeps signing.",
+	})
 	m.bundleChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "bundle", Name: "changes_total",
 		Help: "Trust bundle changes published to workloads.",
@@ -224,7 +229,7 @@ func New(cfg Config) *Metrics {
 		m.firstResponse,
 		m.attestation, m.pushLatency, m.entries, m.svids, m.refusals,
 		m.x509Mint, m.x509Rotations, m.jwtMints, m.soonestSVID,
-		m.caNotAfter, m.caRotations, m.bundleChanges,
+		m.caNotAfter, m.caRotations, m.bundleChanges, m.upstreamFails,
 	)
 
 	// Create every known series at zero, so rate() and absent-based alerts work from the
@@ -474,6 +479,9 @@ func (m *Metrics) CARotation(step string) {
 	}
 	m.caRotations.WithLabelValues(caStepOther).Inc()
 }
+
+// UpstreamFailed counts one failed upstream signing.
+func (m *Metrics) UpstreamFailed() { m.upstreamFails.Inc() }
 
 // BundleChanged counts a trust bundle change published to workloads.
 func (m *Metrics) BundleChanged() { m.bundleChanges.Inc() }
