@@ -6,6 +6,9 @@
 //	spiffeclient -socket P jwt -audience A          FetchJWTSVID, then ValidateJWTSVID
 //	spiffeclient -socket P serve -authorize ID      spiffetls server on 127.0.0.1:0, one exchange
 //	spiffeclient -socket P dial -addr A -authorize ID
+//	spiffeclient -socket P mesh-serve                   spiffetls server for any ID of the trust domain, until stopped
+//	spiffeclient -socket P mesh-dial -addr A -authorize ID -every D -for D
+//	                                                    dial A every D for D, checking the held SVID each time; one summary line
 package main
 
 import (
@@ -59,6 +62,8 @@ func run(ctx context.Context) error {
 	audience := fs.String("audience", "", "jwt: audience")
 	authorize := fs.String("authorize", "", "serve/dial: the peer SPIFFE ID to accept")
 	peer := fs.String("addr", "", "dial: server address")
+	every := fs.Duration("every", 200*time.Millisecond, "mesh-dial: interval")
+	dur := fs.Duration("for", 30*time.Second, "mesh-dial: how long")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -156,6 +161,15 @@ func run(ctx context.Context) error {
 		}
 		emit(out{"reply": reply})
 		return nil
+
+	case "mesh-serve":
+		return meshServe(ctx, *socket)
+	case "mesh-dial":
+		id, err := spiffeid.FromString(*authorize)
+		if err != nil {
+			return err
+		}
+		return meshDial(ctx, *socket, *peer, id, *every, *dur)
 	}
 	return fmt.Errorf("unknown mode %q", mode)
 }
