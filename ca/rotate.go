@@ -297,11 +297,12 @@ func (c *CA) Run(ctx context.Context) error {
 	for {
 		wait := maxSleep
 		if _, err := c.Rotate(c.clock()); err != nil {
-			// Back off (an upstream that is down is not hammered), but never sleep past a
-			// quarter of the active CA's remaining life: retries stay dense before it expires.
+			// Back off (an upstream that is down is not hammered), but while the active CA
+			// is valid never sleep past a quarter of its remaining life (at least backoffMin):
+			// retries grow dense as its expiry nears, so a recovered upstream is used in time.
 			wait = retry.next()
-			if left := c.NotAfter().Sub(c.clock()) / 4; left > backoffMin && wait > left {
-				wait = left
+			if left := c.NotAfter().Sub(c.clock()); left > 0 {
+				wait = min(wait, max(left/4, backoffMin))
 			}
 			c.log.Error("CA rotation failed; retrying", "error", err, "retry_in", wait)
 		} else {

@@ -180,3 +180,120 @@ func TestFleetDiskUpstream(t *testing.T) {
 	stopClients(t, hosts, 3)
 	sameBundles(t, hosts, want)
 }
+
+// TestFleetStepCAUpstream: the same fleet under a real step-ca (the pinned version, built
+// once into a cache outside the repository by test/tools/stepca.sh), whose JWK provisioner's
+// template issues the host CAs. Then step-ca is stopped across a host's prepare time: the
+// failures are retried and counted (svidd_ca_upstream_failures_total, svidctl status), /ready
+// stays green, no workload ever holds an expired or unverifiable SVID nor fails a handshake,
+// and rotation resumes on every host once step-ca is back.
+func TestFleetStepCAUpstream(t *testing.T) {
+	requireRoot(t)
+	s := testpki.StartStepCA(t, t.TempDir(), 5*time.Second)
+	hosts := startFleet(t, 3, fmt.Sprintf(`  ca_ttl   = "24s"
+  svid_ttl = "3s"
+  upstream "step_ca" {
+    url                  = %q
+    root_file            = %q
+    provisioner          = %q
+    provisioner_key_file = %q
+    password_file        = %q
+  }`, s.URL, s.RootFile, s.Provisioner, s.KeyFile, s.PasswordFile))
+	want := testpki.CertPEM(s.Root.Cert)
+	sameBundles(t, hosts, want)
+	for _, h := range hosts {
+		// step-ca's log names the host that asked: the CSR's and token's subject.
+		if !strings.Contains(s.Logs(), h.name) {
+			t.Errorf("step-ca's log does not name %s", h.name)
+		}
+	}
+	startClients(t, hosts)
+	waitActivations(t, hosts, 1, 40*time.Second)
+
+	// The earliest next prepare time among the hosts; step-ca goes down just before it and
+	// stays down 6 s (plus its start-up), while that host's active CA has 12 s left at its
+	// prepare time.
+	var earliest time.Time
+	for _, h := range hosts {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := admin.NewClient(h.a.admin).Status(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var prepared bool
+		var active admin.Authority
+		for _, a := range st.Authorities {
+			prepared = prepared || a.State == "prepared"
+			if a.State == "active" {
+				active = a
+			}
+		}
+		next := active.NotBefore.Add(active.NotAfter.Sub(active.NotBefore) / 2)
+		if prepared || next.Before(time.Now().Add(2*time.Second)) {
+			// Already prepared (or about to be): its next prepare is a life later.
+			next = active.NotAfter.Add(-active.NotAfter.Sub(active.NotBefore) / 6).Add(12 * time.Second)
+		}
+		if earliest.IsZero() || next.Before(earliest) {
+			earliest = next
+		}
+	}
+	before := map[string]int{}
+	for _, h := range hosts {
+		before[h.name] = activations(h.a)
+	}
+	time.Sleep(time.Until(earliest.Add(-time.Second)))
+	s.Stop()
+	stoppedAt := time.Now()
+	time.Sleep(6 * time.Second)
+	var failed int
+	for _, h := range hosts {
+		st := statusOf(t, h.a)
+		m := scrape(t, h.a.metricsAddr())
+		n := m["svidd_ca_upstream_failures_total"]
+		if st.Upstream == nil || float64(st.Upstream.Failures) != n {
+			t.Errorf("%s: status upstream %+v, metric %v: they disagree", h.name, st.Upstream, n)
+		}
+		if n > 0 {
+			failed++
+			if !strings.Contains(h.a.logs.String(), "upstream failed to sign a CA") {
+				t.Errorf("%s counted %v failures but logged none", h.name, n)
+			}
+		}
+		if out, err := h.a.svidctl("healthcheck"); err != nil {
+			t.Errorf("%s not ready while step-ca is down but its CA is valid: %v %s", h.name, err, out)
+		}
+	}
+	if failed == 0 {
+		t.Fatalf("no host counted an upstream failure while step-ca was down since %s (earliest prepare %s)", stoppedAt.Format(time.TimeOnly), earliest.Format(time.TimeOnly))
+	}
+	s.Start()
+	restarted := time.Now()
+	// Every host rotates again with step-ca back; the ones that failed first retry with
+	// backoff and succeed.
+	for _, h := range hosts {
+		for deadline := time.Now().Add(40 * time.Second); activations(h.a) <= before[h.name]+1; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not resume rotating after step-ca came back at %s:\n%s", h.name, restarted.Format(time.TimeOnly), h.a.logs.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if st := statusOf(t, h.a); st.Upstream.Failures != 0 || st.Upstream.LastSuccess.Before(restarted) {
+			t.Errorf("%s after recovery: %+v", h.name, st.Upstream)
+		}
+	}
+	t.Logf("%d of %d hosts counted failures while step-ca was down", failed, len(hosts))
+	stopClients(t, hosts, 3)
+	sameBundles(t, hosts, want)
+}
+
+func statusOf(t *testing.T, a *agent) admin.Status {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := admin.NewClient(a.admin).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
