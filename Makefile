@@ -25,8 +25,12 @@ build: ## Build bin/svidd and bin/svidctl
 run: build ## Build, then run svidd in the foreground with the built-in defaults
 	./$(BIN)/svidd run $(ARGS)
 
+.PHONY: tools
+tools: ## Build the pinned step-ca the upstream tests run, into a cache outside the repo (first run only, ~7 min)
+	@./test/tools/stepca.sh >/dev/null
+
 .PHONY: test
-test: ## Vet, then every test with the race detector (what CI runs)
+test: tools ## Vet, then every test with the race detector (what CI runs)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 9m $(PKGS)
