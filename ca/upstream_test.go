@@ -3,8 +3,10 @@ package ca
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -269,4 +271,69 @@ func TestBackoff(t *testing.T) {
 	if d := b.next(); d > backoffMin {
 		t.Fatalf("after reset: %s", d)
 	}
+}
+
+// TestUpstreamURINameConstraint records what Go's crypto/x509 (and so go-spiffe) does with a
+// URI name constraint an operator puts on the upstream intermediate: SVIDs of the trust
+// domain verify; an SVID of another trust domain signed by a host CA under it does not; but
+// Go matches the URI's host like a DNS name, so a subdomain passes (BoringSSL, in Envoy,
+// wants the host equal to the constraint unless it starts with a dot). docs/SECURITY.md
+// "Trust model" relies on this.
+func TestUpstreamURINameConstraint(t *testing.T) {
+	p := newDiskPKI(t, testpki.NoPathLen)
+	inter := p.root.Intermediate(t, "constrained", testpki.NoPathLen, 24*time.Hour, func(c *x509.Certificate) {
+		c.PermittedURIDomains = []string{"example.org"}
+		c.PermittedDNSDomainsCritical = true
+	})
+	testpki.Write(t, p.cert, testpki.CertPEM(inter.Cert), 0o644)
+	testpki.Write(t, p.key, inter.KeyPEM(t), 0o600)
+	clk := &fakeClock{t: time.Now()}
+	c := newTestCA(t, t.TempDir(), clk, withUpstream(p.upstream(t, clk), "h"))
+	s, err := c.MintX509SVID(wlID, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify(t, s, c.Bundle(), clk.Now())
+
+	// What a compromised host could try: sign a leaf of another trust domain with its CA.
+	act := c.state.Load().find(StateActive)
+	roots := x509.NewCertPool()
+	roots.AddCert(p.root.Cert)
+	for _, tc := range []struct {
+		uri  string
+		pass bool
+	}{
+		{"spiffe://example.org/anything", true},
+		{"spiffe://other.org/payments", false},
+		{"spiffe://sub.example.org/x", true}, // Go: DNS-style suffix match on the URI host
+	} {
+		leaf := signLeaf(t, act, tc.uri)
+		inters := x509.NewCertPool()
+		inters.AddCert(act.cert)
+		inters.AddCert(inter.Cert)
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: clk.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+		if (err == nil) != tc.pass {
+			t.Errorf("%s: verify error %v, want pass=%v", tc.uri, err, tc.pass)
+		}
+	}
+}
+
+func signLeaf(t *testing.T, a *authority, uri string) *x509.Certificate {
+	t.Helper()
+	key, err := generateKey(KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(uri)
+	serial, _ := randomSerial()
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: serial, NotBefore: a.cert.NotBefore, NotAfter: a.cert.NotAfter,
+		URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature}, a.cert, key.Public(), a.signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf
 }

@@ -32,13 +32,14 @@ func Root(t testing.TB, name string, pathLen int, ttl time.Duration) *CA {
 	return issue(t, nil, name, pathLen, ttl)
 }
 
-// Intermediate makes a CA signed by parent.
-func (p *CA) Intermediate(t testing.TB, name string, pathLen int, ttl time.Duration) *CA {
+// Intermediate makes a CA signed by parent; mod, if any, adjust its template (e.g. name
+// constraints).
+func (p *CA) Intermediate(t testing.TB, name string, pathLen int, ttl time.Duration, mod ...func(*x509.Certificate)) *CA {
 	t.Helper()
-	return issue(t, p, name, pathLen, ttl)
+	return issue(t, p, name, pathLen, ttl, mod...)
 }
 
-func issue(t testing.TB, parent *CA, name string, pathLen int, ttl time.Duration) *CA {
+func issue(t testing.TB, parent *CA, name string, pathLen int, ttl time.Duration, mod ...func(*x509.Certificate)) *CA {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +56,9 @@ func issue(t testing.TB, parent *CA, name string, pathLen int, ttl time.Duration
 		IsCA:                  true,
 		MaxPathLen:            pathLen,
 		MaxPathLenZero:        pathLen == 0,
+	}
+	for _, m := range mod {
+		m(tmpl)
 	}
 	signerCert, signerKey := tmpl, crypto.Signer(key)
 	if parent != nil {
