@@ -95,7 +95,8 @@ func StartStepCA(t testing.TB, dir string, minDuration time.Duration) *StepCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.PBES2_HS256_A128KW, Key: []byte(password), PBES2Count: 1000},
+	// As `step crypto jwk create` does: PBES2-HS256+A128KW with 600,000 iterations, A256GCM.
+	enc, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.PBES2_HS256_A128KW, Key: []byte(password), PBES2Count: 600000},
 		(&jose.EncrypterOptions{}).WithContentType("jwk+json"))
 	if err != nil {
 		t.Fatal(err)
@@ -108,8 +109,10 @@ func StartStepCA(t testing.TB, dir string, minDuration time.Duration) *StepCA {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The key file svidd reads is what `step crypto jwk create` writes: the JWE in JSON
+	// serialisation (ca.json holds the compact form).
 	s.KeyFile = filepath.Join(dir, "provisioner.key")
-	Write(t, s.KeyFile, []byte(encKey+"\n"), 0o600)
+	Write(t, s.KeyFile, []byte(obj.FullSerialize()+"\n"), 0o600)
 	pub := jwk.Public()
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
