@@ -242,6 +242,9 @@ func New(cfg Config) (*CA, error) {
 		notify: make(chan struct{}),
 		kick:   make(chan struct{}, 1),
 	}
+	if cfg.Upstream != nil {
+		c.upstream.st.Name = cfg.Upstream.Name()
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ca: creating data dir: %w", err)
 	}

@@ -196,7 +196,7 @@ func TestUpstreamDownKeepsActiveCA(t *testing.T) {
 		}
 	}
 	st, ok := c.UpstreamStatus()
-	if !ok || st.Failures != 3 || reported.Load() != 3 || st.LastError == "" {
+	if !ok || st.Name != "disk" || st.Failures != 3 || reported.Load() != 3 || st.LastError == "" {
 		t.Fatalf("status %+v, reported %d; want 3 failures", st, reported.Load())
 	}
 	// Just before expiry the old CA still signs, clamped to its NotAfter.

@@ -251,7 +251,7 @@ func TestFleetStepCAUpstream(t *testing.T) {
 		st := statusOf(t, h.a)
 		m := scrape(t, h.a.metricsAddr())
 		n := m["svidd_ca_upstream_failures_total"]
-		if st.Upstream == nil || float64(st.Upstream.Failures) != n {
+		if st.Upstream == nil || st.Upstream.Name != "step_ca" || float64(st.Upstream.Failures) != n {
 			t.Errorf("%s: status upstream %+v, metric %v: they disagree", h.name, st.Upstream, n)
 		}
 		if n > 0 {
