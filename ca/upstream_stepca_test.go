@@ -27,8 +27,9 @@ func TestUpstreamStepCA(t *testing.T) {
 		t.Skip("starts step-ca")
 	}
 	s := testpki.StartStepCA(t, t.TempDir(), 10*time.Second)
+	u := newStepCAUpstream(t, s) // decrypting the key takes a while: read the clock after
 	clk := &fakeClock{t: time.Now()}
-	c := newTestCA(t, t.TempDir(), clk, withUpstream(newStepCAUpstream(t, s), "host-step"), func(cfg *Config) {
+	c := newTestCA(t, t.TempDir(), clk, withUpstream(u, "host-step"), func(cfg *Config) {
 		cfg.CATTL, cfg.SVIDTTL = time.Hour, 5*time.Minute
 	})
 	if !bytes.Equal(c.Bundle().PEM, testpki.CertPEM(s.Root.Cert)) {
