@@ -3,8 +3,11 @@ package test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,8 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
 	"github.com/svidd/svidd/internal/testpki"
 	"github.com/svidd/svidd/pkg/admin"
+	"github.com/svidd/svidd/pkg/svidfiles"
+	"github.com/svidd/svidd/test/envoy"
 )
 
 // fleetHost is one svidd "host" of a fleet test, with a go-spiffe mTLS server workload and a
@@ -171,6 +179,7 @@ func TestFleetDiskUpstream(t *testing.T) {
   }`, filepath.Join(dir, "up.pem"), filepath.Join(dir, "up.key"), filepath.Join(dir, "roots.pem")))
 	want := testpki.CertPEM(root.Cert)
 	sameBundles(t, hosts, want)
+	checkChainsServed(t, hosts[0].a, inter.Cert)
 	startClients(t, hosts)
 	for range 2 {
 		waitActivations(t, hosts, activations(hosts[len(hosts)-1].a)+1, 40*time.Second)
@@ -296,4 +305,62 @@ func statusOf(t *testing.T, a *agent) admin.Status {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// checkChainsServed checks that an SVID's chain (leaf, host CA, upstream intermediate; never the
+// root) goes out over SDS (certificate_chain) and in `svidctl svid fetch -dir` files, and
+// verifies there against the roots served alongside it.
+func checkChainsServed(t *testing.T, a *agent, upstreamInter *x509.Certificate) {
+	t.Helper()
+	const id = "spiffe://example.org/host-1/tools"
+	a.createEntry(id, "-selector", "unix:uid:0")
+	check := func(where string, certs, roots []*x509.Certificate) {
+		t.Helper()
+		if len(certs) != 3 || !certs[2].Equal(upstreamInter) {
+			t.Fatalf("%s: chain of %d certificates, want leaf, host CA, upstream intermediate", where, len(certs))
+		}
+		if _, _, err := x509svid.Verify(certs, x509bundle.FromX509Authorities(td, roots)); err != nil {
+			t.Fatalf("%s: chain does not verify against the roots served with it: %v", where, err)
+		}
+	}
+	s := dialAgentNames(t, a, []string{id, tdID})
+	var certs, roots []*x509.Certificate
+	for ctx := ctxFor(t, 30*time.Second); certs == nil || roots == nil; {
+		r, err := s.Recv(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sec := r.Get(id); sec != nil {
+			if certs, _, err = envoy.CertAndKey(sec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if sec := r.Get(tdID); sec != nil {
+			if roots, err = envoy.TrustedCA(sec); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	check("SDS", certs, roots)
+
+	dir := t.TempDir()
+	if out, err := runSvidctl("svid", "fetch", "-socketPath", a.api, "-dir", dir); err != nil {
+		t.Fatal(err, out)
+	}
+	read := func(name string) []*x509.Certificate {
+		data, err := os.ReadFile(filepath.Join(dir, svidfiles.CurrentLink, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*x509.Certificate
+		for b, rest := pem.Decode(data); b != nil; b, rest = pem.Decode(rest) {
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, c)
+		}
+		return out
+	}
+	check("svid fetch files", read(svidfiles.SVIDFile), read(svidfiles.BundleFile))
 }
