@@ -26,6 +26,7 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		{"agent.admin_socket_path", old.AdminSocketPath, cfg.AdminSocketPath},
 		{"agent.data_dir", old.DataDir, cfg.DataDir},
 		{"agent.log_format", old.LogFormat, cfg.LogFormat},
+		{"agent.node_name", old.NodeName, cfg.NodeName},
 		{"ca", old.CA, cfg.CA},
 		{"sds", old.SDS, cfg.SDS},
 		{"telemetry", old.Telemetry, cfg.Telemetry},
