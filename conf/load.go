@@ -468,19 +468,9 @@ func parseDuration(s string) (time.Duration, error) {
 // parseTrustDomain accepts "example.org" and "spiffe://example.org", but not a SPIFFE ID
 // with a path: that is almost certainly a workload ID pasted in the wrong place.
 func parseTrustDomain(s string) (spiffeid.TrustDomain, error) {
-	if strings.Contains(s, ":/") {
-		id, err := spiffeid.FromString(s)
-		if err != nil {
-			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", s, err)
-		}
-		if id.Path() != "" {
-			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q has a path; write just the name, e.g. %q", s, id.TrustDomain().Name())
-		}
-		return id.TrustDomain(), nil
-	}
-	td, err := spiffeid.TrustDomainFromString(s)
+	td, err := entry.ParseTrustDomain(s)
 	if err != nil {
-		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", s, err)
+		return td, errors.New(trimInvalid(err))
 	}
 	return td, nil
 }
