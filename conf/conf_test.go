@@ -284,6 +284,7 @@ entry "frontend" {
 		Health:          HealthConfig{Address: "127.0.0.1:0", LivePath: "/healthz/live", ReadyPath: "/healthz/ready"},
 		Limits: LimitsConfig{ConnectionsPerSecond: 10, ConnectionBurst: 20, MaxOpenConnectionsPerUID: 30,
 			StreamsPerSecond: 40, StreamBurst: 50, MaxOpenStreamsPerUID: 60, MaxMessageBytes: 65536},
+		Federation: FederationConfig{MinRefreshInterval: time.Minute},
 		Entries: []entry.Entry{
 			{
 				Name:     "backend",

@@ -29,6 +29,9 @@ type fileRoot struct {
 	Health    *fileHealth    `hcl:"health,block"`
 	Limits    *fileLimits    `hcl:"limits,block"`
 	Entries   []fileEntry    `hcl:"entry,block"`
+	// Federation: see federation.go.
+	Federation    *fileFederation     `hcl:"federation,block"`
+	FederatesWith []fileFederatesWith `hcl:"federates_with,block"`
 }
 
 type fileAgent struct {
@@ -114,6 +117,8 @@ type fileEntry struct {
 	SelectorsRng hcl.Range      `hcl:"selectors,attr_range"`
 	DNSNames     hcl.Expression `hcl:"dns_names,optional"`
 	DNSNamesRng  hcl.Range      `hcl:"dns_names,attr_range"`
+	FedWith      hcl.Expression `hcl:"federates_with,optional"`
+	FedWithRng   hcl.Range      `hcl:"federates_with,attr_range"`
 }
 
 // LoadFile reads and loads the config file at path; path "" means no file: the defaults with
@@ -366,6 +371,7 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		}
 		cfg.Entries = append(cfg.Entries, l.entry(i, fe))
 	}
+	l.applyFederation(cfg, f)
 }
 
 func entryKey(i int) string { return fmt.Sprintf("entry.%d", i) }
@@ -402,6 +408,7 @@ func (l *loader) entry(i int, fe fileEntry) entry.Entry {
 	if names, ok := l.stringList(key+".dns_names", fe.DNSNames, fe.DNSNamesRng); ok {
 		e.DNSNames = names
 	}
+	e.FederatesWith = l.entryFederatesWith(key, fe)
 	return e
 }
 

@@ -101,6 +101,7 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 
 	v.limits(c.Limits)
 	v.entries(c)
+	v.federation(c)
 	return v.diags
 }
 
