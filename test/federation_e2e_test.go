@@ -146,6 +146,11 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 	if out := a.mustSvidctl("bundle", "list", "-output", "json"); strings.Contains(out, "b.test") {
 		t.Fatalf("a.test still lists b.test after the federation ended: %s", out)
 	}
+
+	// svidctl bundle delete also takes a bundle away from Envoy (b.test's federation with
+	// a.test is still configured, so the next refresh fetches it again).
+	b.mustSvidctl("bundle", "delete", "-id", "spiffe://a.test")
+	obsB.waitFor(t, errc, 10*time.Second, "removed_resources for spiffe://a.test", func() bool { return obsB.removed })
 }
 
 // fedObserver records what one delta stream received: when each root of the foreign trust
