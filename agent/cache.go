@@ -125,10 +125,14 @@ func (c *cache) load(entries []entry.Entry) {
 	}
 }
 
-// setBundles replaces the bundles and republishes every group.
-func (c *cache) setBundles(b []*workload.Bundle) {
+// setBundles replaces the own trust domain's bundles and republishes every group.
+func (c *cache) setBundles(b []*workload.Bundle) { c.republish(func() { c.bundles = b }) }
+
+// republish runs set with c.mu held, then rebuilds every group's View and publishes those
+// that changed.
+func (c *cache) republish(set func()) {
 	c.mu.Lock()
-	c.bundles = b
+	set()
 	all := make([]*group, 0, len(c.groups))
 	for _, g := range c.groups {
 		all = append(all, g)

@@ -103,16 +103,7 @@ func (a *Agent) startFederation(ctx context.Context, ln net.Listener, run func(s
 
 // setFederation replaces the federated bundles and republishes every group whose View
 // changes.
-func (c *cache) setFederation(s federation.Snapshot) {
-	c.mu.Lock()
-	c.fed = s
-	all := make([]*group, 0, len(c.groups))
-	for _, g := range c.groups {
-		all = append(all, g)
-	}
-	c.mu.Unlock()
-	c.refresh(all)
-}
+func (c *cache) setFederation(s federation.Snapshot) { c.republish(func() { c.fed = s }) }
 
 // bundlesForLocked is g's bundles: the own trust domain's first, then, by name, each
 // federated trust domain that one of g's entries federates with or that goes to every
