@@ -31,6 +31,7 @@ func (a *Agent) newFederation() error {
 		OnChange: func(s federation.Snapshot) {
 			a.enqueue(func() { a.cache.setFederation(s) })
 		},
+		OnRefresh:  a.metrics.FederationRefresh,
 		MinRefresh: a.cfg.Federation.MinRefreshInterval,
 		Logger:     a.log,
 	})

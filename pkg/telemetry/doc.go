@@ -43,6 +43,7 @@
 //	svidd_ca_not_after_timestamp_seconds  gauge    NotAfter (Unix seconds) of the active CA certificate
 //	svidd_ca_rotations_total              counter  CA rotation steps applied; label step = prepare | activate | prune | replace-expired | other
 //	svidd_bundle_changes_total            counter  trust bundle changes published to workloads
+//	svidd_federation_bundle_refreshes_total counter fetches of foreign bundles from their bundle endpoints; label result = ok | error
 //
 // Process and runtime (standard collectors): go_* (Go runtime: goroutines, GC, memory),
 // process_* (CPU, resident memory, open file descriptors, start time) and go_build_info.
