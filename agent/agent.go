@@ -444,7 +444,7 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 		MaxSVIDTTL:  a.ca.MaxSVIDTTL(),
 		Status:      a.status,
 		CA:          caAdmin{a.ca},
-		Federation:  fedAdmin{a.fed},
+		Federation:  admin.NewFederation(a.fed),
 		Ready:       a.ready,
 		Logger:      a.log,
 	})

@@ -10,7 +10,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/svidd/svidd/conf"
-	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/federation"
 	"github.com/svidd/svidd/pkg/workload"
 )
@@ -80,6 +79,15 @@ func (a *Agent) startFederation(ctx context.Context, ln net.Listener, run func(s
 	if err := a.fed.Configure(ctx, relationships(a.cfg.Config)); err != nil {
 		return err
 	}
+	// The bundles loaded reach the cache through the updater; wait for it, so the first
+	// streams already get them.
+	loaded := make(chan struct{})
+	a.enqueue(func() { close(loaded) })
+	select {
+	case <-loaded:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	run("federation", func() error { return a.fed.Run(ctx) })
 	if ln == nil {
 		return nil
@@ -138,47 +146,4 @@ func (c *cache) bundlesForLocked(g *group) []*workload.Bundle {
 		out = append(out, c.fed.Bundles[td])
 	}
 	return out
-}
-
-// fedAdmin is the federation manager as the admin API uses it.
-type fedAdmin struct{ m *federation.Manager }
-
-func (f fedAdmin) List() []admin.FederatedBundle {
-	st := f.m.Status()
-	out := make([]admin.FederatedBundle, 0, len(st))
-	for _, s := range st {
-		out = append(out, admin.FederatedBundle{
-			TrustDomain:       s.TrustDomain.Name(),
-			HasBundle:         s.HasBundle,
-			Source:            string(s.Source),
-			Version:           s.Version,
-			UpdatedAt:         s.UpdatedAt,
-			X509Authorities:   s.X509Authorities,
-			JWTAuthorities:    s.JWTAuthorities,
-			Configured:        s.Configured,
-			BundleEndpointURL: s.URL,
-			Profile:           s.Profile,
-			ToAllWorkloads:    s.ToAllWorkloads,
-			LastRefresh:       s.LastRefresh,
-			NextRefresh:       s.NextRefresh,
-			LastError:         s.LastError,
-		})
-	}
-	return out
-}
-
-func (f fedAdmin) Get(td spiffeid.TrustDomain) (admin.Bundle, bool) {
-	b, doc, ok := f.m.Bundle(td)
-	if !ok {
-		return admin.Bundle{}, false
-	}
-	return admin.Bundle{TrustDomain: td.Name(), Sequence: b.Sequence, PEM: string(b.PEM), SPIFFE: doc}, true
-}
-
-func (f fedAdmin) Set(ctx context.Context, td spiffeid.TrustDomain, format string, data []byte) error {
-	return f.m.Set(ctx, td, format, data)
-}
-
-func (f fedAdmin) Delete(ctx context.Context, td spiffeid.TrustDomain) error {
-	return f.m.Delete(ctx, td)
 }

@@ -129,3 +129,48 @@ func (c *Client) SetBundle(ctx context.Context, td, format string, data []byte) 
 func (c *Client) DeleteBundle(ctx context.Context, td string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/bundles/"+url.PathEscape(td), nil, nil)
 }
+
+// NewFederation is the Federation of a federation.Manager.
+func NewFederation(m *federation.Manager) Federation { return managerFederation{m} }
+
+type managerFederation struct{ m *federation.Manager }
+
+func (f managerFederation) List() []FederatedBundle {
+	st := f.m.Status()
+	out := make([]FederatedBundle, 0, len(st))
+	for _, s := range st {
+		out = append(out, FederatedBundle{
+			TrustDomain:       s.TrustDomain.Name(),
+			HasBundle:         s.HasBundle,
+			Source:            string(s.Source),
+			Version:           s.Version,
+			UpdatedAt:         s.UpdatedAt,
+			X509Authorities:   s.X509Authorities,
+			JWTAuthorities:    s.JWTAuthorities,
+			Configured:        s.Configured,
+			BundleEndpointURL: s.URL,
+			Profile:           s.Profile,
+			ToAllWorkloads:    s.ToAllWorkloads,
+			LastRefresh:       s.LastRefresh,
+			NextRefresh:       s.NextRefresh,
+			LastError:         s.LastError,
+		})
+	}
+	return out
+}
+
+func (f managerFederation) Get(td spiffeid.TrustDomain) (Bundle, bool) {
+	b, doc, ok := f.m.Bundle(td)
+	if !ok {
+		return Bundle{}, false
+	}
+	return Bundle{TrustDomain: td.Name(), Sequence: b.Sequence, PEM: string(b.PEM), SPIFFE: doc}, true
+}
+
+func (f managerFederation) Set(ctx context.Context, td spiffeid.TrustDomain, format string, data []byte) error {
+	return f.m.Set(ctx, td, format, data)
+}
+
+func (f managerFederation) Delete(ctx context.Context, td spiffeid.TrustDomain) error {
+	return f.m.Delete(ctx, td)
+}
