@@ -23,6 +23,7 @@ import (
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/admission"
+	"github.com/svidd/svidd/pkg/federation"
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/store"
@@ -54,6 +55,8 @@ type Agent struct {
 	metrics *telemetry.Metrics
 	// admission holds the per-uid limits of the api socket.
 	admission *admission.Controller
+	// fed owns the federated bundles (federation.go).
+	fed *federation.Manager
 
 	serving atomic.Bool
 	started time.Time
@@ -142,6 +145,9 @@ func New(cfg Config) (*Agent, error) {
 	a.cache.scheduleRotation = a.scheduleRotation
 	a.cache.onMint = a.metrics.SVIDMinted
 	a.cache.onRotate = a.metrics.SVIDRotated
+	if err := a.newFederation(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return a, nil
 }
@@ -204,6 +210,8 @@ type Listeners struct {
 	API, Admin *peercred.Listener
 	// Metrics and Health are optional: nil means not served.
 	Metrics, Health net.Listener
+	// BundleEndpoint serves the trust domain's bundle to federated peers; nil: not served.
+	BundleEndpoint net.Listener
 }
 
 // Close closes every listener that is set.
@@ -214,7 +222,7 @@ func (ls Listeners) Close() {
 	if ls.Admin != nil {
 		ls.Admin.Close()
 	}
-	for _, l := range []net.Listener{ls.Metrics, ls.Health} {
+	for _, l := range []net.Listener{ls.Metrics, ls.Health, ls.BundleEndpoint} {
 		if l != nil {
 			l.Close()
 		}
@@ -245,6 +253,9 @@ func (a *Agent) Listen() (ls Listeners, err error) {
 		if ls.Health, err = net.Listen("tcp", addr); err != nil {
 			return ls, fmt.Errorf("health listener: %w", err)
 		}
+	}
+	if ls.BundleEndpoint, err = a.listenBundleEndpoint(); err != nil {
+		return ls, err
 	}
 	return ls, nil
 }
@@ -307,6 +318,11 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 	run("updater", func() error { a.updater(ctx); return nil })
 	run("ca", func() error { return a.ca.Run(ctx) })
 	run("bundle watcher", func() error { a.watchBundle(ctx); return nil })
+	if err := a.startFederation(ctx, ls.BundleEndpoint, run); err != nil {
+		cancel()
+		wg.Wait()
+		return err
+	}
 	run("admin", func() error { return adminSrv.Serve(ctx, ls.Admin) })
 	run("api", func() error { return gs.Serve(preattestListener{Listener: apiLn, ctx: ctx, a: a}) })
 	if ls.Metrics != nil {
@@ -436,6 +452,7 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 		MaxSVIDTTL:  a.ca.MaxSVIDTTL(),
 		Status:      a.status,
 		CA:          caAdmin{a.ca},
+		Federation:  admin.NewFederation(a.fed),
 		Ready:       a.ready,
 		Logger:      a.log,
 	})

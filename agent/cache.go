@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/federation"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload"
 )
@@ -43,7 +44,10 @@ type cache struct {
 
 	mu      sync.Mutex
 	index   *entry.Index
-	bundles []*workload.Bundle
+	bundles []*workload.Bundle // the own trust domain's (setBundles)
+	// fed is the federated bundles and the trust domains given to every caller
+	// (setFederation, federation.go); a group's View gets those its entries federate with.
+	fed     federation.Snapshot
 	svids   map[string]*workload.SVID // entry ID → current SVID
 	minting map[string]chan struct{}  // entry ID → closed when an in-flight mint ends
 	groups  map[string]*group         // entry.SelectorKey(selectors) → group
@@ -121,10 +125,14 @@ func (c *cache) load(entries []entry.Entry) {
 	}
 }
 
-// setBundles replaces the bundles and republishes every group.
-func (c *cache) setBundles(b []*workload.Bundle) {
+// setBundles replaces the own trust domain's bundles and republishes every group.
+func (c *cache) setBundles(b []*workload.Bundle) { c.republish(func() { c.bundles = b }) }
+
+// republish runs set with c.mu held, then rebuilds every group's View and publishes those
+// that changed.
+func (c *cache) republish(set func()) {
 	c.mu.Lock()
-	c.bundles = b
+	set()
 	all := make([]*group, 0, len(c.groups))
 	for _, g := range c.groups {
 		all = append(all, g)
@@ -333,7 +341,7 @@ func (c *cache) buildViewLocked(g *group, wanted []spiffeid.ID) (*workload.View,
 	}
 	if missing == nil {
 		if len(v.SVIDs) > 0 {
-			v.Bundles = c.bundles
+			v.Bundles = c.bundlesForLocked(g)
 		}
 		return v, nil
 	}
@@ -355,7 +363,7 @@ func (c *cache) buildViewLocked(g *group, wanted []spiffeid.ID) (*workload.View,
 	v.SVIDs = kept
 	// Entitled to something (missing is not empty), so the bundles are the caller's already.
 	v.Partial = true
-	v.Bundles = c.bundles
+	v.Bundles = c.bundlesForLocked(g)
 	return v, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/entry"
@@ -32,6 +33,8 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		{"telemetry", old.Telemetry, cfg.Telemetry},
 		{"health", old.Health, cfg.Health},
 		{"limits", old.Limits, cfg.Limits},
+		{"federation.bundle_endpoint", endpointOf(old), endpointOf(cfg)},
+		{"federation.min_refresh_interval", old.Federation.MinRefreshInterval, cfg.Federation.MinRefreshInterval},
 	} {
 		if fmt.Sprint(d.old) != fmt.Sprint(d.new) {
 			a.log.Warn("config change needs a restart to take effect; ignored until then", "setting", d.name)
@@ -42,6 +45,12 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		a.cfg.LogLevel = cfg.LogLevel
 		a.log.Info("log level changed", "level", cfg.LogLevel.String())
 	}
+	// federates_with blocks apply at once: a dropped one removes its bundle from every
+	// stream. A bad bundle_file changes nothing.
+	if err := a.fed.Configure(ctx, relationships(cfg)); err != nil {
+		return err
+	}
+	a.cfg.Federation.FederatesWith = cfg.Federation.FederatesWith
 	a.cfg.Entries = cfg.Entries
 	if err := a.reconcile(ctx); err != nil {
 		return err
@@ -102,5 +111,14 @@ func sameSpec(a, b entry.Entry) bool {
 	return a.SPIFFEID == b.SPIFFEID &&
 		entry.SelectorKey(entry.Normalize(a.Selectors)) == entry.SelectorKey(entry.Normalize(b.Selectors)) &&
 		a.X509SVIDTTL == b.X509SVIDTTL &&
-		fmt.Sprint(a.DNSNames) == fmt.Sprint(b.DNSNames)
+		fmt.Sprint(a.DNSNames) == fmt.Sprint(b.DNSNames) &&
+		slices.Equal(entry.NormalizeTrustDomains(a.FederatesWith), entry.NormalizeTrustDomains(b.FederatesWith))
+}
+
+// endpointOf is the bundle endpoint's settings as a value (zero: none), for comparing.
+func endpointOf(c conf.Config) conf.BundleEndpointConfig {
+	if c.Federation.Endpoint == nil {
+		return conf.BundleEndpointConfig{}
+	}
+	return *c.Federation.Endpoint
 }

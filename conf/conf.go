@@ -48,6 +48,8 @@ type Config struct {
 	Telemetry TelemetryConfig
 	Health    HealthConfig
 	Limits    LimitsConfig
+	// Federation is the federation {} block and the federates_with blocks (federation.go).
+	Federation FederationConfig
 
 	// Entries are the config-declared registration entries, in file order. Name is the
 	// block label; Selectors are normalized; ID, Revision and timestamps are zero (the store
@@ -147,5 +149,6 @@ func Default() Config {
 			MaxOpenStreamsPerUID:     20000,
 			MaxMessageBytes:          256 << 10,
 		},
+		Federation: FederationConfig{MinRefreshInterval: time.Minute},
 	}
 }

@@ -29,6 +29,9 @@ type fileRoot struct {
 	Health    *fileHealth    `hcl:"health,block"`
 	Limits    *fileLimits    `hcl:"limits,block"`
 	Entries   []fileEntry    `hcl:"entry,block"`
+	// Federation: see federation.go.
+	Federation    *fileFederation     `hcl:"federation,block"`
+	FederatesWith []fileFederatesWith `hcl:"federates_with,block"`
 }
 
 type fileAgent struct {
@@ -117,6 +120,8 @@ type fileEntry struct {
 	SelectorsRng hcl.Range      `hcl:"selectors,attr_range"`
 	DNSNames     hcl.Expression `hcl:"dns_names,optional"`
 	DNSNamesRng  hcl.Range      `hcl:"dns_names,attr_range"`
+	FedWith      hcl.Expression `hcl:"federates_with,optional"`
+	FedWithRng   hcl.Range      `hcl:"federates_with,attr_range"`
 }
 
 // LoadFile reads and loads the config file at path; path "" means no file: the defaults with
@@ -371,6 +376,7 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		}
 		cfg.Entries = append(cfg.Entries, l.entry(i, fe))
 	}
+	l.applyFederation(cfg, f)
 }
 
 func entryKey(i int) string { return fmt.Sprintf("entry.%d", i) }
@@ -407,6 +413,7 @@ func (l *loader) entry(i int, fe fileEntry) entry.Entry {
 	if names, ok := l.stringList(key+".dns_names", fe.DNSNames, fe.DNSNamesRng); ok {
 		e.DNSNames = names
 	}
+	e.FederatesWith = l.entryFederatesWith(key, fe)
 	return e
 }
 
@@ -473,19 +480,9 @@ func parseDuration(s string) (time.Duration, error) {
 // parseTrustDomain accepts "example.org" and "spiffe://example.org", but not a SPIFFE ID
 // with a path: that is almost certainly a workload ID pasted in the wrong place.
 func parseTrustDomain(s string) (spiffeid.TrustDomain, error) {
-	if strings.Contains(s, ":/") {
-		id, err := spiffeid.FromString(s)
-		if err != nil {
-			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", s, err)
-		}
-		if id.Path() != "" {
-			return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q has a path; write just the name, e.g. %q", s, id.TrustDomain().Name())
-		}
-		return id.TrustDomain(), nil
-	}
-	td, err := spiffeid.TrustDomainFromString(s)
+	td, err := entry.ParseTrustDomain(s)
 	if err != nil {
-		return spiffeid.TrustDomain{}, fmt.Errorf("trust domain %q: %w", s, err)
+		return td, errors.New(trimInvalid(err))
 	}
 	return td, nil
 }

@@ -101,3 +101,27 @@ limits {
 #   x509_svid_ttl = "30m"            # optional, default ca.svid_ttl
 #   dns_names     = ["backend.local"] # optional
 # }
+
+# Federation with other trust domains (SPIFFE Federation; see README "Running a fleet" and
+# examples/federation/svidd.hcl). Nothing is federated by default. For example:
+#
+# federation {
+#   min_refresh_interval = "1m"   # a foreign endpoint is polled at its refresh hint, not faster
+#   bundle_endpoint {             # publish this trust domain's bundle to peers
+#     address      = "0.0.0.0:8443"
+#     profile      = "https_spiffe" # served with spiffe://TRUST_DOMAIN/svidd/bundle-endpoint
+#     # profile = "https_web", cert_file = "/etc/svidd/web.pem", key_file = "/etc/svidd/web.key"
+#     refresh_hint = "5m"           # default: ca_ttl/15, at most 5m
+#   }
+# }
+#
+# federates_with "other.org" {
+#   bundle_endpoint_url = "https://svidd.other.org:8443"
+#   profile             = "https_spiffe"  # or https_web (system roots, SSL_CERT_FILE)
+#   endpoint_spiffe_id  = "spiffe://other.org/svidd/bundle-endpoint"
+#   bundle_file         = "/etc/svidd/other.org.json" # first bundle (SPIFFE JSON or PEM)
+#   to_all_workloads    = false       # true: every caller gets this bundle
+# }
+#
+# An entry's federates_with lists the trust domains whose bundles its callers receive:
+#   federates_with = ["other.org"]

@@ -106,6 +106,7 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 
 	v.limits(c.Limits)
 	v.entries(c)
+	v.federation(c)
 	return v.diags
 }
 
@@ -332,6 +333,14 @@ func (v *validator) httpPath(key, p string) {
 // describe names a setting for a diagnostic summary: "ca.svid_ttl", or
 // `selectors in entry "backend"` for entry keys.
 func describe(key string, names []string) string {
+	if rest, ok := strings.CutPrefix(key, "federates_with."); ok {
+		idx, attr, _ := strings.Cut(rest, ".")
+		n, _ := strconv.Atoi(idx)
+		if attr == "" {
+			return fmt.Sprintf("federates_with block #%d", n+1)
+		}
+		return fmt.Sprintf("%s in federates_with block #%d", attr, n+1)
+	}
 	rest, ok := strings.CutPrefix(key, "entry.")
 	if !ok {
 		return key

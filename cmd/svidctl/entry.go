@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/svidd/svidd/pkg/admin"
@@ -17,6 +18,7 @@ type entryFlags struct {
 	spiffeID    string
 	selectors   listFlag
 	dns         listFlag
+	federates   listFlag
 	x509SVIDTTL int64
 	output      outputFlag
 }
@@ -35,6 +37,8 @@ func (f *entryFlags) register(fs *flag.FlagSet, g globalFlags, fields ...string)
 			fs.Var(&f.selectors, "selector", "TYPE:VALUE the caller must have, e.g. unix:uid:1000 (repeatable; all must match)")
 		case "dns":
 			fs.Var(&f.dns, "dns", "DNS name to add to the SVID (repeatable)")
+		case "federatesWith":
+			fs.Var(&f.federates, "federatesWith", "foreign trust domain whose bundle the workload receives, e.g. spiffe://other.org (repeatable; its bundle may arrive later)")
 		case "x509SVIDTTL":
 			fs.Int64Var(&f.x509SVIDTTL, "x509SVIDTTL", 0, "X509-SVID lifetime in seconds (0: the agent's default)")
 		case "output":
@@ -46,7 +50,7 @@ func (f *entryFlags) register(fs *flag.FlagSet, g globalFlags, fields ...string)
 func runEntryCreate(ctx context.Context, g globalFlags, args []string, env Env) error {
 	var f entryFlags
 	fs := newFlagSet("entry create", env)
-	f.register(fs, g, "spiffeID", "selector", "dns", "x509SVIDTTL", "output")
+	f.register(fs, g, "spiffeID", "selector", "dns", "federatesWith", "x509SVIDTTL", "output")
 	if err := parseSub(fs, args, env); err != nil {
 		return err
 	}
@@ -60,10 +64,11 @@ func runEntryCreate(ctx context.Context, g globalFlags, args []string, env Env) 
 		return usageError{"entry create: -x509SVIDTTL must not be negative"}
 	}
 	out, err := newClient(f.g).CreateEntry(ctx, admin.Entry{
-		SPIFFEID:    f.spiffeID,
-		Selectors:   f.selectors,
-		X509SVIDTTL: f.x509SVIDTTL,
-		DNSNames:    f.dns,
+		SPIFFEID:      f.spiffeID,
+		Selectors:     f.selectors,
+		X509SVIDTTL:   f.x509SVIDTTL,
+		DNSNames:      f.dns,
+		FederatesWith: f.federates,
 	})
 	if err != nil {
 		return fmt.Errorf("creating entry: %w", err)
@@ -74,7 +79,7 @@ func runEntryCreate(ctx context.Context, g globalFlags, args []string, env Env) 
 func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) error {
 	var f entryFlags
 	fs := newFlagSet("entry update", env)
-	f.register(fs, g, "entryID", "spiffeID", "selector", "dns", "x509SVIDTTL", "output")
+	f.register(fs, g, "entryID", "spiffeID", "selector", "dns", "federatesWith", "x509SVIDTTL", "output")
 	if err := parseSub(fs, args, env); err != nil {
 		return err
 	}
@@ -83,8 +88,8 @@ func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) 
 	}
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
-	if !set["spiffeID"] && !set["selector"] && !set["dns"] && !set["x509SVIDTTL"] {
-		return usageError{"entry update: nothing to change (give -spiffeID, -selector, -dns or -x509SVIDTTL)"}
+	if !set["spiffeID"] && !set["selector"] && !set["dns"] && !set["federatesWith"] && !set["x509SVIDTTL"] {
+		return usageError{"entry update: nothing to change (give -spiffeID, -selector, -dns, -federatesWith or -x509SVIDTTL)"}
 	}
 	if f.x509SVIDTTL < 0 {
 		return usageError{"entry update: -x509SVIDTTL must not be negative"}
@@ -107,7 +112,11 @@ func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) 
 	if set["x509SVIDTTL"] {
 		e.X509SVIDTTL = f.x509SVIDTTL
 	}
-	out, err := c.UpdateEntry(ctx, admin.Entry{ID: e.ID, Name: e.Name, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, DNSNames: e.DNSNames})
+	if set["federatesWith"] {
+		// -federatesWith "" alone clears the list.
+		e.FederatesWith = slices.DeleteFunc(slices.Clone(f.federates), func(s string) bool { return s == "" })
+	}
+	out, err := c.UpdateEntry(ctx, admin.Entry{ID: e.ID, Name: e.Name, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, DNSNames: e.DNSNames, FederatesWith: e.FederatesWith})
 	if err != nil {
 		return fmt.Errorf("updating entry: %w", err)
 	}
@@ -202,6 +211,9 @@ func printEntries(w io.Writer, output outputFlag, es []admin.Entry, list bool) e
 		}
 		for _, d := range e.DNSNames {
 			fmt.Fprintf(tw, "DNS name\t: %s\n", d)
+		}
+		for _, td := range e.FederatesWith {
+			fmt.Fprintf(tw, "FederatesWith\t: spiffe://%s\n", td)
 		}
 		fmt.Fprintf(tw, "Revision\t: %d\n", e.Revision)
 		fmt.Fprintln(tw)

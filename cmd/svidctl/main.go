@@ -54,11 +54,15 @@ const usage = `Usage: svidctl [-socketPath ADMIN_SOCKET] <command> [flags]
 
 Commands:
   entry create    register a workload: -spiffeID ID -selector TYPE:VALUE [-selector ...] [-x509SVIDTTL SECONDS] [-dns NAME ...]
+                  [-federatesWith spiffe://other.org ...]
   entry update    replace an entry: -entryID ID plus the fields to change
   entry delete    delete an entry: -entryID ID
   entry show      show one entry: -entryID ID
   entry list      list entries [-spiffeID ID] [-selector S ...] [-output json]
-  bundle show     print the trust bundle (PEM) [-output json]
+  bundle show     print the trust bundle (PEM), or a federated one with -id spiffe://other.org [-format pem|spiffe] [-output json]
+  bundle list     the federated trust domains: bundles, endpoints, last refresh and error [-output json]
+  bundle set      store a federated bundle by hand: -id spiffe://other.org [-path FILE (default stdin)] [-format pem|spiffe]
+  bundle delete   delete a federated bundle: -id spiffe://other.org
   healthcheck     exit 0 when svidd is ready [-verbose]
   status          the agent at a glance: CAs and every identity held, with lifetimes [-output json]
   ca show         the CAs in the trust bundle [-output json]
@@ -114,15 +118,18 @@ type globalFlags struct {
 }
 
 var commands = map[string]func(context.Context, globalFlags, []string, Env) error{
-	"entry create": runEntryCreate,
-	"entry update": runEntryUpdate,
-	"entry delete": runEntryDelete,
-	"entry show":   runEntryShow,
-	"entry list":   runEntryList,
-	"bundle show":  runBundleShow,
-	"ca show":      runCAShow,
-	"ca prepare":   runCAPrepare,
-	"ca activate":  runCAActivate,
-	"svid fetch":   runSVIDFetch,
-	"svid watch":   runSVIDWatch,
+	"entry create":  runEntryCreate,
+	"entry update":  runEntryUpdate,
+	"entry delete":  runEntryDelete,
+	"entry show":    runEntryShow,
+	"entry list":    runEntryList,
+	"bundle show":   runBundleShow,
+	"bundle list":   runBundleList,
+	"bundle set":    runBundleSet,
+	"bundle delete": runBundleDelete,
+	"ca show":       runCAShow,
+	"ca prepare":    runCAPrepare,
+	"ca activate":   runCAActivate,
+	"svid fetch":    runSVIDFetch,
+	"svid watch":    runSVIDWatch,
 }

@@ -25,6 +25,12 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 // client and the store (to check what was, or was not, written).
 func startServer(t *testing.T, ready func(context.Context) error) (*admin.Client, store.Store, string) {
 	t.Helper()
+	return startServerWith(t, ready, nil)
+}
+
+// startServerWith is startServer with mod applied to the server's Config (given the store).
+func startServerWith(t *testing.T, ready func(context.Context) error, mod func(*admin.Config, store.Store)) (*admin.Client, store.Store, string) {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "adm-")
 	if err != nil {
 		t.Fatal(err)
@@ -35,13 +41,17 @@ func startServer(t *testing.T, ready func(context.Context) error) (*admin.Client
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	srv, err := admin.New(admin.Config{
+	cfg := admin.Config{
 		TrustDomain: td,
 		Store:       st,
 		Bundle:      func() *workload.Bundle { return &workload.Bundle{TrustDomain: td, PEM: []byte("PEM"), Sequence: 7} },
 		MaxSVIDTTL:  4 * time.Hour,
 		Ready:       ready,
-	})
+	}
+	if mod != nil {
+		mod(&cfg, st)
+	}
+	srv, err := admin.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

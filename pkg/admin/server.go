@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/federation"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload"
 )
@@ -32,6 +33,8 @@ type Config struct {
 	Status func() Status
 	// CA lists and steps the CA rotation (nil: the /v1/ca endpoints answer 404).
 	CA CA
+	// Federation manages federated bundles (nil: the /v1/bundles endpoints answer 404).
+	Federation Federation
 	// Ready returns nil when the agent is ready to serve workloads.
 	Ready  func(ctx context.Context) error
 	Logger *slog.Logger
@@ -74,6 +77,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("DELETE /v1/entries/{id}", s.deleteEntry)
 	s.mux.HandleFunc("GET /v1/bundle", s.bundle)
 	s.mux.HandleFunc("GET /v1/health", s.health)
+	s.registerBundles()
 	if cfg.Status != nil {
 		s.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, cfg.Status()) })
 	}
@@ -209,7 +213,13 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errors.New("no bundle yet"))
 		return
 	}
-	writeJSON(w, http.StatusOK, Bundle{TrustDomain: b.TrustDomain.Name(), Sequence: b.Sequence, PEM: string(b.PEM)})
+	writeJSON(w, http.StatusOK, ownSPIFFE(Bundle{TrustDomain: b.TrustDomain.Name(), Sequence: b.Sequence, PEM: string(b.PEM)}, func() ([]byte, error) {
+		sb, err := federation.FromWorkload(b, 0)
+		if err != nil {
+			return nil, err
+		}
+		return federation.Marshal(sb)
+	}))
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -264,9 +274,9 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
 // store failure is logged and reported without internals.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
-	case errors.Is(err, entry.ErrInvalid):
+	case errors.Is(err, entry.ErrInvalid), isBadBundle(err):
 		writeJSON(w, http.StatusBadRequest, Error{Error: err.Error()})
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrBundleNotFound):
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrAlreadyExists):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})

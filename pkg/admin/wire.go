@@ -5,6 +5,7 @@
 package admin
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -16,15 +17,17 @@ import (
 // Entry is a registration entry on the wire (and in `svidctl ... -output json`). TTLs are in
 // seconds, selectors in their TYPE:KIND:VALUE text form, as SPIRE users write them.
 type Entry struct {
-	ID          string    `json:"id,omitempty"`
-	Name        string    `json:"name,omitempty"`
-	SPIFFEID    string    `json:"spiffe_id"`
-	Selectors   []string  `json:"selectors"`
-	X509SVIDTTL int64     `json:"x509_svid_ttl,omitempty"`
-	DNSNames    []string  `json:"dns_names,omitempty"`
-	Revision    int64     `json:"revision,omitempty"`
-	CreatedAt   time.Time `json:"created_at,omitzero"`
-	UpdatedAt   time.Time `json:"updated_at,omitzero"`
+	ID          string   `json:"id,omitempty"`
+	Name        string   `json:"name,omitempty"`
+	SPIFFEID    string   `json:"spiffe_id"`
+	Selectors   []string `json:"selectors"`
+	X509SVIDTTL int64    `json:"x509_svid_ttl,omitempty"`
+	DNSNames    []string `json:"dns_names,omitempty"`
+	// FederatesWith are trust domain names (other.org), SPIRE's federatesWith.
+	FederatesWith []string  `json:"federates_with,omitempty"`
+	Revision      int64     `json:"revision,omitempty"`
+	CreatedAt     time.Time `json:"created_at,omitzero"`
+	UpdatedAt     time.Time `json:"updated_at,omitzero"`
 }
 
 // EntryToWire converts a stored entry for the wire.
@@ -34,15 +37,16 @@ func EntryToWire(e entry.Entry) Entry {
 		sel[i] = s.String()
 	}
 	return Entry{
-		ID:          e.ID,
-		Name:        e.Name,
-		SPIFFEID:    e.SPIFFEID.String(),
-		Selectors:   sel,
-		X509SVIDTTL: int64(e.X509SVIDTTL / time.Second),
-		DNSNames:    e.DNSNames,
-		Revision:    e.Revision,
-		CreatedAt:   e.CreatedAt,
-		UpdatedAt:   e.UpdatedAt,
+		ID:            e.ID,
+		Name:          e.Name,
+		SPIFFEID:      e.SPIFFEID.String(),
+		Selectors:     sel,
+		X509SVIDTTL:   int64(e.X509SVIDTTL / time.Second),
+		DNSNames:      e.DNSNames,
+		FederatesWith: trustDomainNames(e.FederatesWith),
+		Revision:      e.Revision,
+		CreatedAt:     e.CreatedAt,
+		UpdatedAt:     e.UpdatedAt,
 	}
 }
 
@@ -60,13 +64,18 @@ func (w Entry) FromWire(td spiffeid.TrustDomain) (entry.Entry, error) {
 	if w.X509SVIDTTL < 0 || w.X509SVIDTTL > maxTTL {
 		return entry.Entry{}, fmt.Errorf("%w: x509 SVID TTL %d s is out of range", entry.ErrInvalid, w.X509SVIDTTL)
 	}
+	fed, err := entry.ParseTrustDomains(w.FederatesWith)
+	if err != nil {
+		return entry.Entry{}, err
+	}
 	e := entry.Entry{
-		ID:          w.ID,
-		Name:        w.Name,
-		SPIFFEID:    id,
-		Selectors:   sel,
-		X509SVIDTTL: time.Duration(w.X509SVIDTTL) * time.Second,
-		DNSNames:    w.DNSNames,
+		FederatesWith: fed,
+		ID:            w.ID,
+		Name:          w.Name,
+		SPIFFEID:      id,
+		Selectors:     sel,
+		X509SVIDTTL:   time.Duration(w.X509SVIDTTL) * time.Second,
+		DNSNames:      w.DNSNames,
 	}
 	if err := e.Validate(td); err != nil {
 		return entry.Entry{}, err
@@ -74,16 +83,56 @@ func (w Entry) FromWire(td spiffeid.TrustDomain) (entry.Entry, error) {
 	return e, nil
 }
 
+func trustDomainNames(tds []spiffeid.TrustDomain) []string {
+	if len(tds) == 0 {
+		return nil
+	}
+	out := make([]string, len(tds))
+	for i, td := range tds {
+		out[i] = td.Name()
+	}
+	return out
+}
+
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Error string `json:"error"`
 }
 
-// Bundle is the answer of GET /v1/bundle.
+// Bundle is the answer of GET /v1/bundle (the own trust domain's) and GET /v1/bundles/{td}
+// (a federated one). SPIFFE is the SPIFFE bundle document (JWK Set) of the same bundle.
 type Bundle struct {
-	TrustDomain string `json:"trust_domain"`
-	Sequence    uint64 `json:"sequence"`
-	PEM         string `json:"pem"`
+	TrustDomain string          `json:"trust_domain"`
+	Sequence    uint64          `json:"sequence"`
+	PEM         string          `json:"pem"`
+	SPIFFE      json.RawMessage `json:"spiffe,omitempty"`
+}
+
+// FederatedBundle is one foreign trust domain in GET /v1/bundles: its bundle, if svidd holds
+// one, and its federates_with relationship, if one is configured.
+type FederatedBundle struct {
+	TrustDomain     string    `json:"trust_domain"`
+	HasBundle       bool      `json:"has_bundle"`
+	Source          string    `json:"source,omitempty"` // endpoint, file or manual
+	Version         uint64    `json:"version,omitempty"`
+	UpdatedAt       time.Time `json:"updated_at,omitzero"`
+	X509Authorities int       `json:"x509_authorities"`
+	JWTAuthorities  int       `json:"jwt_authorities"`
+	// Configured: a federates_with block names this trust domain.
+	Configured        bool      `json:"configured"`
+	BundleEndpointURL string    `json:"bundle_endpoint_url,omitempty"`
+	Profile           string    `json:"profile,omitempty"`
+	ToAllWorkloads    bool      `json:"to_all_workloads,omitempty"`
+	LastRefresh       time.Time `json:"last_refresh,omitzero"`
+	NextRefresh       time.Time `json:"next_refresh,omitzero"`
+	LastError         string    `json:"last_error,omitempty"`
+}
+
+// SetBundle is the body of PUT /v1/bundles/{td}: a bundle in Format "spiffe" (a SPIFFE
+// bundle document) or "pem" (X.509 roots).
+type SetBundle struct {
+	Format string `json:"format"`
+	Data   string `json:"data"`
 }
 
 // Health is the answer of GET /v1/health: Ready is true when the CA is loaded, the store

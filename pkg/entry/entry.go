@@ -25,6 +25,11 @@ type Entry struct {
 	// X509SVIDTTL overrides the agent's default SVID lifetime when non-zero.
 	X509SVIDTTL time.Duration `json:"x509_svid_ttl,omitempty"`
 	DNSNames    []string      `json:"dns_names,omitempty"`
+	// FederatesWith lists the foreign trust domains whose bundles a caller holding this entry
+	// receives (SPIRE's federatesWith), sorted and without duplicates (NormalizeTrustDomains).
+	// A trust domain whose bundle svidd does not hold (yet) is allowed: its bundle is
+	// delivered when it arrives.
+	FederatesWith []spiffeid.TrustDomain `json:"federates_with,omitempty"`
 	// Revision increases on every update; CreatedAt is set once.
 	Revision  int64     `json:"revision"`
 	CreatedAt time.Time `json:"created_at"`
@@ -103,7 +108,60 @@ func (e Entry) Validate(td spiffeid.TrustDomain) error {
 			return err
 		}
 	}
+	for _, f := range e.FederatesWith {
+		switch {
+		case f.IsZero():
+			return fmt.Errorf("%w: federates with an empty trust domain", ErrInvalid)
+		case f == td:
+			return fmt.Errorf("%w: federates with %q, its own trust domain; list foreign trust domains only", ErrInvalid, f.Name())
+		}
+	}
 	return nil
+}
+
+// ParseTrustDomains parses trust domain names as operators write them ("other.org" or
+// "spiffe://other.org") and returns them normalized. Errors wrap ErrInvalid.
+func ParseTrustDomains(names []string) ([]spiffeid.TrustDomain, error) {
+	out := make([]spiffeid.TrustDomain, 0, len(names))
+	for _, n := range names {
+		td, err := ParseTrustDomain(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, td)
+	}
+	return NormalizeTrustDomains(out), nil
+}
+
+// ParseTrustDomain parses "other.org" or "spiffe://other.org", refusing a SPIFFE ID with a
+// path (a workload ID pasted where a trust domain belongs). Errors wrap ErrInvalid.
+func ParseTrustDomain(s string) (spiffeid.TrustDomain, error) {
+	if strings.Contains(s, ":/") {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return spiffeid.TrustDomain{}, fmt.Errorf("%w: trust domain %q: %v", ErrInvalid, s, err)
+		}
+		if id.Path() != "" {
+			return spiffeid.TrustDomain{}, fmt.Errorf("%w: trust domain %q has a path; write just the name, e.g. %q", ErrInvalid, s, id.TrustDomain().Name())
+		}
+		return id.TrustDomain(), nil
+	}
+	td, err := spiffeid.TrustDomainFromString(s)
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("%w: trust domain %q: %v", ErrInvalid, s, err)
+	}
+	return td, nil
+}
+
+// NormalizeTrustDomains returns tds sorted by name without duplicates (nil when empty): the
+// canonical form of Entry.FederatesWith.
+func NormalizeTrustDomains(tds []spiffeid.TrustDomain) []spiffeid.TrustDomain {
+	if len(tds) == 0 {
+		return nil
+	}
+	out := slices.Clone(tds)
+	slices.SortFunc(out, func(a, b spiffeid.TrustDomain) int { return strings.Compare(a.Name(), b.Name()) })
+	return slices.Compact(out)
 }
 
 func validateDNSName(d string) error {

@@ -18,6 +18,7 @@ var validateTests = []struct {
 	sel     []Selector
 	ttl     time.Duration
 	dns     []string
+	fed     []string // FederatesWith, as trust domain names
 	wantErr string
 }{
 	{name: "minimal", id: "spiffe://example.org/backend", sel: []Selector{{"unix", "uid:1000"}}},
@@ -40,6 +41,8 @@ var validateTests = []struct {
 	{name: "DNS inner wildcard", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a.*.org"}, wantErr: "invalid character"},
 	{name: "DNS underscore", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a_b.org"}, wantErr: "invalid character"},
 	{name: "DNS space", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{"a b.org"}, wantErr: "invalid character"},
+	{name: "federates with", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, fed: []string{"other.org", "third.example"}},
+	{name: "federates with own trust domain", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, fed: []string{"example.org"}, wantErr: "its own trust domain"},
 }
 
 func TestEntryValidate(t *testing.T) {
@@ -50,6 +53,9 @@ func TestEntryValidate(t *testing.T) {
 				id = spiffeid.RequireFromString(tt.id)
 			}
 			e := Entry{SPIFFEID: id, Selectors: tt.sel, X509SVIDTTL: tt.ttl, DNSNames: tt.dns}
+			for _, f := range tt.fed {
+				e.FederatesWith = append(e.FederatesWith, spiffeid.RequireTrustDomainFromString(f))
+			}
 			err := e.Validate(td)
 			if tt.wantErr == "" {
 				if err != nil {
@@ -67,5 +73,23 @@ func TestEntryValidate(t *testing.T) {
 				t.Fatalf("error %q does not contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestParseTrustDomains(t *testing.T) {
+	got, err := ParseTrustDomains([]string{"spiffe://b.org", "a.org", "b.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Name() != "a.org" || got[1].Name() != "b.org" {
+		t.Fatalf("ParseTrustDomains = %v, want [a.org b.org] (sorted, deduplicated)", got)
+	}
+	if got, _ := ParseTrustDomains(nil); got != nil {
+		t.Fatalf("ParseTrustDomains(nil) = %v, want nil", got)
+	}
+	for _, bad := range []string{"", "Other.org", "spiffe://other.org/workload", "other.org:8443", "https://other.org"} {
+		if _, err := ParseTrustDomains([]string{bad}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseTrustDomains(%q) = %v, want an ErrInvalid error", bad, err)
+		}
 	}
 }

@@ -299,3 +299,55 @@ func TestDeltaErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestDeltaFederatedBundleDroppedAndEmpty: a federated trust domain's bundle is served by its
+// ID and inside ALL; a bundle without X.509 authorities (JWT keys only, or revoked) is never
+// sent as a validation context (Envoy rejects an empty trusted_ca) and leaves ALL; when the
+// federation ends, the delta stream is told to remove it.
+func TestDeltaFederatedBundleDroppedAndEmpty(t *testing.T) {
+	f := newFixture(t)
+	w := workloadtest.NewWatcher(f.View())
+	c := openDelta(t, startServer(t, w, nil))
+	fedID := f.Federated.TrustDomain.IDString()
+	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: testNode, ResourceNamesSubscribe: []string{fedID, "ALL"}})
+	r, got, _ := c.recv()
+	wantNames(t, got, fedID, "ALL")
+	wantCA(t, got[fedID], f.Federated)
+	if tds := got["ALL"].GetValidationContext().GetCustomValidatorConfig(); tds == nil {
+		t.Fatal("ALL is not a SPIFFE validator config")
+	}
+	c.ack(r)
+
+	// The foreign trust domain now publishes JWT keys only.
+	jwtOnly := *f.Federated
+	jwtOnly.X509Authorities, jwtOnly.PEM, jwtOnly.DER = nil, nil, nil
+	jwtOnly.Sequence++
+	w.Publish(&workload.View{SVIDs: f.View().SVIDs, Bundles: []*workload.Bundle{f.Own, &jwtOnly}})
+	r, got, _ = c.recv()
+	if !slices.Equal(r.RemovedResources, []string{fedID}) {
+		t.Fatalf("removed %v, want [%s]: a bundle without X.509 roots must not stay a validation context", r.RemovedResources, fedID)
+	}
+	wantNames(t, got, "ALL")
+	var v tlsv3.SPIFFECertValidatorConfig
+	if err := got["ALL"].GetValidationContext().GetCustomValidatorConfig().GetTypedConfig().UnmarshalTo(&v); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.TrustDomains) != 1 || v.TrustDomains[0].Name != "example.org" {
+		t.Fatalf("ALL holds %v, want only example.org", v.TrustDomains)
+	}
+	c.ack(r)
+
+	// It has roots again, then the federation is dropped.
+	w.Publish(f.View())
+	r, got, _ = c.recv()
+	wantNames(t, got, fedID, "ALL")
+	c.ack(r)
+	w.Publish(&workload.View{SVIDs: f.View().SVIDs, Bundles: []*workload.Bundle{f.Own}})
+	r, got, _ = c.recv()
+	if !slices.Equal(r.RemovedResources, []string{fedID}) {
+		t.Fatalf("removed %v, want [%s]", r.RemovedResources, fedID)
+	}
+	wantNames(t, got, "ALL")
+	c.ack(r)
+	c.none()
+}

@@ -2,6 +2,7 @@ package sds
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -47,16 +48,17 @@ func (s *Server) resolve(v *workload.View, name string) (resource, bool) {
 		return svidResource(name, v.SVIDs[0]), true
 	case s.rootName:
 		b := v.BundleFor(s.td)
-		if b == nil {
+		if !hasRoots(b) {
 			return resource{}, false
 		}
 		return bundleResource(name, b), true
 	case s.allName:
-		if len(v.Bundles) == 0 {
+		bs := withRoots(v.Bundles)
+		if len(bs) == 0 {
 			// The validator requires at least one trust domain.
 			return resource{}, false
 		}
-		return resource{name: name, version: allVersion(v.Bundles), bundles: v.Bundles}, true
+		return resource{name: name, version: allVersion(bs), bundles: bs}, true
 	}
 	rest, ok := strings.CutPrefix(name, spiffeScheme)
 	if !ok {
@@ -64,7 +66,7 @@ func (s *Server) resolve(v *workload.View, name string) (resource, bool) {
 	}
 	if !strings.Contains(rest, "/") {
 		for _, b := range v.Bundles {
-			if b.TrustDomain.Name() == rest {
+			if b.TrustDomain.Name() == rest && hasRoots(b) {
 				return bundleResource(name, b), true
 			}
 		}
@@ -112,9 +114,33 @@ func wildcardResources(v *workload.View, dst []resource) []resource {
 		}
 	}
 	for _, b := range v.Bundles {
-		dst = append(dst, bundleResource(b.TrustDomain.IDString(), b))
+		if hasRoots(b) {
+			dst = append(dst, bundleResource(b.TrustDomain.IDString(), b))
+		}
 	}
 	return dst
+}
+
+// hasRoots reports whether b can be a validation context. A trust domain whose bundle holds
+// no X.509 authority (only JWT keys, or none: revoked, SPIFFE Trust Domain and Bundle §4.1.3)
+// is not sent at all: Envoy rejects an empty trusted_ca, and without roots nothing of that
+// trust domain verifies anyway. A delta stream that held it gets it in removed_resources.
+func hasRoots(b *workload.Bundle) bool { return b != nil && len(b.X509Authorities) > 0 }
+
+// withRoots is the bundles that hasRoots, sharing bs when that is all of them.
+func withRoots(bs []*workload.Bundle) []*workload.Bundle {
+	for i, b := range bs {
+		if !hasRoots(b) {
+			out := slices.Clone(bs[:i])
+			for _, b := range bs[i+1:] {
+				if hasRoots(b) {
+					out = append(out, b)
+				}
+			}
+			return out
+		}
+	}
+	return bs
 }
 
 // resolveAll resolves the names a stream asked for (deduplicated already) plus, for a

@@ -327,3 +327,63 @@ func TestSQLiteRefusesNewerSchema(t *testing.T) {
 		t.Fatalf("OpenSQLite error %q does not name the schema version", err)
 	}
 }
+
+// TestSQLiteMigratesVersion1: a database written by a svidd before federation (schema 1, as
+// that version created it) opens with every entry intact, federating with nothing, and takes
+// entries with federated trust domains and bundles afterwards.
+func TestSQLiteMigratesVersion1(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "entries.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{
+		`CREATE TABLE entries (
+			id               TEXT    PRIMARY KEY NOT NULL,
+			name             TEXT    NOT NULL DEFAULT '',
+			spiffe_id        TEXT    NOT NULL,
+			selectors        TEXT    NOT NULL,
+			x509_svid_ttl_ns INTEGER NOT NULL DEFAULT 0,
+			dns_names        TEXT    NOT NULL DEFAULT '[]',
+			revision         INTEGER NOT NULL,
+			created_at       INTEGER NOT NULL,
+			updated_at       INTEGER NOT NULL
+		)`,
+		`CREATE UNIQUE INDEX entries_spiffe_id_selectors ON entries (spiffe_id, selectors)`,
+		`CREATE INDEX entries_name ON entries (name)`,
+		`INSERT INTO entries VALUES ('e1', 'web', 'spiffe://example.org/web', 'unix:uid:1000', 60000000000, '["web.local"]', 4, 1, 2)`,
+		`INSERT INTO entries VALUES ('e2', '', 'spiffe://example.org/db', 'unix:gid:5` + "\n" + `unix:uid:1001', 0, '[]', 1, 3, 3)`,
+		`PRAGMA user_version = 1`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	db.Close()
+
+	s, err := store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatalf("opening a schema-1 database: %v", err)
+	}
+	defer s.Close()
+	list, err := s.ListEntries(ctx, store.Filter{})
+	if err != nil || len(list) != 2 {
+		t.Fatalf("ListEntries after migration = %v, %v; want both entries", list, err)
+	}
+	web := list[1]
+	if web.ID != "e1" || web.Name != "web" || web.X509SVIDTTL != time.Minute || len(web.DNSNames) != 1 || web.Revision != 4 || web.FederatesWith != nil {
+		t.Fatalf("migrated entry = %+v", web)
+	}
+	if db := list[0]; db.ID != "e2" || len(db.Selectors) != 2 || db.FederatesWith != nil {
+		t.Fatalf("migrated entry = %+v", db)
+	}
+	other := spiffeid.RequireTrustDomainFromString("other.org")
+	web.FederatesWith = []spiffeid.TrustDomain{other}
+	if got, err := s.UpdateEntry(ctx, web); err != nil || got.Revision != 5 || len(got.FederatesWith) != 1 {
+		t.Fatalf("UpdateEntry with FederatesWith after migration = %+v, %v", got, err)
+	}
+	if _, err := s.SetBundle(ctx, store.FederatedBundle{TrustDomain: other, Doc: []byte(`{"keys":[]}`), Source: store.BundleManual}); err != nil {
+		t.Fatalf("SetBundle after migration: %v", err)
+	}
+}

@@ -29,7 +29,7 @@ var _ Store = (*SQLite)(nil)
 
 // schemaVersion is stored in PRAGMA user_version. Bump it and add a step to migrate when the
 // schema changes; a database newer than this binary is refused rather than misread.
-const schemaVersion = 1
+const schemaVersion = 2
 
 var migrations = []string{
 	// 0 → 1
@@ -46,6 +46,15 @@ var migrations = []string{
 	);
 	CREATE UNIQUE INDEX entries_spiffe_id_selectors ON entries (spiffe_id, selectors);
 	CREATE INDEX entries_name ON entries (name);`,
+	// 1 → 2: federation. Existing entries federate with nothing ('[]').
+	`ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';
+	CREATE TABLE bundles (
+		trust_domain TEXT    PRIMARY KEY NOT NULL,
+		doc          BLOB    NOT NULL,
+		source       TEXT    NOT NULL,
+		sequence     INTEGER NOT NULL DEFAULT 0,
+		updated_at   INTEGER NOT NULL
+	);`,
 }
 
 // SQLite is the embedded Store, one database file in the data dir. Every write is committed
@@ -211,8 +220,8 @@ func timestamp(t time.Time) time.Time { return time.Unix(0, t.UnixNano()).UTC() 
 
 // row is an entry in its stored form.
 type row struct {
-	id, name, spiffeID, selectors, dnsNames string
-	ttl, revision, createdAt, updatedAt     int64
+	id, name, spiffeID, selectors, dnsNames, federatesWith string
+	ttl, revision, createdAt, updatedAt                    int64
 }
 
 func toRow(e entry.Entry) (row, error) {
@@ -224,16 +233,25 @@ func toRow(e entry.Entry) (row, error) {
 	if err != nil {
 		return row{}, fmt.Errorf("encoding DNS names: %w", err)
 	}
+	fed := make([]string, len(e.FederatesWith))
+	for i, td := range e.FederatesWith {
+		fed[i] = td.Name()
+	}
+	f, err := json.Marshal(fed)
+	if err != nil {
+		return row{}, fmt.Errorf("encoding federated trust domains: %w", err)
+	}
 	return row{
-		id:        e.ID,
-		name:      e.Name,
-		spiffeID:  e.SPIFFEID.String(),
-		selectors: entry.SelectorKey(e.Selectors),
-		dnsNames:  string(b),
-		ttl:       int64(e.X509SVIDTTL),
-		revision:  e.Revision,
-		createdAt: e.CreatedAt.UnixNano(),
-		updatedAt: e.UpdatedAt.UnixNano(),
+		id:            e.ID,
+		name:          e.Name,
+		spiffeID:      e.SPIFFEID.String(),
+		selectors:     entry.SelectorKey(e.Selectors),
+		dnsNames:      string(b),
+		federatesWith: string(f),
+		ttl:           int64(e.X509SVIDTTL),
+		revision:      e.Revision,
+		createdAt:     e.CreatedAt.UnixNano(),
+		updatedAt:     e.UpdatedAt.UnixNano(),
 	}, nil
 }
 
@@ -261,26 +279,41 @@ func (r row) entry() (entry.Entry, error) {
 	if len(dns) == 0 {
 		dns = nil
 	}
+	var fed []spiffeid.TrustDomain
+	if r.federatesWith != "[]" {
+		var names []string
+		if err := json.Unmarshal([]byte(r.federatesWith), &names); err != nil {
+			return entry.Entry{}, fmt.Errorf("entry %s: stored federated trust domains: %w", r.id, err)
+		}
+		for _, n := range names {
+			td, err := spiffeid.TrustDomainFromString(n)
+			if err != nil {
+				return entry.Entry{}, fmt.Errorf("entry %s: stored federated trust domain: %w", r.id, err)
+			}
+			fed = append(fed, td)
+		}
+	}
 	return entry.Entry{
-		ID:          r.id,
-		Name:        r.name,
-		SPIFFEID:    id,
-		Selectors:   sels,
-		X509SVIDTTL: time.Duration(r.ttl),
-		DNSNames:    dns,
-		Revision:    r.revision,
-		CreatedAt:   time.Unix(0, r.createdAt).UTC(),
-		UpdatedAt:   time.Unix(0, r.updatedAt).UTC(),
+		ID:            r.id,
+		Name:          r.name,
+		SPIFFEID:      id,
+		Selectors:     sels,
+		X509SVIDTTL:   time.Duration(r.ttl),
+		DNSNames:      dns,
+		FederatesWith: fed,
+		Revision:      r.revision,
+		CreatedAt:     time.Unix(0, r.createdAt).UTC(),
+		UpdatedAt:     time.Unix(0, r.updatedAt).UTC(),
 	}, nil
 }
 
-const columns = "id, name, spiffe_id, selectors, x509_svid_ttl_ns, dns_names, revision, created_at, updated_at"
+const columns = "id, name, spiffe_id, selectors, x509_svid_ttl_ns, dns_names, federates_with, revision, created_at, updated_at"
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanEntry(sc scanner) (entry.Entry, error) {
 	var r row
-	if err := sc.Scan(&r.id, &r.name, &r.spiffeID, &r.selectors, &r.ttl, &r.dnsNames, &r.revision, &r.createdAt, &r.updatedAt); err != nil {
+	if err := sc.Scan(&r.id, &r.name, &r.spiffeID, &r.selectors, &r.ttl, &r.dnsNames, &r.federatesWith, &r.revision, &r.createdAt, &r.updatedAt); err != nil {
 		return entry.Entry{}, err
 	}
 	return r.entry()
@@ -307,6 +340,12 @@ func prepare(e entry.Entry) (entry.Entry, error) {
 	e.DNSNames = slices.Clone(e.DNSNames)
 	if len(e.DNSNames) == 0 {
 		e.DNSNames = nil // read back as nil
+	}
+	e.FederatesWith = entry.NormalizeTrustDomains(e.FederatesWith)
+	for _, td := range e.FederatesWith {
+		if td.IsZero() {
+			return e, fmt.Errorf("%w: federates with an empty trust domain", entry.ErrInvalid)
+		}
 	}
 	return e, nil
 }
@@ -391,8 +430,8 @@ func (s *SQLite) CreateEntry(ctx context.Context, e entry.Entry) (entry.Entry, e
 		return entry.Entry{}, fmt.Errorf("creating entry: %w", err)
 	}
 	_, err = s.write(ctx, func(tx *sql.Tx) (Change, error) {
-		_, err := tx.ExecContext(ctx, "INSERT INTO entries ("+columns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-			r.id, r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.revision, r.createdAt, r.updatedAt)
+		_, err := tx.ExecContext(ctx, "INSERT INTO entries ("+columns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+			r.id, r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.federatesWith, r.revision, r.createdAt, r.updatedAt)
 		if err != nil {
 			return Change{}, mapWriteErr(err)
 		}
@@ -423,8 +462,8 @@ func (s *SQLite) UpdateEntry(ctx context.Context, e entry.Entry) (entry.Entry, e
 			return Change{}, err
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE entries SET name = ?, spiffe_id = ?, selectors = ?, x509_svid_ttl_ns = ?,
-			dns_names = ?, revision = ?, updated_at = ? WHERE id = ?`,
-			r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.revision, r.updatedAt, r.id)
+			dns_names = ?, federates_with = ?, revision = ?, updated_at = ? WHERE id = ?`,
+			r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.federatesWith, r.revision, r.updatedAt, r.id)
 		if err != nil {
 			return Change{}, mapWriteErr(err)
 		}
@@ -525,6 +564,7 @@ func hasAll(have, want []entry.Selector) bool {
 func cloneEntry(e entry.Entry) entry.Entry {
 	e.Selectors = slices.Clone(e.Selectors)
 	e.DNSNames = slices.Clone(e.DNSNames)
+	e.FederatesWith = slices.Clone(e.FederatesWith)
 	return e
 }
 

@@ -6,6 +6,7 @@ package store
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -17,6 +18,9 @@ import (
 var (
 	ErrNotFound      = errors.New("entry not found")
 	ErrAlreadyExists = errors.New("an entry with the same SPIFFE ID and selectors already exists")
+	// ErrBundleNotFound: no federated bundle for that trust domain. The admin API maps it to
+	// NotFound.
+	ErrBundleNotFound = errors.New("no federated bundle for that trust domain")
 )
 
 // Op says what happened to an entry.
@@ -71,7 +75,44 @@ type Store interface {
 	// through this Store. fn must not block or call back into the Store. The returned func
 	// unregisters it.
 	Watch(fn func(Change)) (cancel func())
+
+	// SetBundle stores b, replacing any bundle of the same trust domain, and returns it with
+	// UpdatedAt set. Bundles of different trust domains are separate rows: never merged.
+	SetBundle(ctx context.Context, b FederatedBundle) (FederatedBundle, error)
+	// GetBundle returns the bundle of td, or ErrBundleNotFound.
+	GetBundle(ctx context.Context, td spiffeid.TrustDomain) (FederatedBundle, error)
+	// ListBundles returns every federated bundle, by trust domain name.
+	ListBundles(ctx context.Context) ([]FederatedBundle, error)
+	// DeleteBundle removes the bundle of td and returns it as it was, or ErrBundleNotFound.
+	DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) (FederatedBundle, error)
+
 	// Ping checks the store is usable (for readiness).
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// BundleSource says where a federated bundle came from, which decides what removes it: a
+// bundle from a federation relationship (endpoint, file) goes when the relationship is
+// dropped from the config; one set by hand stays until deleted by hand.
+type BundleSource string
+
+const (
+	// BundleFromEndpoint was fetched from a federates_with block's bundle endpoint.
+	BundleFromEndpoint BundleSource = "endpoint"
+	// BundleFromFile was read from a federates_with block's bundle_file (a bootstrap bundle).
+	BundleFromFile BundleSource = "file"
+	// BundleManual was set with svidctl bundle set (the admin API).
+	BundleManual BundleSource = "manual"
+)
+
+// FederatedBundle is a foreign trust domain's bundle as svidd keeps it: the SPIFFE bundle
+// document (a JWK Set, SPIFFE Trust Domain and Bundle §4) exactly as received or set, so that
+// what is served after a restart is what was validated before it.
+type FederatedBundle struct {
+	TrustDomain spiffeid.TrustDomain
+	Doc         []byte
+	Source      BundleSource
+	// Sequence is the document's spiffe_sequence (0 when it has none).
+	Sequence  uint64
+	UpdatedAt time.Time
 }

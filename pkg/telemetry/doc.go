@@ -44,6 +44,7 @@
 //	svidd_ca_rotations_total              counter  CA rotation steps applied; label step = prepare | activate | prune | replace-expired | other
 //	svidd_bundle_changes_total            counter  trust bundle changes published to workloads
 //	svidd_ca_upstream_failures_total      counter  failed upstream signings of a CA (retried with backoff)
+//	svidd_federation_bundle_refreshes_total counter fetches of foreign bundles from their bundle endpoints; label result = ok | error
 //
 // Process and runtime (standard collectors): go_* (Go runtime: goroutines, GC, memory),
 // process_* (CPU, resident memory, open file descriptors, start time) and go_build_info.

@@ -83,13 +83,15 @@ type Metrics struct {
 	soonestSVID   prometheus.Gauge
 
 	// CA and bundle.
-	caNotAfter     prometheus.Gauge
-	caRotations    *prometheus.CounterVec // step
-	bundleChanges  prometheus.Counter
-	upstreamFails  prometheus.Counter
-	sdsKindMetrics [3]serviceKind           // stream, delta, fetch: resolved once, no map lookup per event
-	firstResponse  *prometheus.HistogramVec // service, kind
-	sdsFirst       [3]prometheus.Observer   // firstResponse's SDS children, as sdsKindMetrics
+	caNotAfter    prometheus.Gauge
+	caRotations   *prometheus.CounterVec // step
+	bundleChanges prometheus.Counter
+	upstreamFails prometheus.Counter
+	// federationRefreshes counts fetches from foreign bundle endpoints.
+	federationRefreshes *prometheus.CounterVec
+	sdsKindMetrics      [3]serviceKind           // stream, delta, fetch: resolved once, no map lookup per event
+	firstResponse       *prometheus.HistogramVec // service, kind
+	sdsFirst            [3]prometheus.Observer   // firstResponse's SDS children, as sdsKindMetrics
 }
 
 // serviceKind holds the children of every front-end family for one (service, kind).
@@ -221,6 +223,11 @@ func New(cfg Config) *Metrics {
 		Help: "Trust bundle changes published to workloads.",
 	})
 
+	m.federationRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "federation", Name: "bundle_refreshes_total",
+		Help: "Fetches of foreign trust domains' bundles from their bundle endpoints, by result (ok, error).",
+	}, []string{"result"})
+
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -229,7 +236,7 @@ func New(cfg Config) *Metrics {
 		m.firstResponse,
 		m.attestation, m.pushLatency, m.entries, m.svids, m.refusals,
 		m.x509Mint, m.x509Rotations, m.jwtMints, m.soonestSVID,
-		m.caNotAfter, m.caRotations, m.bundleChanges, m.upstreamFails,
+		m.caNotAfter, m.caRotations, m.bundleChanges, m.upstreamFails, m.federationRefreshes,
 	)
 
 	// Create every known series at zero, so rate() and absent-based alerts work from the
@@ -248,6 +255,7 @@ func New(cfg Config) *Metrics {
 		m.attestation.WithLabelValues(r)
 		m.x509Mint.WithLabelValues(r)
 		m.jwtMints.WithLabelValues(r)
+		m.federationRefreshes.WithLabelValues(r)
 	}
 	for _, s := range caSteps {
 		m.caRotations.WithLabelValues(s)
@@ -482,6 +490,11 @@ func (m *Metrics) CARotation(step string) {
 
 // UpstreamFailed counts one failed upstream signing.
 func (m *Metrics) UpstreamFailed() { m.upstreamFails.Inc() }
+
+// FederationRefresh counts one fetch from a foreign bundle endpoint.
+func (m *Metrics) FederationRefresh(err error) {
+	m.federationRefreshes.WithLabelValues(result(err)).Inc()
+}
 
 // BundleChanged counts a trust bundle change published to workloads.
 func (m *Metrics) BundleChanged() { m.bundleChanges.Inc() }

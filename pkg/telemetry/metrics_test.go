@@ -65,6 +65,7 @@ func exerciseAll(m *Metrics) {
 		m.CARotation(st)
 	}
 	m.BundleChanged()
+	m.FederationRefresh(nil)
 }
 
 func gather(t *testing.T, m *Metrics) []*dto.MetricFamily {
@@ -130,12 +131,12 @@ func TestNamesPassPromlint(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	if n := len(ours(mfs)); n != 22 {
-		t.Errorf("got %d svidd_ families, want 22 (a metric added or lost: update this test and doc.go)", n)
+	if n := len(ours(mfs)); n != 23 {
+		t.Errorf("got %d svidd_ families, want 23 (a metric added or lost: update this test and doc.go)", n)
 	}
 	for _, mf := range ours(mfs) {
 		name := mf.GetName()
-		if !regexp.MustCompile(`^svidd_(api|agent|svid|ca|bundle)_[a-z0-9_]+$`).MatchString(name) {
+		if !regexp.MustCompile(`^svidd_(api|agent|svid|ca|bundle|federation)_[a-z0-9_]+$`).MatchString(name) {
 			t.Errorf("%s: not svidd_<subsystem>_<name>", name)
 		}
 		switch mf.GetType() {
@@ -325,6 +326,7 @@ func TestEventsMoveSeries(t *testing.T) {
 		{"ca replace", func(m *Metrics) { m.CARotation("replace-expired") }, "svidd_ca_rotations_total", map[string]string{"step": "replace-expired"}, 1},
 		{"ca unknown step", func(m *Metrics) { m.CARotation("x"); m.CARotation("") }, "svidd_ca_rotations_total", map[string]string{"step": "other"}, 2},
 		{"bundle", func(m *Metrics) { m.BundleChanged() }, "svidd_bundle_changes_total", nil, 1},
+		{"federation refresh failed", func(m *Metrics) { m.FederationRefresh(errors.New("x")) }, "svidd_federation_bundle_refreshes_total", map[string]string{"result": "error"}, 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := New(Config{})

@@ -31,6 +31,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentCreates", testConcurrentCreates},
 		{"ConcurrentUpdatesWatchedInOrder", testConcurrentUpdates},
 		{"ReturnedEntriesAreCallers", testOwnership},
+		{"FederatesWith", testFederatesWith},
+		{"Bundles", testBundles},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -46,6 +48,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 }
 
 func id(s string) spiffeid.ID { return spiffeid.RequireFromString("spiffe://example.org" + s) }
+
+func td(s string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(s) }
 
 func sels(ss ...string) []entry.Selector {
 	out, err := entry.ParseSelectors(ss)
@@ -70,6 +74,8 @@ func Equal(got, want entry.Entry) string {
 		return fmt.Sprintf("X509SVIDTTL %s, want %s", got.X509SVIDTTL, want.X509SVIDTTL)
 	case !slices.Equal(got.DNSNames, want.DNSNames):
 		return fmt.Sprintf("DNSNames %q, want %q", got.DNSNames, want.DNSNames)
+	case !slices.Equal(got.FederatesWith, want.FederatesWith):
+		return fmt.Sprintf("FederatesWith %v, want %v", got.FederatesWith, want.FederatesWith)
 	case got.Revision != want.Revision:
 		return fmt.Sprintf("Revision %d, want %d", got.Revision, want.Revision)
 	case !got.CreatedAt.Equal(want.CreatedAt):
@@ -87,9 +93,10 @@ func testCRUD(t *testing.T, s store.Store) {
 		Name:     "backend",
 		SPIFFEID: id("/backend"),
 		// Unsorted with a duplicate: the store normalizes.
-		Selectors:   []entry.Selector{{Type: "unix", Value: "uid:1000"}, {Type: "unix", Value: "path:/usr/bin/envoy"}, {Type: "unix", Value: "uid:1000"}},
-		X509SVIDTTL: 90 * time.Minute,
-		DNSNames:    []string{"backend.example.org", "*.backend.example.org"},
+		Selectors:     []entry.Selector{{Type: "unix", Value: "uid:1000"}, {Type: "unix", Value: "path:/usr/bin/envoy"}, {Type: "unix", Value: "uid:1000"}},
+		X509SVIDTTL:   90 * time.Minute,
+		DNSNames:      []string{"backend.example.org", "*.backend.example.org"},
+		FederatesWith: []spiffeid.TrustDomain{td("other.org")},
 	}
 	created, err := s.CreateEntry(ctx, in)
 	if err != nil {
@@ -131,6 +138,7 @@ func testCRUD(t *testing.T, s store.Store) {
 	upd.Selectors = sels("unix:uid:1001")
 	upd.X509SVIDTTL = 0
 	upd.DNSNames = nil
+	upd.FederatesWith = nil
 	upd.Name = ""
 	upd.CreatedAt = time.Unix(1, 0) // ignored
 	upd.Revision = 77               // ignored
@@ -477,5 +485,99 @@ func testOwnership(t *testing.T, s store.Store) {
 	}
 	if got.Selectors[0].Value != "uid:1" || got.DNSNames[0] != "o.example.org" {
 		t.Fatalf("store shares memory with its callers: %+v", got)
+	}
+}
+
+// testFederatesWith: an entry's federated trust domains are stored normalized (sorted, no
+// duplicates), survive an update that changes other fields, and are replaced as a whole.
+func testFederatesWith(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	e, err := s.CreateEntry(ctx, entry.Entry{
+		SPIFFEID:      id("/fed"),
+		Selectors:     sels("unix:uid:7"),
+		FederatesWith: []spiffeid.TrustDomain{td("zeta.org"), td("alpha.org"), td("zeta.org")},
+	})
+	if err != nil {
+		t.Fatalf("CreateEntry: %v", err)
+	}
+	want := []spiffeid.TrustDomain{td("alpha.org"), td("zeta.org")}
+	if !slices.Equal(e.FederatesWith, want) {
+		t.Fatalf("CreateEntry FederatesWith = %v, want %v", e.FederatesWith, want)
+	}
+	got, err := s.GetEntry(ctx, e.ID)
+	if err != nil || !slices.Equal(got.FederatesWith, want) {
+		t.Fatalf("GetEntry FederatesWith = %v, %v; want %v", got.FederatesWith, err, want)
+	}
+	got.DNSNames = []string{"fed.example.org"}
+	upd, err := s.UpdateEntry(ctx, got)
+	if err != nil || !slices.Equal(upd.FederatesWith, want) {
+		t.Fatalf("UpdateEntry of another field: FederatesWith = %v, %v; want %v", upd.FederatesWith, err, want)
+	}
+	upd.FederatesWith = []spiffeid.TrustDomain{td("beta.org")}
+	if upd, err = s.UpdateEntry(ctx, upd); err != nil {
+		t.Fatalf("UpdateEntry: %v", err)
+	}
+	list, err := s.ListEntries(ctx, store.Filter{SPIFFEID: id("/fed")})
+	if err != nil || len(list) != 1 || !slices.Equal(list[0].FederatesWith, []spiffeid.TrustDomain{td("beta.org")}) {
+		t.Fatalf("ListEntries after replacing FederatesWith = %v, %v; want [beta.org]", list, err)
+	}
+	// The caller's slice is its own.
+	upd.FederatesWith[0] = td("mutated.org")
+	if got, _ := s.GetEntry(ctx, e.ID); got.FederatesWith[0] != td("beta.org") {
+		t.Fatalf("modifying a returned entry changed the stored one: %v", got.FederatesWith)
+	}
+}
+
+// testBundles: federated bundles are kept per trust domain, replaced whole, listed by name,
+// and deleting one leaves the others.
+func testBundles(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if _, err := s.GetBundle(ctx, td("other.org")); !errors.Is(err, store.ErrBundleNotFound) {
+		t.Fatalf("GetBundle on an empty store: %v, want ErrBundleNotFound", err)
+	}
+	if _, err := s.DeleteBundle(ctx, td("other.org")); !errors.Is(err, store.ErrBundleNotFound) {
+		t.Fatalf("DeleteBundle on an empty store: %v, want ErrBundleNotFound", err)
+	}
+	if list, err := s.ListBundles(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("ListBundles on an empty store = %v, %v", list, err)
+	}
+	docB := []byte(`{"keys":[],"spiffe_sequence":3}`)
+	b, err := s.SetBundle(ctx, store.FederatedBundle{TrustDomain: td("b.org"), Doc: docB, Source: store.BundleFromEndpoint, Sequence: 3})
+	if err != nil {
+		t.Fatalf("SetBundle: %v", err)
+	}
+	if b.UpdatedAt.IsZero() || string(b.Doc) != string(docB) {
+		t.Fatalf("SetBundle returned %+v", b)
+	}
+	if _, err := s.SetBundle(ctx, store.FederatedBundle{TrustDomain: td("a.org"), Doc: []byte(`{"keys":[]}`), Source: store.BundleManual}); err != nil {
+		t.Fatalf("SetBundle: %v", err)
+	}
+	docB2 := []byte(`{"keys":[],"spiffe_sequence":4}`)
+	if _, err := s.SetBundle(ctx, store.FederatedBundle{TrustDomain: td("b.org"), Doc: docB2, Source: store.BundleFromEndpoint, Sequence: 4}); err != nil {
+		t.Fatalf("SetBundle replacing: %v", err)
+	}
+	list, err := s.ListBundles(ctx)
+	if err != nil || len(list) != 2 || list[0].TrustDomain != td("a.org") || list[1].TrustDomain != td("b.org") {
+		t.Fatalf("ListBundles = %+v, %v; want a.org then b.org", list, err)
+	}
+	got, err := s.GetBundle(ctx, td("b.org"))
+	if err != nil || string(got.Doc) != string(docB2) || got.Sequence != 4 || got.Source != store.BundleFromEndpoint {
+		t.Fatalf("GetBundle after replacing = %+v, %v", got, err)
+	}
+	for _, bad := range []store.FederatedBundle{
+		{Doc: docB, Source: store.BundleManual},
+		{TrustDomain: td("c.org"), Source: store.BundleManual},
+		{TrustDomain: td("c.org"), Doc: docB, Source: "guessed"},
+	} {
+		if _, err := s.SetBundle(ctx, bad); err == nil {
+			t.Errorf("SetBundle(%+v) succeeded", bad)
+		}
+	}
+	del, err := s.DeleteBundle(ctx, td("b.org"))
+	if err != nil || string(del.Doc) != string(docB2) {
+		t.Fatalf("DeleteBundle = %+v, %v", del, err)
+	}
+	if list, err := s.ListBundles(ctx); err != nil || len(list) != 1 || list[0].TrustDomain != td("a.org") {
+		t.Fatalf("ListBundles after delete = %+v, %v; want only a.org", list, err)
 	}
 }
