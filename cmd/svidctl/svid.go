@@ -53,11 +53,11 @@ type svidFlags struct {
 }
 
 func (f *svidFlags) register(fs *flag.FlagSet, g globalFlags, watch bool) {
-	// A -socketPath before the command names the socket to talk to; only the admin default is
-	// replaced by the Workload API's.
-	f.socketPath = g.socketPath
-	if f.socketPath == DefaultAdminSocket {
-		f.socketPath = DefaultAPISocket
+	// A -socketPath before the command names the socket to talk to; otherwise the Workload
+	// API's default ($SPIFFE_ENDPOINT_SOCKET or DefaultAPISocket), never the admin socket's.
+	f.socketPath = g.apiSocket
+	if g.explicit {
+		f.socketPath = g.socketPath
 	}
 	fs.StringVar(&f.socketPath, "socketPath", f.socketPath, "path of svidd's Workload API socket (not the admin socket)")
 	fs.StringVar(&f.dir, "dir", "", "directory to write svid.pem, svid_key.pem and bundle.pem into (through DIR/current)")

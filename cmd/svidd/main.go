@@ -49,6 +49,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "run":
 		return runAgent(ctx, args[1:], stderr)
 	case "config":
+		fs := flag.NewFlagSet("svidd config", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		if err := fs.Parse(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return errReported
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("config: unexpected arguments: %v", fs.Args())
+		}
 		_, err := stdout.Write(conf.DefaultFile)
 		return err
 	case "-h", "-help", "--help", "help":
