@@ -200,9 +200,9 @@ func runSVIDFetch(ctx context.Context, g globalFlags, args []string, env Env) er
 		return err
 	}
 	defer c.Close()
-	x, err := c.FetchX509Context(ctx)
+	x, err := fetchX509Waiting(ctx, c, f.socketPath, env)
 	if err != nil {
-		return fmt.Errorf("fetching X509-SVIDs from %s: %w", f.socketPath, err)
+		return err
 	}
 	svid, err := pickSVID(x.SVIDs, f.id)
 	if err != nil {
@@ -241,6 +241,41 @@ func runSVIDFetch(ctx context.Context, g globalFlags, args []string, env Env) er
 		shown = []*x509svid.SVID{svid}
 	}
 	return printSVIDs(env.Stdout, f.output, shown, jwt, time.Now())
+}
+
+// fetchX509Waiting fetches the caller's X.509 context, waiting until ctx ends while svidd is
+// not there yet (Unavailable: not started, socket missing) or has no identity for the caller
+// yet (PermissionDenied: the entry is not registered yet, the CA still starting): at boot, a
+// unit's ExecStartPre may run before svidd or the entry is ready. It says once what it waits for.
+func fetchX509Waiting(ctx context.Context, c *workloadapi.Client, socketPath string, env Env) (*workloadapi.X509Context, error) {
+	backoff := 100 * time.Millisecond
+	var said codes.Code
+	for {
+		x, err := c.FetchX509Context(ctx)
+		if err == nil {
+			return x, nil
+		}
+		code := status.Code(err)
+		if ctx.Err() != nil || (code != codes.Unavailable && code != codes.PermissionDenied) {
+			if ctx.Err() != nil && said != 0 {
+				return nil, fmt.Errorf("fetching X509-SVIDs from %s: gave up after -timeout: %w", socketPath, err)
+			}
+			return nil, fmt.Errorf("fetching X509-SVIDs from %s: %w", socketPath, err)
+		}
+		if said != code {
+			said = code
+			what := "svidd to answer"
+			if code == codes.PermissionDenied {
+				what = "an identity for this process (is there an entry for it? svidctl explain -pid PID says why not)"
+			}
+			fmt.Fprintf(env.Stderr, "svidctl: waiting for %s at %s: %v\n", what, socketPath, status.Convert(err).Message())
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
 }
 
 type svidJSON struct {

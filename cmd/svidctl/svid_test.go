@@ -407,7 +407,7 @@ func TestSVIDFetchPrint(t *testing.T) {
 	})
 	t.Run("no server", func(t *testing.T) {
 		missing := filepath.Join(t.TempDir(), "nothing.sock")
-		_, stderr, code := svidCLI(t.Context(), "svid", "fetch", "-socketPath", missing, "-timeout", "5s")
+		_, stderr, code := svidCLI(t.Context(), "svid", "fetch", "-socketPath", missing, "-timeout", "1s")
 		if code != 1 || !strings.Contains(stderr, missing) {
 			t.Errorf("exit %d, stderr %q; want 1 naming the socket", code, stderr)
 		}
@@ -742,5 +742,40 @@ func TestSVIDWatchMissingID(t *testing.T) {
 	}
 	if code := stop(); code != 0 {
 		t.Errorf("watch exited %d", code)
+	}
+}
+
+// TestSVIDFetchWaitsForSvidd: -timeout is how long fetch waits for svidd, so a fetch started
+// before svidd (a unit's ExecStartPre at boot) succeeds once it is up; without a server it
+// gives up after -timeout, not at once.
+func TestSVIDFetchWaitsForSvidd(t *testing.T) {
+	_, sock := startFakeAPI(t)
+	// Move the socket away, start the fetch, then put it back.
+	hidden := sock + ".hidden"
+	if err := os.Rename(sock, hidden); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(700 * time.Millisecond)
+		os.Rename(hidden, sock)
+	}()
+	start := time.Now()
+	out, stderr, code := svidCLI(t.Context(), "svid", "fetch", "-socketPath", sock, "-timeout", "20s")
+	if code != 0 || !strings.Contains(out, "spiffe://example.org/web") {
+		t.Fatalf("exit %d after %v, stdout %q, stderr %q", code, time.Since(start), out, stderr)
+	}
+	if took := time.Since(start); took < 600*time.Millisecond {
+		t.Errorf("fetched after %v, before the socket was back", took)
+	}
+	if !strings.Contains(stderr, "waiting for svidd") {
+		t.Errorf("stderr %q does not say what it waits for", stderr)
+	}
+
+	missing := filepath.Join(t.TempDir(), "nothing.sock")
+	start = time.Now()
+	_, stderr, code = svidCLI(t.Context(), "svid", "fetch", "-socketPath", missing, "-timeout", "1s")
+	took := time.Since(start)
+	if code != 1 || !strings.Contains(stderr, "gave up after -timeout") || took < 900*time.Millisecond || took > 10*time.Second {
+		t.Errorf("no server: exit %d after %v, stderr %q; want 1 after about 1s", code, took, stderr)
 	}
 }
