@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -362,6 +363,7 @@ func runSVIDWatch(ctx context.Context, g globalFlags, args []string, env Env) er
 
 	wa := &watcher{f: &f, c: c, w: w, log: log, env: env}
 	if f.cmd != "" {
+		defer unignoreForChildren()()
 		wa.child = &child{prog: f.cmd, args: f.args, sig: f.sig, env: env, log: log, exits: make(chan error, 1)}
 		defer wa.child.stop()
 	}
@@ -619,6 +621,42 @@ func (c *child) stop() {
 	default:
 	}
 	c.log.Info("stopped program", "pid", pid)
+}
+
+// childSignals are the signals whose disposition a -cmd program should find at their default.
+var childSignals = []os.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE, syscall.SIGALRM}
+
+// unignoreForChildren makes the -cmd program start with default signal dispositions. A signal
+// ignored when svidctl started (nohup ignores SIGHUP, a shell's background job SIGINT and
+// SIGQUIT) stays ignored across exec, so the program would never see the -signal svidctl sends
+// (and a shell cannot even trap a signal ignored on entry). Go resets to default in the child
+// only the signals it handles, so handle those: svidctl itself keeps ignoring them (the
+// handler drops them) until stop, which restores the ignored state.
+func unignoreForChildren() (stop func()) {
+	var sigs []os.Signal
+	for _, s := range childSignals {
+		if signal.Ignored(s) {
+			sigs = append(sigs, s)
+		}
+	}
+	if len(sigs) == 0 {
+		return func() {}
+	}
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sigs...)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range ch { // ignored, as they were
+		}
+	}()
+	return func() {
+		signal.Ignore(sigs...) // replaces the handler: Stop alone would leave them at default
+		signal.Stop(ch)
+		close(ch)
+		<-done
+	}
 }
 
 // parseSignal accepts SIGHUP, HUP, hup or a number; "" means none (restart).

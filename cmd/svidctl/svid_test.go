@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -605,7 +606,12 @@ func TestSVIDWatch(t *testing.T) {
 				args = append(args, "-cmd", "/bin/sh", "-cmdArgs", script, "-signal", "")
 			case "pidFile":
 				ext := exec.Command(script)
-				if err := ext.Start(); err != nil {
+				// A process svidctl did not start: under nohup the test's own SIGHUP
+				// disposition would be its, so start it as its own service manager would.
+				restore := unignoreForChildren()
+				err := ext.Start()
+				restore()
+				if err != nil {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { ext.Process.Kill(); ext.Wait() })
@@ -777,5 +783,66 @@ func TestSVIDFetchWaitsForSvidd(t *testing.T) {
 	took := time.Since(start)
 	if code != 1 || !strings.Contains(stderr, "gave up after -timeout") || took < 900*time.Millisecond || took > 10*time.Second {
 		t.Errorf("no server: exit %d after %v, stderr %q; want 1 after about 1s", code, took, stderr)
+	}
+}
+
+// sigIgnored reads from /proc whether pid ignores sig (SigIgn, a hex bit mask).
+func sigIgnored(t *testing.T, pid int, sig syscall.Signal) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	t.Fatalf("no SigIgn in /proc/%d/status", pid)
+	return false
+}
+
+// TestSVIDWatchUnderNohup: svidctl started with SIGHUP ignored (nohup) still gets its SIGHUP to
+// the -cmd program: the child starts with SIGHUP at its default, and its trap runs.
+func TestSVIDWatchUnderNohup(t *testing.T) {
+	// What nohup does to svidctl: SIGHUP ignored from the start (inherited across exec).
+	if !signal.Ignored(syscall.SIGHUP) {
+		signal.Ignore(syscall.SIGHUP)
+		t.Cleanup(func() { signal.Reset(syscall.SIGHUP) })
+	}
+	// The set-up reproduces the bug: a program started plainly inherits the ignored SIGHUP.
+	plain := exec.Command("sleep", "5")
+	if err := plain.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ignoredInPlain := sigIgnored(t, plain.Process.Pid, syscall.SIGHUP)
+	plain.Process.Kill()
+	plain.Wait()
+	if !ignoredInPlain {
+		t.Fatal("a child of a process ignoring SIGHUP does not ignore it: the test does not reproduce nohup")
+	}
+
+	api, sock := startFakeAPI(t)
+	work := t.TempDir()
+	dir := filepath.Join(work, "certs")
+	script, log := hupScript(t, work)
+	stderr, stop := startWatch(t, "-socketPath", sock, "-dir", dir, "-cmd", script)
+	eventually(t, "the program to start", func() bool { return len(startPids(log)) == 1 })
+	pid := startPids(log)[0]
+	if sigIgnored(t, pid, syscall.SIGHUP) {
+		t.Fatalf("the -cmd program (pid %d) starts with SIGHUP ignored", pid)
+	}
+	api.set(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{api.ca.svid(t, "spiffe://example.org/web", 0xdef100)}})
+	eventually(t, "the program's trap to see SIGHUP", func() bool { return countLines(log, "hup") == 1 })
+	if code := stop(); code != 0 {
+		t.Fatalf("watch exited %d: %s", code, stderr)
+	}
+	// svidctl itself went back to ignoring SIGHUP.
+	if !signal.Ignored(syscall.SIGHUP) {
+		t.Error("SIGHUP is no longer ignored after svid watch ended")
 	}
 }
