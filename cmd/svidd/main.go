@@ -104,13 +104,19 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(cfg.LogLevel)
 	log := newLogger(stderr, level, cfg.LogFormat)
+	// Listen first: a socket or port in use fails the start before anything is created.
+	ls, err := agent.Listen(cfg)
+	if err != nil {
+		return err
+	}
 	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level, OnReady: func() { sdNotify("READY=1") }})
 	if err != nil {
+		ls.Close()
 		return err
 	}
 	stopReload := reloadOnSIGHUP(ctx, a, *configPath, o, log)
 	defer stopReload()
-	err = a.Run(ctx)
+	err = a.Serve(ctx, ls)
 	sdNotify("STOPPING=1")
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
