@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/svidd/svidd/pkg/admin"
 )
 
 // TestFailedStartCreatesNothing: a start that cannot listen (api socket held by a live svidd,
@@ -90,4 +93,42 @@ func TestSIGINTWithOpenStreams(t *testing.T) {
 		t.Errorf("the stop did not log the streams it closed:\n%s", a.logs.String())
 	}
 	t.Logf("stopped %v after SIGINT", took)
+}
+
+// TestSvidFetchShowsStatusRotation: the rotation time `svid fetch` shows (as the workload) is
+// the agent's own, jitter included, as `svidctl status` shows it.
+func TestSvidFetchShowsStatusRotation(t *testing.T) {
+	requireRoot(t)
+	a := startAgent(t)
+	a.createEntry(backendID, "-selector", "unix:uid:1002")
+	c := startAs(t, 1002, 1002, nil, bins.svidctl, "svid", "fetch", "-socketPath", a.api, "-output", "json")
+	var lines []string
+	for l := range c.lines {
+		lines = append(lines, l)
+	}
+	<-c.done
+	var fetched struct {
+		SVIDs []struct {
+			SPIFFEID string    `json:"spiffe_id"`
+			RotateAt time.Time `json:"rotate_at"`
+		} `json:"svids"`
+	}
+	if err := json.Unmarshal([]byte(strings.Join(lines, "\n")), &fetched); err != nil || len(fetched.SVIDs) != 1 {
+		t.Fatalf("svid fetch -output json: %v (%s)\n%s", err, c.stderr.String(), strings.Join(lines, "\n"))
+	}
+	var st admin.Status
+	if err := json.Unmarshal([]byte(a.mustSvidctl("status", "-output", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range st.Identities {
+		if id.SPIFFEID == backendID {
+			if !id.RotateAt.Equal(fetched.SVIDs[0].RotateAt) {
+				t.Fatalf("svid fetch says the SVID rotates at %s, svidctl status at %s", fetched.SVIDs[0].RotateAt, id.RotateAt)
+			}
+			half := id.NotBefore.Add(id.NotAfter.Sub(id.NotBefore) / 2)
+			t.Logf("rotation at %s, %v from half the lifetime", id.RotateAt, id.RotateAt.Sub(half))
+			return
+		}
+	}
+	t.Fatalf("status holds no %s: %+v", backendID, st.Identities)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/svidd/svidd/pkg/svidfiles"
+	"github.com/svidd/svidd/pkg/workload"
 )
 
 // DefaultAPISocket is svidd's Workload API socket. The svid commands run as the workload (not
@@ -176,10 +178,15 @@ func fetchJWT(ctx context.Context, c *workloadapi.Client, subject spiffeid.ID, a
 	return s, js, nil
 }
 
-// rotatesIn is how long until an SVID reaches half its lifetime, where svidd replaces it.
-func rotatesIn(notBefore, notAfter, now time.Time) time.Duration {
-	half := notBefore.Add(notAfter.Sub(notBefore) / 2)
-	return half.Sub(now).Round(time.Second)
+// rotateAt is when svidd replaces the SVID: the agent's own rotation time (half the lifetime,
+// jittered by the serial), the one `svidctl status` shows.
+func rotateAt(leaf *x509.Certificate) time.Time {
+	return workload.RotateAt(leaf.NotBefore, leaf.NotAfter, workload.RotationJitter(leaf.SerialNumber.Text(16)))
+}
+
+// rotatesIn is how long until the SVID is replaced.
+func rotatesIn(leaf *x509.Certificate, now time.Time) time.Duration {
+	return rotateAt(leaf).Sub(now).Round(time.Second)
 }
 
 func serialHex(s *x509svid.SVID) string { return fmt.Sprintf("%x", s.Certificates[0].SerialNumber) }
@@ -285,8 +292,10 @@ type svidJSON struct {
 	Serial    string    `json:"serial"`
 	NotBefore time.Time `json:"not_before"`
 	NotAfter  time.Time `json:"not_after"`
-	// RotatesInSeconds: until half the lifetime, where svidd replaces the SVID.
-	RotatesInSeconds int64 `json:"rotates_in_seconds"`
+	// RotateAt is when svidd replaces the SVID (as svidctl status shows it); RotatesInSeconds
+	// the time until then.
+	RotateAt         time.Time `json:"rotate_at"`
+	RotatesInSeconds int64     `json:"rotates_in_seconds"`
 }
 
 type jwtJSON struct {
@@ -306,8 +315,8 @@ func printSVIDs(w io.Writer, output outputFlag, svids []*x509svid.SVID, jwt *jwt
 			leaf := s.Certificates[0]
 			out.SVIDs = append(out.SVIDs, svidJSON{
 				SPIFFEID: s.ID.String(), Hint: s.Hint, Serial: serialHex(s),
-				NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(),
-				RotatesInSeconds: int64(rotatesIn(leaf.NotBefore, leaf.NotAfter, now) / time.Second),
+				NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), RotateAt: rotateAt(leaf).UTC(),
+				RotatesInSeconds: int64(rotatesIn(leaf, now) / time.Second),
 			})
 		}
 		if jwt != nil {
@@ -321,7 +330,7 @@ func printSVIDs(w io.Writer, output outputFlag, svids []*x509svid.SVID, jwt *jwt
 	fmt.Fprintln(tw, "SPIFFE ID\tSERIAL\tNOT BEFORE\tNOT AFTER\tROTATES IN")
 	for _, s := range svids {
 		leaf := s.Certificates[0]
-		in := rotatesIn(leaf.NotBefore, leaf.NotAfter, now)
+		in := rotatesIn(leaf, now)
 		rot := in.String()
 		if in <= 0 {
 			rot = "overdue by " + (-in).String()

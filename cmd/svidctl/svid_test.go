@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/svidd/svidd/pkg/svidfiles"
+	svworkload "github.com/svidd/svidd/pkg/workload"
 )
 
 // fakeAPI is a tiny SPIFFE Workload API server: it streams whatever X509SVIDResponse it was
@@ -393,8 +394,8 @@ func TestSVIDFetchPrint(t *testing.T) {
 			t.Fatalf("svids = %+v", got.SVIDs)
 		}
 		// Minted 30 minutes into a 2-hour life: rotation (half life) is 30 minutes away.
-		if r := got.SVIDs[0].RotatesInSeconds; r < 29*60 || r > 31*60 {
-			t.Errorf("rotates_in_seconds = %d, want about 1800", r)
+		if r := got.SVIDs[0].RotatesInSeconds; r < 24*60-5 || r > 36*60+5 {
+			t.Errorf("rotates_in_seconds = %d, want 1800 ±360 (half of 2h ±10%%, 30 min in)", r)
 		}
 		if got.JWTSVID == nil || got.JWTSVID.Token == "" || got.JWTSVID.SPIFFEID != "spiffe://example.org/web" {
 			t.Errorf("jwt_svid = %+v", got.JWTSVID)
@@ -418,19 +419,24 @@ func TestSVIDFetchPrint(t *testing.T) {
 func TestRotatesIn(t *testing.T) {
 	nb := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	na := nb.Add(time.Hour)
-	tests := []struct {
-		now  time.Time
-		want time.Duration
-	}{
-		{nb, 30 * time.Minute},
-		{nb.Add(10*time.Minute + 400*time.Millisecond), 20 * time.Minute},
-		{nb.Add(30 * time.Minute), 0},
-		{nb.Add(45 * time.Minute), -15 * time.Minute},
-	}
-	for _, tt := range tests {
-		if got := rotatesIn(nb, na, tt.now); got != tt.want {
-			t.Errorf("rotatesIn at %s = %s, want %s", tt.now.Sub(nb), got, tt.want)
+	seen := map[time.Duration]bool{}
+	for serial := int64(1); serial <= 50; serial++ {
+		leaf := &x509.Certificate{NotBefore: nb, NotAfter: na, SerialNumber: big.NewInt(serial)}
+		in := rotatesIn(leaf, nb)
+		// The agent's time: half the lifetime ±10% of it, from the serial.
+		if in < 27*time.Minute || in > 33*time.Minute {
+			t.Errorf("serial %d: rotates in %s, want within 30m ±3m", serial, in)
 		}
+		if want := svworkload.RotateAt(nb, na, svworkload.RotationJitter(leaf.SerialNumber.Text(16))).Sub(nb).Round(time.Second); in != want {
+			t.Errorf("serial %d: rotates in %s, the agent rotates at %s", serial, in, want)
+		}
+		if later := rotatesIn(leaf, nb.Add(10*time.Minute)); later != in-10*time.Minute {
+			t.Errorf("serial %d: 10 minutes later rotates in %s, want %s", serial, later, in-10*time.Minute)
+		}
+		seen[in] = true
+	}
+	if len(seen) < 40 {
+		t.Errorf("50 serials give %d rotation times: the jitter does not spread them", len(seen))
 	}
 }
 
