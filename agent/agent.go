@@ -57,6 +57,8 @@ type Agent struct {
 
 	serving atomic.Bool
 	started time.Time
+	// callers remembers the last callers, for svidctl callers and the "no identity" log.
+	callers callerLog
 
 	reloadMu sync.Mutex // serializes Reload; guards cfg.Entries
 
@@ -271,6 +273,7 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 		return err
 	}
 	defer stopWatch()
+	a.warnConfigEntries(a.cfg.Entries)
 	a.cache.setBundles([]*workload.Bundle{a.ca.Bundle()})
 
 	apiLn := a.admission.Listener(ls.API) // closes connections over their uid's limits
@@ -436,6 +439,7 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 		Status:      a.status,
 		CA:          caAdmin{a.ca},
 		Ready:       a.ready,
+		Explainer:   a,
 		Logger:      a.log,
 	})
 }

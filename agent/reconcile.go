@@ -42,6 +42,7 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		a.log.Info("log level changed", "level", cfg.LogLevel.String())
 	}
 	a.cfg.Entries = cfg.Entries
+	a.warnConfigEntries(cfg.Entries)
 	if err := a.reconcile(ctx); err != nil {
 		return err
 	}

@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -131,4 +134,113 @@ func TestSvidFetchShowsStatusRotation(t *testing.T) {
 		}
 	}
 	t.Fatalf("status holds no %s: %+v", backendID, st.Identities)
+}
+
+// TestExplainOtherUID: `svidctl explain -pid` over a real process under another uid shows the
+// selectors svidd derives for it (as for a connection), and for the entry it almost matches the
+// selector it lacks; `callers` and the log show a caller that got nothing; a selector svidd can
+// never derive is warned about when the entry is written (through svidctl, and from the config).
+func TestExplainOtherUID(t *testing.T) {
+	requireRoot(t)
+	a := startAgent(t, withConfig("entry \"ghost\" {\n  spiffe_id = \"spiffe://example.org/ghost\"\n  selectors = [\"unix:user:no-such-user-svidd\"]\n}\n"))
+	waitLog(t, a, "config entry can never match")
+	webID := a.createEntry("spiffe://example.org/web", "-selector", "unix:uid:1001", "-selector", "unix:path:/usr/bin/envoy")
+	a.createEntry("spiffe://example.org/db", "-selector", "unix:uid:2000")
+
+	sleepPath, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sleepPath, err = filepath.EvalSymlinks(sleepPath); err != nil {
+		t.Fatal(err)
+	}
+	proc := exec.Command(sleepPath, "60")
+	proc.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1001, Gid: 1001}}
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { proc.Process.Kill(); proc.Wait() }()
+	pid := strconv.Itoa(proc.Process.Pid)
+
+	var x admin.Explanation
+	if err := json.Unmarshal([]byte(a.mustSvidctl("explain", "-pid", pid, "-output", "json")), &x); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"unix:uid:1001", "unix:gid:1001", "unix:path:" + sleepPath} {
+		if !slices.Contains(x.Selectors, want) {
+			t.Errorf("explain -pid %s: selectors %v lack %s", pid, x.Selectors, want)
+		}
+	}
+	if len(x.Matched) != 0 || len(x.NearMiss) == 0 {
+		t.Fatalf("explain: matched %v, near misses %v", x.Matched, x.NearMiss)
+	}
+	if n := x.NearMiss[0]; n.Entry.ID != webID || !slices.Equal(n.Missing, []string{"unix:path:/usr/bin/envoy"}) {
+		t.Errorf("nearest miss %s missing %v, want the web entry missing unix:path:/usr/bin/envoy", n.Entry.SPIFFEID, n.Missing)
+	}
+	out := a.mustSvidctl("explain", "-pid", pid)
+	for _, want := range []string{"unix:path:" + sleepPath, "matches no entry", "spiffe://example.org/web", "needs unix:path:/usr/bin/envoy"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+	// Once the entry names its binary, the same process matches.
+	a.mustSvidctl("entry", "update", "-entryID", webID, "-selector", "unix:uid:1001", "-selector", "unix:path:"+sleepPath)
+	if err := json.Unmarshal([]byte(a.mustSvidctl("explain", "-pid", pid, "-output", "json")), &x); err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Matched) != 1 || x.Matched[0].ID != webID {
+		t.Errorf("after the fix: matched %v, want the web entry", x.Matched)
+	}
+	if err := json.Unmarshal([]byte(a.mustSvidctl("explain", "-uid", "2000", "-output", "json")), &x); err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Matched) != 1 || x.Matched[0].SPIFFEID != "spiffe://example.org/db" {
+		t.Errorf("explain -uid 2000: matched %v, want the db entry", x.Matched)
+	}
+	if _, err := a.svidctl("explain", "-pid", "999999999"); err == nil || !strings.Contains(err.Error(), "999999999") {
+		t.Errorf("explain of a missing pid: %v", err)
+	}
+
+	// A real caller under uid 1002 that gets nothing: listed by callers, logged once.
+	c := startAs(t, 1002, 1002, nil, bins.fakeenvoy, "-socket", a.api, "-names", "spiffe://example.org/web", "-follow", "-timeout", "1m")
+	defer c.cmd.Process.Kill()
+	waitLog(t, a, "caller got no identity")
+	var cs []admin.Caller
+	if err := json.Unmarshal([]byte(a.mustSvidctl("callers", "-output", "json")), &cs); err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) == 0 || cs[0].UID != 1002 || cs[0].PID != int32(c.cmd.Process.Pid) || len(cs[0].SPIFFEIDs) != 0 || !slices.Contains(cs[0].Selectors, "unix:uid:1002") {
+		t.Errorf("callers: %+v, want the uid 1002 fakeenvoy first, with nothing", cs)
+	}
+	if out := a.mustSvidctl("callers"); !strings.Contains(out, "NOTHING") {
+		t.Errorf("callers output does not flag the caller that got nothing:\n%s", out)
+	}
+	logs := a.logs.String()
+	line := ""
+	for l := range strings.Lines(logs) {
+		if strings.Contains(l, "caller got no identity") && strings.Contains(l, "uid=1002") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "pid="+strconv.Itoa(c.cmd.Process.Pid)) || !strings.Contains(line, "selectors=") || !strings.Contains(line, "missing=") {
+		t.Errorf("no-identity log line lacks pid, selectors or missing: %q", line)
+	}
+
+	// Warnings when an entry is written with a selector svidd cannot derive here.
+	_, stderr := svidctlStderr(t, "-socketPath", a.admin, "entry", "create", "-spiffeID", "spiffe://example.org/nobody", "-selector", "unix:user:no-such-user-svidd")
+	if !strings.Contains(stderr, "warning") || !strings.Contains(stderr, "no user") {
+		t.Errorf("entry create with a user that does not exist: stderr %q, want a warning", stderr)
+	}
+}
+
+// svidctlStderr runs svidctl and returns stdout and stderr (it must succeed).
+func svidctlStderr(t *testing.T, args ...string) (string, string) {
+	t.Helper()
+	var out, errb strings.Builder
+	cmd := exec.Command(bins.svidctl, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("svidctl %v: %v: %s", args, err, errb.String())
+	}
+	return out.String(), errb.String()
 }

@@ -72,6 +72,7 @@ func runEntryCreate(ctx context.Context, g globalFlags, args []string, env Env) 
 	if err != nil {
 		return fmt.Errorf("creating entry: %w", err)
 	}
+	printWarnings(env, out)
 	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
 }
 
@@ -115,6 +116,7 @@ func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) 
 	if err != nil {
 		return fmt.Errorf("updating entry: %w", err)
 	}
+	printWarnings(env, out)
 	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
 }
 
@@ -168,6 +170,14 @@ func runEntryList(ctx context.Context, g globalFlags, args []string, env Env) er
 		return fmt.Errorf("listing entries: %w", err)
 	}
 	return printEntries(env.Stdout, f.output, out, true)
+}
+
+// printWarnings shows svidd's warnings about an entry written (a selector it can never derive
+// here): the entry is stored, but would silently never match.
+func printWarnings(env Env, e admin.Entry) {
+	for _, w := range e.Warnings {
+		fmt.Fprintf(env.Stderr, "svidctl: warning: %s\n", w)
+	}
 }
 
 // printEntries writes entries in SPIRE's familiar block form, or as JSON: `entry list` and

@@ -88,6 +88,9 @@ Commands:
   bundle show     print the trust bundle (PEM) [-output json]
   healthcheck     exit 0 when svidd is ready [-verbose]
   status          the agent at a glance: CAs and every identity held, with lifetimes [-output json]
+  explain         why a workload gets (no) identity: -pid PID or -uid UID: its selectors, the entries
+                  they match, and the nearest entries with the selectors missing [-output json]
+  callers         the last callers svidd saw, their selectors and what they got [-n N] [-output json]
   ca show         the CAs in the trust bundle [-output json]
   ca prepare      publish the next CA in the bundle now (normally at half the active CA's life)
   ca activate     sign with the prepared CA now (normally when a sixth of the active CA's life is left)
@@ -145,6 +148,10 @@ func Run(ctx context.Context, args []string, env Env) error {
 		return runHealthcheck(ctx, g, rest, env)
 	case "status":
 		return runStatus(ctx, g, rest, env)
+	case "explain":
+		return runExplain(ctx, g, rest, env)
+	case "callers":
+		return runCallers(ctx, g, rest, env)
 	case "help":
 		fmt.Fprint(env.Stdout, usage)
 		return nil
