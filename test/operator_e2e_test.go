@@ -104,20 +104,15 @@ func TestSvidFetchShowsStatusRotation(t *testing.T) {
 	requireRoot(t)
 	a := startAgent(t)
 	a.createEntry(backendID, "-selector", "unix:uid:1002")
-	c := startAs(t, 1002, 1002, nil, bins.svidctl, "svid", "fetch", "-socketPath", a.api, "-output", "json")
-	var lines []string
-	for l := range c.lines {
-		lines = append(lines, l)
-	}
-	<-c.done
+	out := svidFetchAs(t, a, 1002)
 	var fetched struct {
 		SVIDs []struct {
 			SPIFFEID string    `json:"spiffe_id"`
 			RotateAt time.Time `json:"rotate_at"`
 		} `json:"svids"`
 	}
-	if err := json.Unmarshal([]byte(strings.Join(lines, "\n")), &fetched); err != nil || len(fetched.SVIDs) != 1 {
-		t.Fatalf("svid fetch -output json: %v (%s)\n%s", err, c.stderr.String(), strings.Join(lines, "\n"))
+	if err := json.Unmarshal([]byte(out), &fetched); err != nil || len(fetched.SVIDs) != 1 {
+		t.Fatalf("svid fetch -output json: %v\n%s", err, out)
 	}
 	var st admin.Status
 	if err := json.Unmarshal([]byte(a.mustSvidctl("status", "-output", "json")), &st); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 )
 
@@ -18,9 +17,7 @@ func runBundleShow(ctx context.Context, g globalFlags, args []string, env Env) e
 		return fmt.Errorf("showing bundle: %w", err)
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(b)
+		return printJSON(env.Stdout, b)
 	}
 	_, err = fmt.Fprint(env.Stdout, b.PEM)
 	return err

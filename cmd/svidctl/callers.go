@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -29,9 +28,7 @@ func runCallers(ctx context.Context, g globalFlags, args []string, env Env) erro
 		cs = cs[:*n]
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(cs)
+		return printJSON(env.Stdout, cs)
 	}
 	return renderCallers(env.Stdout, cs)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -185,12 +184,10 @@ func printWarnings(env Env, e admin.Entry) {
 // SPIRE keep working), create and update as the entry object of the admin API.
 func printEntries(w io.Writer, output outputFlag, es []admin.Entry, list bool) error {
 	if output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
 		if list {
-			return enc.Encode(spireEntries(es))
+			return printJSON(w, spireEntries(es))
 		}
-		return enc.Encode(es[0])
+		return printJSON(w, es[0])
 	}
 	if list {
 		switch len(es) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -39,9 +38,7 @@ func runExplain(ctx context.Context, g globalFlags, args []string, env Env) erro
 		return fmt.Errorf("explaining: %w", err)
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(x)
+		return printJSON(env.Stdout, x)
 	}
 	return renderExplanation(env.Stdout, x)
 }

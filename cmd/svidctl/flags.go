@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/svidd/svidd/pkg/admin"
@@ -68,6 +70,13 @@ func parseSub(fs *flag.FlagSet, args []string, env Env) error {
 		return usageError{fmt.Sprintf("%s: unexpected arguments %q (flags go before them? every value needs its flag)", fs.Name(), fs.Args())}
 	}
 	return nil
+}
+
+// printJSON writes v as indented JSON, the -output json of every command.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func newClient(g globalFlags) *admin.Client { return admin.NewClient(g.socketPath) }

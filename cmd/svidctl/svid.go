@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -322,9 +321,7 @@ func printSVIDs(w io.Writer, output outputFlag, svids []*x509svid.SVID, jwt *jwt
 		if jwt != nil {
 			out.JWTSVID = &jwtJSON{SPIFFEID: jwt.ID.String(), Audience: jwt.Audience, ExpiresAt: jwt.Expiry.UTC(), Token: jwt.Marshal()}
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return printJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SPIFFE ID\tSERIAL\tNOT BEFORE\tNOT AFTER\tROTATES IN")
