@@ -43,4 +43,3 @@ func TestIndexExplain(t *testing.T) {
 		t.Errorf("maxNear 2 gave %d", len(near))
 	}
 }
-
