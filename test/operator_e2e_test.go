@@ -239,3 +239,77 @@ func svidctlStderr(t *testing.T, args ...string) (string, string) {
 	}
 	return out.String(), errb.String()
 }
+
+// TestWarnsWhenBinariesUnreadable: svidd run by an ordinary user (make run) cannot read other
+// users' binaries; an entry with unix:path is warned about when it is written, and explain
+// says why a root process has no unix:path selector.
+func TestWarnsWhenBinariesUnreadable(t *testing.T) {
+	requireRoot(t)
+	dir := newAgentDir(t)
+	data := filepath.Join(dir, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(data, 1001, 1001); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil { // the sockets are created here by uid 1001
+		t.Fatal(err)
+	}
+	api, adm := filepath.Join(dir, "api.sock"), filepath.Join(dir, "admin.sock")
+	cfg := filepath.Join(dir, "svidd.hcl")
+	if err := os.WriteFile(cfg, []byte(testListeners), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cmd := exec.Command(bins.svidd, "run", "-socketPath", api, "-adminSocketPath", adm, "-dataDir", data, "-config", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1001, Gid: 1001}}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := runSvidctl("-socketPath", adm, "healthcheck"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("svidd as uid 1001 not ready:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, stderr := svidctlStderr(t, "-socketPath", adm, "entry", "create", "-spiffeID", "spiffe://example.org/envoy",
+		"-selector", "unix:uid:0", "-selector", "unix:path:/usr/bin/envoy")
+	if !strings.Contains(stderr, "warning") || !strings.Contains(stderr, "CAP_SYS_PTRACE") || !strings.Contains(stderr, "uid 1001") {
+		t.Errorf("entry create with unix:path under a non-root svidd: stderr %q, want a warning", stderr)
+	}
+	if !strings.Contains(logs.String(), "entry can never match on this host") {
+		t.Errorf("svidd did not log the warning:\n%s", logs.String())
+	}
+	// A root process: explain says it gets no unix:path, and why.
+	proc := exec.Command("sleep", "60")
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { proc.Process.Kill(); proc.Wait() }()
+	var x admin.Explanation
+	out, err := runSvidctl("-socketPath", adm, "explain", "-pid", strconv.Itoa(proc.Process.Pid), "-output", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(out), &x); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range x.Selectors {
+		if strings.HasPrefix(s, "unix:path:") {
+			t.Errorf("a uid-1001 svidd derived %s for a root process", s)
+		}
+	}
+	if len(x.Notes) == 0 || !strings.Contains(x.Notes[0], "CAP_SYS_PTRACE") {
+		t.Errorf("explain notes %q, want the reason unix:path is missing", x.Notes)
+	}
+	if len(x.NearMiss) == 0 || !slices.Contains(x.NearMiss[0].Missing, "unix:path:/usr/bin/envoy") {
+		t.Errorf("near misses %+v", x.NearMiss)
+	}
+}
