@@ -70,9 +70,14 @@ func (a *Agent) sawCaller(p *peercred.Peer, sel []entry.Selector, rpc string, id
 	now := time.Now()
 	l := &a.callers
 	l.mu.Lock()
-	l.ring[l.next] = seenCaller{at: now, pid: p.PID, uid: p.UID, gid: p.GID, rpc: rpc, sel: sel, ids: ids}
-	l.next = (l.next + 1) % recentCallers
-	l.n = min(l.n+1, recentCallers)
+	rec := seenCaller{at: now, pid: p.PID, uid: p.UID, gid: p.GID, rpc: rpc, sel: sel, ids: ids}
+	if last := &l.ring[(l.next-1+recentCallers)%recentCallers]; l.n > 0 && last.pid == p.PID && last.uid == p.UID && last.rpc == rpc {
+		*last = rec // the same caller retrying: one line, the latest
+	} else {
+		l.ring[l.next] = rec
+		l.next = (l.next + 1) % recentCallers
+		l.n = min(l.n+1, recentCallers)
+	}
 	logIt := false
 	if len(ids) == 0 {
 		k := callerKey{p.PID, p.UID}

@@ -48,6 +48,9 @@ func TestNoIdentityLog(t *testing.T) {
 	if n := logs.count("caller got no identity"); n != 1 {
 		t.Fatalf("logged %d times for one caller, want once:\n%s", n, logs.b.String())
 	}
+	if cs := a.Callers(); len(cs) != 1 {
+		t.Errorf("one caller retrying is listed %d times, want once", len(cs))
+	}
 	for _, want := range []string{"pid=4242", "uid=1000", "unix:path:/usr/local/bin/envoy", "nearest_entry=spiffe://example.org/web", "missing=unix:path:/usr/bin/envoy"} {
 		if logs.count(want) == 0 {
 			t.Errorf("log lacks %s:\n%s", want, logs.b.String())

@@ -257,6 +257,7 @@ func runSVIDFetch(ctx context.Context, g globalFlags, args []string, env Env) er
 func fetchX509Waiting(ctx context.Context, c *workloadapi.Client, socketPath string, env Env) (*workloadapi.X509Context, error) {
 	backoff := 100 * time.Millisecond
 	var said codes.Code
+	var waitedFor error // the last answer worth reporting if the wait runs out
 	for {
 		x, err := c.FetchX509Context(ctx)
 		if err == nil {
@@ -264,11 +265,12 @@ func fetchX509Waiting(ctx context.Context, c *workloadapi.Client, socketPath str
 		}
 		code := status.Code(err)
 		if ctx.Err() != nil || (code != codes.Unavailable && code != codes.PermissionDenied) {
-			if ctx.Err() != nil && said != 0 {
-				return nil, fmt.Errorf("fetching X509-SVIDs from %s: gave up after -timeout: %w", socketPath, err)
+			if ctx.Err() != nil && waitedFor != nil {
+				return nil, fmt.Errorf("fetching X509-SVIDs from %s: gave up after -timeout: %w", socketPath, waitedFor)
 			}
 			return nil, fmt.Errorf("fetching X509-SVIDs from %s: %w", socketPath, err)
 		}
+		waitedFor = err
 		if said != code {
 			said = code
 			what := "svidd to answer"
