@@ -75,7 +75,7 @@ func (f *svidFlags) register(fs *flag.FlagSet, g globalFlags, watch bool) {
 	}
 	f.output = "pretty"
 	fs.Var(&f.output, "output", "pretty or json (without -dir)")
-	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up after this long")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "wait this long for svidd to answer and to issue this process an identity, then give up")
 }
 
 // check validates the flags that parsing alone does not.
