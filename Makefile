@@ -69,6 +69,36 @@ lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
 
+# make install: PREFIX and DESTDIR as every Makefile has them; the unit's ExecStart, -config
+# and Documentation= are rewritten to where the files land.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/svidd
+
+.PHONY: install
+install: build ## Install binaries, the systemd unit, /etc/svidd/svidd.hcl (kept if present) and docs (PREFIX, DESTDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/svidd $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BIN)/svidd $(BIN)/svidctl $(DESTDIR)$(BINDIR)/
+	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/svidd/|$(SYSCONFDIR)/svidd/|g' \
+	    -e 's|^Documentation=.*|Documentation=file://$(DOCDIR)/README.md|' \
+	    examples/systemd/svidd.service > $(DESTDIR)$(UNITDIR)/svidd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/svidd.service
+	@# The unit's configuration; an existing one is the operator's and stays.
+	test -e $(DESTDIR)$(SYSCONFDIR)/svidd/svidd.hcl || install -m 0644 examples/systemd/svidd.hcl $(DESTDIR)$(SYSCONFDIR)/svidd/svidd.hcl
+	install -m 0644 README.md docs/SECURITY.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 conf/svidd.hcl $(DESTDIR)$(DOCDIR)/svidd-defaults.hcl
+	cp -R examples $(DESTDIR)$(DOCDIR)/ && find $(DESTDIR)$(DOCDIR)/examples -name '*_test.go' -delete
+	@echo "Installed. Next: useradd --system --no-create-home --shell /usr/sbin/nologin svidd;"
+	@echo "  systemctl daemon-reload && systemctl enable --now svidd"
+
+.PHONY: uninstall
+uninstall: ## Remove what make install put (the config file and the state in /var/lib/svidd stay)
+	rm -f $(DESTDIR)$(BINDIR)/svidd $(DESTDIR)$(BINDIR)/svidctl $(DESTDIR)$(UNITDIR)/svidd.service
+	rm -rf $(DESTDIR)$(DOCDIR)
+
 .PHONY: clean
 clean: ## Remove build output and the local data dir
 	rm -rf $(BIN) .svidd

@@ -60,6 +60,8 @@ type Agent struct {
 
 	serving atomic.Bool
 	started time.Time
+	// callers remembers the last callers, for svidctl callers and the "no identity" log.
+	callers callerLog
 
 	reloadMu sync.Mutex // serializes Reload; guards cfg.Entries
 
@@ -231,30 +233,36 @@ func (ls Listeners) Close() {
 
 // Listen opens the listeners the configuration names: the api socket (0666: any local
 // process may ask; the kernel tells who asked), the admin socket (0600, and only its owner
-// and root are admitted), and the metrics and health TCP listeners when configured.
-func (a *Agent) Listen() (ls Listeners, err error) {
+// and root are admitted), the metrics and health TCP listeners and the federation bundle
+// endpoint when configured.
+func (a *Agent) Listen() (Listeners, error) { return Listen(a.cfg.Config) }
+
+// Listen opens the listeners cfg names, as (*Agent).Listen does. svidd opens them before New,
+// so that a start that cannot listen (a socket or port in use) fails before it creates the
+// data dir, the store or a CA.
+func Listen(cfg conf.Config) (ls Listeners, err error) {
 	defer func() {
 		if err != nil {
 			ls.Close()
 		}
 	}()
-	if ls.API, err = peercred.Listen(a.cfg.SocketPath, 0o666); err != nil {
+	if ls.API, err = peercred.Listen(cfg.SocketPath, 0o666); err != nil {
 		return ls, fmt.Errorf("api socket: %w", err)
 	}
-	if ls.Admin, err = peercred.Listen(a.cfg.AdminSocketPath, 0o600); err != nil {
+	if ls.Admin, err = peercred.Listen(cfg.AdminSocketPath, 0o600); err != nil {
 		return ls, fmt.Errorf("admin socket: %w", err)
 	}
-	if addr := a.cfg.Telemetry.PrometheusAddress; addr != "" {
+	if addr := cfg.Telemetry.PrometheusAddress; addr != "" {
 		if ls.Metrics, err = net.Listen("tcp", addr); err != nil {
 			return ls, fmt.Errorf("metrics listener: %w", err)
 		}
 	}
-	if addr := a.cfg.Health.Address; addr != "" {
+	if addr := cfg.Health.Address; addr != "" {
 		if ls.Health, err = net.Listen("tcp", addr); err != nil {
 			return ls, fmt.Errorf("health listener: %w", err)
 		}
 	}
-	if ls.BundleEndpoint, err = a.listenBundleEndpoint(); err != nil {
+	if ls.BundleEndpoint, err = listenBundleEndpoint(cfg); err != nil {
 		return ls, err
 	}
 	return ls, nil
@@ -285,11 +293,13 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 		return err
 	}
 	defer stopWatch()
+	a.warnConfigEntries(a.cfg.Entries)
 	a.cache.setBundles([]*workload.Bundle{a.ca.Bundle()})
 
 	apiLn := a.admission.Listener(ls.API) // closes connections over their uid's limits
 	ls.Admin.Admit = a.admitAdmin
-	gs, err := a.apiServer()
+	calls := &callTracker{}
+	gs, err := a.apiServer(calls.serverOptions()...)
 	if err != nil {
 		return err
 	}
@@ -354,7 +364,7 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 	a.serving.Store(false)
 	hs.Shutdown()
 	cancel()
-	stopGRPC(gs, 5*time.Second)
+	a.stopAPI(gs, calls, 5*time.Second)
 	wg.Wait()
 	a.log.Info("svidd stopped")
 	return err
@@ -400,7 +410,7 @@ func (a *Agent) admitAdmin(p *peercred.Peer) bool {
 }
 
 // apiServer is the gRPC server of the api socket, with SDS and the Workload API registered.
-func (a *Agent) apiServer() (*grpc.Server, error) {
+func (a *Agent) apiServer(extra ...grpc.ServerOption) (*grpc.Server, error) {
 	sdsSrv, err := sds.New(sds.Config{
 		Watcher:               a,
 		TrustDomain:           a.cfg.TrustDomain,
@@ -425,7 +435,7 @@ func (a *Agent) apiServer() (*grpc.Server, error) {
 	}
 	// Small, shared write buffers: a connection's buffers otherwise dominate the heap with
 	// many connections (1,000 connections: heap 78 → 40 MiB, measured with test/load).
-	gs := grpc.NewServer(append(a.admission.ServerOptions(),
+	opts := append(a.admission.ServerOptions(),
 		grpc.Creds(peercred.TransportCredentials()),
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(8<<10),
@@ -437,7 +447,8 @@ func (a *Agent) apiServer() (*grpc.Server, error) {
 		grpc.InitialConnWindowSize(65535),
 		// SDS sends pre-encoded responses: each View's Secrets are encoded once and shared
 		// by every stream holding it (pkg/wire).
-		wire.ServerOption())...)
+		wire.ServerOption())
+	gs := grpc.NewServer(append(opts, extra...)...)
 	sdsSrv.Register(gs)
 	wlSrv.Register(gs)
 	return gs, nil
@@ -454,21 +465,9 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 		CA:          caAdmin{a.ca},
 		Federation:  admin.NewFederation(a.fed),
 		Ready:       a.ready,
+		Explainer:   a,
 		Logger:      a.log,
 	})
-}
-
-// stopGRPC drains in-flight calls for up to d, then cuts the rest (SDS streams never end on
-// their own, so a graceful stop alone would wait forever).
-func stopGRPC(gs *grpc.Server, d time.Duration) {
-	done := make(chan struct{})
-	go func() { gs.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(d):
-		gs.Stop()
-		<-done
-	}
 }
 
 func (a *Agent) ready(ctx context.Context) error {

@@ -353,9 +353,9 @@ func TestRotationTime(t *testing.T) {
 		{0.5, 30 * time.Minute},
 		{0.999999, 33 * time.Minute},
 	} {
-		got := rotationTime(nb, na, tc.r).Sub(nb).Round(time.Second)
+		got := workload.RotateAt(nb, na, tc.r).Sub(nb).Round(time.Second)
 		if got != tc.want {
-			t.Errorf("rotationTime(r=%v) = %v after NotBefore, want %v", tc.r, got, tc.want)
+			t.Errorf("RotateAt(r=%v) = %v after NotBefore, want %v", tc.r, got, tc.want)
 		}
 	}
 }

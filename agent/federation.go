@@ -58,8 +58,8 @@ func relationships(c conf.Config) []federation.Relationship {
 }
 
 // listenBundleEndpoint opens the bundle endpoint's TCP listener when one is configured.
-func (a *Agent) listenBundleEndpoint() (net.Listener, error) {
-	ep := a.cfg.Federation.Endpoint
+func listenBundleEndpoint(cfg conf.Config) (net.Listener, error) {
+	ep := cfg.Federation.Endpoint
 	if ep == nil {
 		return nil, nil
 	}

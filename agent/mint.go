@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -135,7 +134,9 @@ func (c *cache) mintOne(e entry.Entry, force bool) error {
 		}
 		s.EntryID = e.ID
 		s.EntryRevision = e.Revision
-		s.RotateAt = rotationTime(s.NotBefore, s.NotAfter, rand.Float64())
+		// The jitter comes from the serial, so a workload holding the certificate computes
+		// the same time (svidctl svid fetch shows it).
+		s.RotateAt = workload.RotateAt(s.NotBefore, s.NotAfter, workload.RotationJitter(s.Serial))
 		// The entry may have changed or gone while we minted; only keep the SVID if it still
 		// belongs to the entry as it is now.
 		if cur, ok := c.index.Get(e.ID); ok && cur.Revision == e.Revision {

@@ -52,6 +52,7 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 	}
 	a.cfg.Federation.FederatesWith = cfg.Federation.FederatesWith
 	a.cfg.Entries = cfg.Entries
+	a.warnConfigEntries(cfg.Entries)
 	if err := a.reconcile(ctx); err != nil {
 		return err
 	}

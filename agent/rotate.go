@@ -8,15 +8,6 @@ import (
 	"github.com/svidd/svidd/pkg/workload"
 )
 
-// rotationTime is when an SVID valid from nb to na is replaced: at half its lifetime, moved by
-// up to ±10% of that half (r in [0,1)), i.e. between 45% and 55% of the lifetime, so that SVIDs
-// minted together do not all rotate in the same instant. Pure, for tests.
-func rotationTime(nb, na time.Time, r float64) time.Time {
-	half := na.Sub(nb) / 2
-	jitter := time.Duration((r*2 - 1) * 0.1 * float64(half))
-	return nb.Add(half + jitter)
-}
-
 // rotate re-mints the SVID of entryID if it is due and still in use, and pushes it. An SVID no
 // stream holds is dropped instead: it will be minted again on demand.
 func (c *cache) rotate(entryID string) {

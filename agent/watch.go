@@ -45,6 +45,7 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer, need workload.Need)
 	if err != nil {
 		return nil, err
 	}
+	a.sawCaller(p, sel, method, a.viewIDs(sub.Latest(), sel))
 	if a.log.Enabled(ctx, slog.LevelInfo) { // a hot path: build the ID list only if it is logged
 		v := sub.Latest()
 		for i, s := range v.SVIDs {
@@ -85,6 +86,7 @@ func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid
 		return nil, err
 	}
 	ids := a.cache.entitledIDs(sel)
+	a.sawCaller(p, sel, "FetchJWTSVID", ids)
 	if !id.IsZero() {
 		if !slices.Contains(ids, id) {
 			return nil, workload.ErrNotEntitled

@@ -78,17 +78,31 @@ func TestBadConfigExitsWithPosition(t *testing.T) {
 }
 
 type listedEntry struct {
-	ID       string   `json:"id"`
-	Name     string   `json:"name"`
-	SPIFFEID string   `json:"spiffe_id"`
-	DNSNames []string `json:"dns_names"`
+	ID, Name, SPIFFEID string
+	DNSNames           []string
 }
 
 func (a *agent) entries() []listedEntry {
 	a.t.Helper()
-	var es []listedEntry
-	if err := json.Unmarshal([]byte(a.mustSvidctl("entry", "list", "-output", "json")), &es); err != nil {
+	// SPIRE's shape: {"entries": [{"spiffe_id": {"trust_domain", "path"}, ...}]}.
+	var list struct {
+		Entries []struct {
+			ID       string   `json:"id"`
+			Name     string   `json:"name"`
+			DNSNames []string `json:"dns_names"`
+			SPIFFEID struct {
+				TrustDomain string `json:"trust_domain"`
+				Path        string `json:"path"`
+			} `json:"spiffe_id"`
+		} `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(a.mustSvidctl("entry", "list", "-output", "json")), &list); err != nil {
 		a.t.Fatal(err)
+	}
+	var es []listedEntry
+	for _, e := range list.Entries {
+		es = append(es, listedEntry{ID: e.ID, Name: e.Name, DNSNames: e.DNSNames,
+			SPIFFEID: "spiffe://" + e.SPIFFEID.TrustDomain + e.SPIFFEID.Path})
 	}
 	return es
 }

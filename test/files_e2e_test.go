@@ -102,7 +102,17 @@ func TestSvidFetchTable(t *testing.T) {
 	requireRoot(t)
 	a := startAgent(t)
 	a.createEntry(backendID, "-selector", "unix:uid:1002")
-	c := startAs(t, 1002, 1002, nil, bins.svidctl, "svid", "fetch", "-socketPath", a.api, "-output", "json")
+	out := svidFetchAs(t, a, 1002)
+	var got any
+	if err := json.Unmarshal([]byte(out), &got); err != nil || !strings.Contains(out, backendID) {
+		t.Fatalf("svid fetch -output json: %v\n%s", err, out)
+	}
+}
+
+// svidFetchAs runs `svidctl svid fetch -output json` as uid (and gid) and returns its output.
+func svidFetchAs(t *testing.T, a *agent, uid uint32) string {
+	t.Helper()
+	c := startAs(t, uid, uid, nil, bins.svidctl, "svid", "fetch", "-socketPath", a.api, "-output", "json")
 	var lines []string
 	for l := range c.lines {
 		lines = append(lines, l)
@@ -111,8 +121,5 @@ func TestSvidFetchTable(t *testing.T) {
 	if c.cmd.ProcessState.ExitCode() != 0 {
 		t.Fatalf("svid fetch: exit %d: %s", c.cmd.ProcessState.ExitCode(), c.stderr.String())
 	}
-	var got any
-	if err := json.Unmarshal([]byte(strings.Join(lines, "\n")), &got); err != nil || !strings.Contains(strings.Join(lines, ""), backendID) {
-		t.Fatalf("svid fetch -output json: %v\n%s", err, strings.Join(lines, "\n"))
-	}
+	return strings.Join(lines, "\n")
 }

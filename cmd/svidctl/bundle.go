@@ -68,9 +68,7 @@ func runBundleShow(ctx context.Context, g globalFlags, args []string, env Env) e
 	}
 	switch {
 	case f.output == "json":
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(b)
+		return printJSON(env.Stdout, b)
 	case f.format == "spiffe":
 		_, err = fmt.Fprintf(env.Stdout, "%s\n", b.SPIFFE)
 		return err

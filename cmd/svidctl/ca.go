@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -45,9 +44,7 @@ func caCommand(ctx context.Context, g globalFlags, name string, args []string, e
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(as)
+		return printJSON(env.Stdout, as)
 	}
 	return renderAuthorities(env.Stdout, as, time.Now())
 }

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
+	"strings"
 	"text/tabwriter"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/svidd/svidd/pkg/admin"
 )
@@ -73,6 +76,7 @@ func runEntryCreate(ctx context.Context, g globalFlags, args []string, env Env) 
 	if err != nil {
 		return fmt.Errorf("creating entry: %w", err)
 	}
+	printWarnings(env, out)
 	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
 }
 
@@ -120,6 +124,7 @@ func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) 
 	if err != nil {
 		return fmt.Errorf("updating entry: %w", err)
 	}
+	printWarnings(env, out)
 	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
 }
 
@@ -138,6 +143,9 @@ func runEntryDelete(ctx context.Context, g globalFlags, args []string, env Env) 
 		return fmt.Errorf("deleting entry: %w", err)
 	}
 	fmt.Fprintf(env.Stdout, "Deleted entry with ID: %s\n", out.ID)
+	if out.Name != "" {
+		fmt.Fprintf(env.Stderr, "svidctl: warning: entry %s is declared in svidd's config file (entry %q): the next start or reload (SIGHUP) creates it again; remove the block from the file to delete it for good\n", out.ID, out.Name)
+	}
 	return nil
 }
 
@@ -155,7 +163,7 @@ func runEntryShow(ctx context.Context, g globalFlags, args []string, env Env) er
 	if err != nil {
 		return fmt.Errorf("showing entry: %w", err)
 	}
-	return printEntries(env.Stdout, f.output, []admin.Entry{out}, false)
+	return printEntries(env.Stdout, f.output, []admin.Entry{out}, f.output == "json")
 }
 
 func runEntryList(ctx context.Context, g globalFlags, args []string, env Env) error {
@@ -172,19 +180,23 @@ func runEntryList(ctx context.Context, g globalFlags, args []string, env Env) er
 	return printEntries(env.Stdout, f.output, out, true)
 }
 
-// printEntries writes entries in SPIRE's familiar block form, or as JSON (a list for `entry
-// list`, an object otherwise).
+// printWarnings shows svidd's warnings about an entry written (a selector it can never derive
+// here): the entry is stored, but would silently never match.
+func printWarnings(env Env, e admin.Entry) {
+	for _, w := range e.Warnings {
+		fmt.Fprintf(env.Stderr, "svidctl: warning: %s\n", w)
+	}
+}
+
+// printEntries writes entries in SPIRE's familiar block form, or as JSON: `entry list` and
+// `entry show` in the shape `spire-server entry show -output json` prints (scripts written for
+// SPIRE keep working), create and update as the entry object of the admin API.
 func printEntries(w io.Writer, output outputFlag, es []admin.Entry, list bool) error {
 	if output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
 		if list {
-			if es == nil {
-				es = []admin.Entry{}
-			}
-			return enc.Encode(es)
+			return printJSON(w, spireEntries(es))
 		}
-		return enc.Encode(es[0])
+		return printJSON(w, es[0])
 	}
 	if list {
 		switch len(es) {
@@ -219,4 +231,78 @@ func printEntries(w io.Writer, output outputFlag, es []admin.Entry, list bool) e
 		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// spireListJSON is SPIRE's entry.v1.ListEntriesResponse as protojson writes it (int64 fields as
+// strings, unset fields present).
+type spireListJSON struct {
+	Entries       []spireEntryJSON `json:"entries"`
+	NextPageToken string           `json:"next_page_token"`
+}
+
+type spireIDJSON struct {
+	TrustDomain string `json:"trust_domain"`
+	Path        string `json:"path"`
+}
+
+type spireSelectorJSON struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+// spireEntryJSON is SPIRE's types.Entry. svidd has no node hierarchy: parent_id is the trust
+// domain itself (the agent registers for its own host). Name, svidd's own, is set for entries
+// declared in the config file (they come back at every start and reload).
+type spireEntryJSON struct {
+	ID             string              `json:"id"`
+	SPIFFEID       spireIDJSON         `json:"spiffe_id"`
+	ParentID       spireIDJSON         `json:"parent_id"`
+	Selectors      []spireSelectorJSON `json:"selectors"`
+	X509SVIDTTL    int64               `json:"x509_svid_ttl"`
+	FederatesWith  []string            `json:"federates_with"`
+	Admin          bool                `json:"admin"`
+	Downstream     bool                `json:"downstream"`
+	ExpiresAt      string              `json:"expires_at"`
+	DNSNames       []string            `json:"dns_names"`
+	RevisionNumber string              `json:"revision_number"`
+	StoreSVID      bool                `json:"store_svid"`
+	JWTSVIDTTL     int64               `json:"jwt_svid_ttl"`
+	Hint           string              `json:"hint"`
+	CreatedAt      string              `json:"created_at"`
+	Name           string              `json:"name,omitempty"`
+	FromConfig     bool                `json:"from_config,omitempty"`
+}
+
+func spireEntries(es []admin.Entry) spireListJSON {
+	out := spireListJSON{Entries: []spireEntryJSON{}}
+	for _, e := range es {
+		id := spireIDJSON{}
+		if sid, err := spiffeid.FromString(e.SPIFFEID); err == nil {
+			id = spireIDJSON{TrustDomain: sid.TrustDomain().Name(), Path: sid.Path()}
+		}
+		se := spireEntryJSON{
+			ID:             e.ID,
+			SPIFFEID:       id,
+			ParentID:       spireIDJSON{TrustDomain: id.TrustDomain},
+			Selectors:      []spireSelectorJSON{},
+			X509SVIDTTL:    e.X509SVIDTTL,
+			FederatesWith:  []string{},
+			ExpiresAt:      "0",
+			DNSNames:       append([]string{}, e.DNSNames...),
+			RevisionNumber: strconv.FormatInt(e.Revision, 10),
+			CreatedAt:      "0",
+			Name:           e.Name,
+			FromConfig:     e.Name != "",
+		}
+		if !e.CreatedAt.IsZero() {
+			se.CreatedAt = strconv.FormatInt(e.CreatedAt.Unix(), 10)
+		}
+		for _, s := range e.Selectors {
+			// SPIRE's selector is type + value: "unix:uid:1000" is type unix, value uid:1000.
+			typ, val, _ := strings.Cut(s, ":")
+			se.Selectors = append(se.Selectors, spireSelectorJSON{Type: typ, Value: val})
+		}
+		out.Entries = append(out.Entries, se)
+	}
+	return out
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/svidd/svidd/pkg/admin"
+	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload"
 )
@@ -104,11 +107,11 @@ func TestEntryCommands(t *testing.T) {
 		t.Fatalf("update: exit %d: %s", code, stderr)
 	}
 	out, _, _ = cli(t, "entry", "show", "-socketPath", sock, "-entryID", e.ID, "-output", "json")
-	var up admin.Entry
-	if err := json.Unmarshal([]byte(out), &up); err != nil {
-		t.Fatal(err)
+	var shown spireListJSON
+	if err := json.Unmarshal([]byte(out), &shown); err != nil || len(shown.Entries) != 1 {
+		t.Fatalf("show -output json: %v\n%s", err, out)
 	}
-	if up.DNSNames[0] != "web2.local" || len(up.Selectors) != 2 || up.X509SVIDTTL != 600 || up.Revision != 2 {
+	if up := shown.Entries[0]; up.DNSNames[0] != "web2.local" || len(up.Selectors) != 2 || up.X509SVIDTTL != 600 || up.RevisionNumber != "2" {
 		t.Fatalf("after update -dns: %+v (selectors and TTL must be kept)", up)
 	}
 
@@ -117,8 +120,8 @@ func TestEntryCommands(t *testing.T) {
 		t.Fatalf("list: exit %d\n%s", code, out)
 	}
 	out, _, _ = cli(t, "entry", "list", "-socketPath", sock, "-spiffeID", "spiffe://example.org/none", "-output", "json")
-	if strings.TrimSpace(out) != "[]" {
-		t.Fatalf("empty list as JSON = %q, want []", out)
+	if strings.Join(strings.Fields(out), " ") != `{ "entries": [], "next_page_token": "" }` {
+		t.Fatalf("empty list as JSON = %q, want SPIRE's {\"entries\": [], \"next_page_token\": \"\"}", out)
 	}
 
 	out, _, code = cli(t, "entry", "delete", "-socketPath", sock, "-entryID", e.ID)
@@ -186,5 +189,67 @@ func TestHealthcheckAndBundle(t *testing.T) {
 	}
 	if out, _, code := cli(t, "bundle", "show", "-socketPath", sock); code != 0 || !strings.HasPrefix(out, "-----BEGIN CERTIFICATE-----") {
 		t.Fatalf("bundle show: exit %d %q", code, out)
+	}
+}
+
+// TestEntryListSPIREJSON: `entry list -output json` is what `spire-server entry show -output
+// json` prints (entries with spiffe_id {trust_domain, path}, selectors {type, value}, int64s as
+// strings), so scripts written for SPIRE read it; config-declared entries are marked.
+func TestEntryListSPIREJSON(t *testing.T) {
+	sock, st := startAdminForCLI(t)
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	sel, err := entry.ParseSelectors([]string{"unix:uid:1000", "unix:path:/usr/bin/envoy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := entry.Entry{Name: "web", SPIFFEID: spiffeid.RequireFromPath(td, "/web"), Selectors: sel, DNSNames: []string{"web.local"}}
+	created, err := st.CreateEntry(context.Background(), e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code := cli(t, "entry", "list", "-socketPath", sock, "-output", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"next_page_token": "",
+		"entries": []any{map[string]any{
+			"id":              created.ID,
+			"spiffe_id":       map[string]any{"trust_domain": "example.org", "path": "/web"},
+			"parent_id":       map[string]any{"trust_domain": "example.org", "path": ""},
+			"selectors":       []any{map[string]any{"type": "unix", "value": "path:/usr/bin/envoy"}, map[string]any{"type": "unix", "value": "uid:1000"}},
+			"x509_svid_ttl":   0.0,
+			"jwt_svid_ttl":    0.0,
+			"federates_with":  []any{},
+			"admin":           false,
+			"downstream":      false,
+			"expires_at":      "0",
+			"dns_names":       []any{"web.local"},
+			"revision_number": "1",
+			"store_svid":      false,
+			"hint":            "",
+			"created_at":      strconv.FormatInt(created.CreatedAt.Unix(), 10),
+			"name":            "web",
+			"from_config":     true,
+		}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		g, _ := json.MarshalIndent(got, "", "  ")
+		w, _ := json.MarshalIndent(want, "", "  ")
+		t.Fatalf("entry list -output json:\n%s\nwant:\n%s", g, w)
+	}
+	// The pretty form says where it comes from.
+	out, _, _ = cli(t, "entry", "list", "-socketPath", sock)
+	if !strings.Contains(out, "from the config file") {
+		t.Errorf("entry list does not mark the config entry:\n%s", out)
+	}
+	// Deleting it works (the admin API serves every client), with a warning that it comes back.
+	out, stderr, code = cli(t, "entry", "delete", "-socketPath", sock, "-entryID", created.ID)
+	if code != 0 || !strings.Contains(out, created.ID) || !strings.Contains(stderr, "creates it again") || !strings.Contains(stderr, `"web"`) {
+		t.Fatalf("delete of a config entry: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
 }

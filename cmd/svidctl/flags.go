@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/svidd/svidd/pkg/admin"
@@ -12,14 +14,23 @@ import (
 func newFlagSet(name string, env Env) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
+	// flagError prints the usage: to stdout when asked for (-h), to stderr after a mistake.
+	fs.Usage = func() {}
 	return fs
 }
 
-// flagError turns flag's parse error into ours (flag already printed the details and usage).
-func flagError(err error, env Env) error {
+// flagError turns flag's parse error into ours (flag already printed the error) and prints
+// the command's flags.
+func flagError(fs *flag.FlagSet, err error, env Env) error {
 	if errors.Is(err, flag.ErrHelp) {
-		return errSilent
+		fmt.Fprintf(env.Stdout, "Usage: svidctl %s [flags]\n\nFlags:\n", fs.Name())
+		fs.SetOutput(env.Stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(env.Stderr)
+		return errHelp
 	}
+	fmt.Fprintf(env.Stderr, "Usage: svidctl %s [flags]\n", fs.Name())
+	fs.PrintDefaults()
 	return usageError{err.Error()}
 }
 
@@ -53,12 +64,19 @@ func commonFlags(fs *flag.FlagSet, g *globalFlags) {
 
 func parseSub(fs *flag.FlagSet, args []string, env Env) error {
 	if err := fs.Parse(args); err != nil {
-		return flagError(err, env)
+		return flagError(fs, err, env)
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("%s: unexpected arguments %q (flags go before them? every value needs its flag)", fs.Name(), fs.Args())}
 	}
 	return nil
+}
+
+// printJSON writes v as indented JSON, the -output json of every command.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func newClient(g globalFlags) *admin.Client { return admin.NewClient(g.socketPath) }

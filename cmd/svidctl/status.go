@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -26,9 +25,7 @@ func runStatus(ctx context.Context, g globalFlags, args []string, env Env) error
 		return fmt.Errorf("getting status: %w", err)
 	}
 	if f.output == "json" {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return printJSON(env.Stdout, st)
 	}
 	return renderStatus(env.Stdout, st)
 }

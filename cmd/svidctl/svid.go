@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/svidd/svidd/pkg/svidfiles"
+	"github.com/svidd/svidd/pkg/workload"
 )
 
 // DefaultAPISocket is svidd's Workload API socket. The svid commands run as the workload (not
@@ -53,11 +55,11 @@ type svidFlags struct {
 }
 
 func (f *svidFlags) register(fs *flag.FlagSet, g globalFlags, watch bool) {
-	// A -socketPath before the command names the socket to talk to; only the admin default is
-	// replaced by the Workload API's.
-	f.socketPath = g.socketPath
-	if f.socketPath == DefaultAdminSocket {
-		f.socketPath = DefaultAPISocket
+	// A -socketPath before the command names the socket to talk to; otherwise the Workload
+	// API's default ($SPIFFE_ENDPOINT_SOCKET or DefaultAPISocket), never the admin socket's.
+	f.socketPath = g.apiSocket
+	if g.explicit {
+		f.socketPath = g.socketPath
 	}
 	fs.StringVar(&f.socketPath, "socketPath", f.socketPath, "path of svidd's Workload API socket (not the admin socket)")
 	fs.StringVar(&f.dir, "dir", "", "directory to write svid.pem, svid_key.pem and bundle.pem into (through DIR/current)")
@@ -73,7 +75,7 @@ func (f *svidFlags) register(fs *flag.FlagSet, g globalFlags, watch bool) {
 	}
 	f.output = "pretty"
 	fs.Var(&f.output, "output", "pretty or json (without -dir)")
-	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up after this long")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "wait this long for svidd to answer and to issue this process an identity, then give up")
 }
 
 // check validates the flags that parsing alone does not.
@@ -175,10 +177,15 @@ func fetchJWT(ctx context.Context, c *workloadapi.Client, subject spiffeid.ID, a
 	return s, js, nil
 }
 
-// rotatesIn is how long until an SVID reaches half its lifetime, where svidd replaces it.
-func rotatesIn(notBefore, notAfter, now time.Time) time.Duration {
-	half := notBefore.Add(notAfter.Sub(notBefore) / 2)
-	return half.Sub(now).Round(time.Second)
+// rotateAt is when svidd replaces the SVID: the agent's own rotation time (half the lifetime,
+// jittered by the serial), the one `svidctl status` shows.
+func rotateAt(leaf *x509.Certificate) time.Time {
+	return workload.RotateAt(leaf.NotBefore, leaf.NotAfter, workload.RotationJitter(leaf.SerialNumber.Text(16)))
+}
+
+// rotatesIn is how long until the SVID is replaced.
+func rotatesIn(leaf *x509.Certificate, now time.Time) time.Duration {
+	return rotateAt(leaf).Sub(now).Round(time.Second)
 }
 
 func serialHex(s *x509svid.SVID) string { return fmt.Sprintf("%x", s.Certificates[0].SerialNumber) }
@@ -200,9 +207,9 @@ func runSVIDFetch(ctx context.Context, g globalFlags, args []string, env Env) er
 		return err
 	}
 	defer c.Close()
-	x, err := c.FetchX509Context(ctx)
+	x, err := fetchX509Waiting(ctx, c, f.socketPath, env)
 	if err != nil {
-		return fmt.Errorf("fetching X509-SVIDs from %s: %w", f.socketPath, err)
+		return err
 	}
 	svid, err := pickSVID(x.SVIDs, f.id)
 	if err != nil {
@@ -243,14 +250,53 @@ func runSVIDFetch(ctx context.Context, g globalFlags, args []string, env Env) er
 	return printSVIDs(env.Stdout, f.output, shown, jwt, time.Now())
 }
 
+// fetchX509Waiting fetches the caller's X.509 context, waiting until ctx ends while svidd is
+// not there yet (Unavailable: not started, socket missing) or has no identity for the caller
+// yet (PermissionDenied: the entry is not registered yet, the CA still starting): at boot, a
+// unit's ExecStartPre may run before svidd or the entry is ready. It says once what it waits for.
+func fetchX509Waiting(ctx context.Context, c *workloadapi.Client, socketPath string, env Env) (*workloadapi.X509Context, error) {
+	backoff := 100 * time.Millisecond
+	var said codes.Code
+	var waitedFor error // the last answer worth reporting if the wait runs out
+	for {
+		x, err := c.FetchX509Context(ctx)
+		if err == nil {
+			return x, nil
+		}
+		code := status.Code(err)
+		if ctx.Err() != nil || (code != codes.Unavailable && code != codes.PermissionDenied) {
+			if ctx.Err() != nil && waitedFor != nil {
+				return nil, fmt.Errorf("fetching X509-SVIDs from %s: gave up after -timeout: %w", socketPath, waitedFor)
+			}
+			return nil, fmt.Errorf("fetching X509-SVIDs from %s: %w", socketPath, err)
+		}
+		waitedFor = err
+		if said != code {
+			said = code
+			what := "svidd to answer"
+			if code == codes.PermissionDenied {
+				what = "an identity for this process (is there an entry for it? svidctl explain -pid PID says why not)"
+			}
+			fmt.Fprintf(env.Stderr, "svidctl: waiting for %s at %s: %v\n", what, socketPath, status.Convert(err).Message())
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
 type svidJSON struct {
 	SPIFFEID  string    `json:"spiffe_id"`
 	Hint      string    `json:"hint,omitempty"`
 	Serial    string    `json:"serial"`
 	NotBefore time.Time `json:"not_before"`
 	NotAfter  time.Time `json:"not_after"`
-	// RotatesInSeconds: until half the lifetime, where svidd replaces the SVID.
-	RotatesInSeconds int64 `json:"rotates_in_seconds"`
+	// RotateAt is when svidd replaces the SVID (as svidctl status shows it); RotatesInSeconds
+	// the time until then.
+	RotateAt         time.Time `json:"rotate_at"`
+	RotatesInSeconds int64     `json:"rotates_in_seconds"`
 }
 
 type jwtJSON struct {
@@ -270,22 +316,20 @@ func printSVIDs(w io.Writer, output outputFlag, svids []*x509svid.SVID, jwt *jwt
 			leaf := s.Certificates[0]
 			out.SVIDs = append(out.SVIDs, svidJSON{
 				SPIFFEID: s.ID.String(), Hint: s.Hint, Serial: serialHex(s),
-				NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(),
-				RotatesInSeconds: int64(rotatesIn(leaf.NotBefore, leaf.NotAfter, now) / time.Second),
+				NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), RotateAt: rotateAt(leaf).UTC(),
+				RotatesInSeconds: int64(rotatesIn(leaf, now) / time.Second),
 			})
 		}
 		if jwt != nil {
 			out.JWTSVID = &jwtJSON{SPIFFEID: jwt.ID.String(), Audience: jwt.Audience, ExpiresAt: jwt.Expiry.UTC(), Token: jwt.Marshal()}
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return printJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SPIFFE ID\tSERIAL\tNOT BEFORE\tNOT AFTER\tROTATES IN")
 	for _, s := range svids {
 		leaf := s.Certificates[0]
-		in := rotatesIn(leaf.NotBefore, leaf.NotAfter, now)
+		in := rotatesIn(leaf, now)
 		rot := in.String()
 		if in <= 0 {
 			rot = "overdue by " + (-in).String()
@@ -327,6 +371,7 @@ func runSVIDWatch(ctx context.Context, g globalFlags, args []string, env Env) er
 
 	wa := &watcher{f: &f, c: c, w: w, log: log, env: env}
 	if f.cmd != "" {
+		defer unignoreForChildren()()
 		wa.child = &child{prog: f.cmd, args: f.args, sig: f.sig, env: env, log: log, exits: make(chan error, 1)}
 		defer wa.child.stop()
 	}
@@ -584,6 +629,42 @@ func (c *child) stop() {
 	default:
 	}
 	c.log.Info("stopped program", "pid", pid)
+}
+
+// childSignals are the signals whose disposition a -cmd program should find at their default.
+var childSignals = []os.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE, syscall.SIGALRM}
+
+// unignoreForChildren makes the -cmd program start with default signal dispositions. A signal
+// ignored when svidctl started (nohup ignores SIGHUP, a shell's background job SIGINT and
+// SIGQUIT) stays ignored across exec, so the program would never see the -signal svidctl sends
+// (and a shell cannot even trap a signal ignored on entry). Go resets to default in the child
+// only the signals it handles, so handle those: svidctl itself keeps ignoring them (the
+// handler drops them) until stop, which restores the ignored state.
+func unignoreForChildren() (stop func()) {
+	var sigs []os.Signal
+	for _, s := range childSignals {
+		if signal.Ignored(s) {
+			sigs = append(sigs, s)
+		}
+	}
+	if len(sigs) == 0 {
+		return func() {}
+	}
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sigs...)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range ch { // ignored, as they were
+		}
+	}()
+	return func() {
+		signal.Ignore(sigs...) // replaces the handler: Stop alone would leave them at default
+		signal.Stop(ch)
+		close(ch)
+		<-done
+	}
 }
 
 // parseSignal accepts SIGHUP, HUP, hup or a number; "" means none (restart).

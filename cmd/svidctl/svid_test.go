@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -39,6 +40,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/svidd/svidd/pkg/svidfiles"
+	svworkload "github.com/svidd/svidd/pkg/workload"
 )
 
 // fakeAPI is a tiny SPIFFE Workload API server: it streams whatever X509SVIDResponse it was
@@ -392,8 +394,8 @@ func TestSVIDFetchPrint(t *testing.T) {
 			t.Fatalf("svids = %+v", got.SVIDs)
 		}
 		// Minted 30 minutes into a 2-hour life: rotation (half life) is 30 minutes away.
-		if r := got.SVIDs[0].RotatesInSeconds; r < 29*60 || r > 31*60 {
-			t.Errorf("rotates_in_seconds = %d, want about 1800", r)
+		if r := got.SVIDs[0].RotatesInSeconds; r < 24*60-5 || r > 36*60+5 {
+			t.Errorf("rotates_in_seconds = %d, want 1800 ±360 (half of 2h ±10%%, 30 min in)", r)
 		}
 		if got.JWTSVID == nil || got.JWTSVID.Token == "" || got.JWTSVID.SPIFFEID != "spiffe://example.org/web" {
 			t.Errorf("jwt_svid = %+v", got.JWTSVID)
@@ -407,7 +409,7 @@ func TestSVIDFetchPrint(t *testing.T) {
 	})
 	t.Run("no server", func(t *testing.T) {
 		missing := filepath.Join(t.TempDir(), "nothing.sock")
-		_, stderr, code := svidCLI(t.Context(), "svid", "fetch", "-socketPath", missing, "-timeout", "5s")
+		_, stderr, code := svidCLI(t.Context(), "svid", "fetch", "-socketPath", missing, "-timeout", "1s")
 		if code != 1 || !strings.Contains(stderr, missing) {
 			t.Errorf("exit %d, stderr %q; want 1 naming the socket", code, stderr)
 		}
@@ -417,19 +419,24 @@ func TestSVIDFetchPrint(t *testing.T) {
 func TestRotatesIn(t *testing.T) {
 	nb := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	na := nb.Add(time.Hour)
-	tests := []struct {
-		now  time.Time
-		want time.Duration
-	}{
-		{nb, 30 * time.Minute},
-		{nb.Add(10*time.Minute + 400*time.Millisecond), 20 * time.Minute},
-		{nb.Add(30 * time.Minute), 0},
-		{nb.Add(45 * time.Minute), -15 * time.Minute},
-	}
-	for _, tt := range tests {
-		if got := rotatesIn(nb, na, tt.now); got != tt.want {
-			t.Errorf("rotatesIn at %s = %s, want %s", tt.now.Sub(nb), got, tt.want)
+	seen := map[time.Duration]bool{}
+	for serial := int64(1); serial <= 50; serial++ {
+		leaf := &x509.Certificate{NotBefore: nb, NotAfter: na, SerialNumber: big.NewInt(serial)}
+		in := rotatesIn(leaf, nb)
+		// The agent's time: half the lifetime ±10% of it, from the serial.
+		if in < 27*time.Minute || in > 33*time.Minute {
+			t.Errorf("serial %d: rotates in %s, want within 30m ±3m", serial, in)
 		}
+		if want := svworkload.RotateAt(nb, na, svworkload.RotationJitter(leaf.SerialNumber.Text(16))).Sub(nb).Round(time.Second); in != want {
+			t.Errorf("serial %d: rotates in %s, the agent rotates at %s", serial, in, want)
+		}
+		if later := rotatesIn(leaf, nb.Add(10*time.Minute)); later != in-10*time.Minute {
+			t.Errorf("serial %d: 10 minutes later rotates in %s, want %s", serial, later, in-10*time.Minute)
+		}
+		seen[in] = true
+	}
+	if len(seen) < 40 {
+		t.Errorf("50 serials give %d rotation times: the jitter does not spread them", len(seen))
 	}
 }
 
@@ -605,7 +612,12 @@ func TestSVIDWatch(t *testing.T) {
 				args = append(args, "-cmd", "/bin/sh", "-cmdArgs", script, "-signal", "")
 			case "pidFile":
 				ext := exec.Command(script)
-				if err := ext.Start(); err != nil {
+				// A process svidctl did not start: under nohup the test's own SIGHUP
+				// disposition would be its, so start it as its own service manager would.
+				restore := unignoreForChildren()
+				err := ext.Start()
+				restore()
+				if err != nil {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { ext.Process.Kill(); ext.Wait() })
@@ -742,5 +754,101 @@ func TestSVIDWatchMissingID(t *testing.T) {
 	}
 	if code := stop(); code != 0 {
 		t.Errorf("watch exited %d", code)
+	}
+}
+
+// TestSVIDFetchWaitsForSvidd: -timeout is how long fetch waits for svidd, so a fetch started
+// before svidd (a unit's ExecStartPre at boot) succeeds once it is up; without a server it
+// gives up after -timeout, not at once.
+func TestSVIDFetchWaitsForSvidd(t *testing.T) {
+	_, sock := startFakeAPI(t)
+	// Move the socket away, start the fetch, then put it back.
+	hidden := sock + ".hidden"
+	if err := os.Rename(sock, hidden); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(700 * time.Millisecond)
+		os.Rename(hidden, sock)
+	}()
+	start := time.Now()
+	out, stderr, code := svidCLI(t.Context(), "svid", "fetch", "-socketPath", sock, "-timeout", "20s")
+	if code != 0 || !strings.Contains(out, "spiffe://example.org/web") {
+		t.Fatalf("exit %d after %v, stdout %q, stderr %q", code, time.Since(start), out, stderr)
+	}
+	if took := time.Since(start); took < 600*time.Millisecond {
+		t.Errorf("fetched after %v, before the socket was back", took)
+	}
+	if !strings.Contains(stderr, "waiting for svidd") {
+		t.Errorf("stderr %q does not say what it waits for", stderr)
+	}
+
+	missing := filepath.Join(t.TempDir(), "nothing.sock")
+	start = time.Now()
+	_, stderr, code = svidCLI(t.Context(), "svid", "fetch", "-socketPath", missing, "-timeout", "1s")
+	took := time.Since(start)
+	if code != 1 || !strings.Contains(stderr, "gave up after -timeout") || took < 900*time.Millisecond || took > 10*time.Second {
+		t.Errorf("no server: exit %d after %v, stderr %q; want 1 after about 1s", code, took, stderr)
+	}
+}
+
+// sigIgnored reads from /proc whether pid ignores sig (SigIgn, a hex bit mask).
+func sigIgnored(t *testing.T, pid int, sig syscall.Signal) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	t.Fatalf("no SigIgn in /proc/%d/status", pid)
+	return false
+}
+
+// TestSVIDWatchUnderNohup: svidctl started with SIGHUP ignored (nohup) still gets its SIGHUP to
+// the -cmd program: the child starts with SIGHUP at its default, and its trap runs.
+func TestSVIDWatchUnderNohup(t *testing.T) {
+	// What nohup does to svidctl: SIGHUP ignored from the start (inherited across exec).
+	if !signal.Ignored(syscall.SIGHUP) {
+		signal.Ignore(syscall.SIGHUP)
+		t.Cleanup(func() { signal.Reset(syscall.SIGHUP) })
+	}
+	// The set-up reproduces the bug: a program started plainly inherits the ignored SIGHUP.
+	plain := exec.Command("sleep", "5")
+	if err := plain.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ignoredInPlain := sigIgnored(t, plain.Process.Pid, syscall.SIGHUP)
+	plain.Process.Kill()
+	plain.Wait()
+	if !ignoredInPlain {
+		t.Fatal("a child of a process ignoring SIGHUP does not ignore it: the test does not reproduce nohup")
+	}
+
+	api, sock := startFakeAPI(t)
+	work := t.TempDir()
+	dir := filepath.Join(work, "certs")
+	script, log := hupScript(t, work)
+	stderr, stop := startWatch(t, "-socketPath", sock, "-dir", dir, "-cmd", script)
+	eventually(t, "the program to start", func() bool { return len(startPids(log)) == 1 })
+	pid := startPids(log)[0]
+	if sigIgnored(t, pid, syscall.SIGHUP) {
+		t.Fatalf("the -cmd program (pid %d) starts with SIGHUP ignored", pid)
+	}
+	api.set(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{api.ca.svid(t, "spiffe://example.org/web", 0xdef100)}})
+	eventually(t, "the program's trap to see SIGHUP", func() bool { return countLines(log, "hup") == 1 })
+	if code := stop(); code != 0 {
+		t.Fatalf("watch exited %d: %s", code, stderr)
+	}
+	// svidctl itself went back to ignoring SIGHUP.
+	if !signal.Ignored(syscall.SIGHUP) {
+		t.Error("SIGHUP is no longer ignored after svid watch ended")
 	}
 }

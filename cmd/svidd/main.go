@@ -49,6 +49,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "run":
 		return runAgent(ctx, args[1:], stderr)
 	case "config":
+		fs := flag.NewFlagSet("svidd config", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		if err := fs.Parse(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			return errReported
+		}
+		if fs.NArg() > 0 {
+			return fmt.Errorf("config: unexpected arguments: %v", fs.Args())
+		}
 		_, err := stdout.Write(conf.DefaultFile)
 		return err
 	case "-h", "-help", "--help", "help":
@@ -93,13 +104,19 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(cfg.LogLevel)
 	log := newLogger(stderr, level, cfg.LogFormat)
+	// Listen first: a socket or port in use fails the start before anything is created.
+	ls, err := agent.Listen(cfg)
+	if err != nil {
+		return err
+	}
 	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level, OnReady: func() { sdNotify("READY=1") }})
 	if err != nil {
+		ls.Close()
 		return err
 	}
 	stopReload := reloadOnSIGHUP(ctx, a, *configPath, o, log)
 	defer stopReload()
-	err = a.Run(ctx)
+	err = a.Serve(ctx, ls)
 	sdNotify("STOPPING=1")
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err

@@ -36,8 +36,11 @@ type Config struct {
 	// Federation manages federated bundles (nil: the /v1/bundles endpoints answer 404).
 	Federation Federation
 	// Ready returns nil when the agent is ready to serve workloads.
-	Ready  func(ctx context.Context) error
-	Logger *slog.Logger
+	Ready func(ctx context.Context) error
+	// Explainer answers /v1/explain and /v1/callers and warns about entries written (nil: the
+	// endpoints answer 404, no warnings).
+	Explainer Explainer
+	Logger    *slog.Logger
 }
 
 // CA is the part of the CA the operator may drive: list the authorities, and force the
@@ -86,6 +89,7 @@ func New(cfg Config) (*Server, error) {
 		s.mux.HandleFunc("POST /v1/ca/prepare", s.caStep("prepare", cfg.CA.Prepare))
 		s.mux.HandleFunc("POST /v1/ca/activate", s.caStep("activate", cfg.CA.Activate))
 	}
+	s.registerExplain()
 	return s, nil
 }
 
@@ -134,7 +138,9 @@ func (s *Server) createEntry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("entry created", "entry_id", out.ID, "spiffe_id", out.SPIFFEID.String())
-	writeJSON(w, http.StatusCreated, EntryToWire(out))
+	we := EntryToWire(out)
+	we.Warnings = s.warnings(out)
+	writeJSON(w, http.StatusCreated, we)
 }
 
 func (s *Server) updateEntry(w http.ResponseWriter, r *http.Request) {
@@ -154,7 +160,9 @@ func (s *Server) updateEntry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("entry updated", "entry_id", out.ID, "spiffe_id", out.SPIFFEID.String())
-	writeJSON(w, http.StatusOK, EntryToWire(out))
+	we := EntryToWire(out)
+	we.Warnings = s.warnings(out)
+	writeJSON(w, http.StatusOK, we)
 }
 
 func (s *Server) deleteEntry(w http.ResponseWriter, r *http.Request) {

@@ -28,6 +28,9 @@ type Entry struct {
 	Revision      int64     `json:"revision,omitempty"`
 	CreatedAt     time.Time `json:"created_at,omitzero"`
 	UpdatedAt     time.Time `json:"updated_at,omitzero"`
+	// Warnings, in answers to create and update only: why the entry can never match a caller
+	// on this host (a selector svidd cannot derive here). The entry is stored all the same.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // EntryToWire converts a stored entry for the wire.
