@@ -14,7 +14,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/svidd/svidd/pkg/ownership"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -54,7 +54,8 @@ var ErrCAExpired = errors.New("active CA expired")
 // Config configures a CA.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
-	// Dir is the data directory; the state lives in Dir/ca.json (0600). Created 0700 if missing.
+	// Dir is the data directory; the state lives in Dir/ca.json (0600). Created 0700 if missing;
+	// an existing one must be svidd's (pkg/ownership).
 	Dir string
 	// KeyType of CA, SVID and JWT signing keys (JWT: ES256, ES384, RS256): "ec-p256"
 	// (default), "ec-p384", "rsa-2048". A CA loaded from disk keeps its keys; a change applies
@@ -206,15 +207,10 @@ func New(cfg Config) (*CA, error) {
 		notify: make(chan struct{}),
 		kick:   make(chan struct{}, 1),
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("ca: creating data dir: %w", err)
-	}
-
-	// Anyone who can write the directory can replace ca.json (rename needs no access to the
-	// file itself); the file checks catch most of that, but say so loudly.
-	if fi, err := os.Stat(cfg.Dir); err == nil && fi.Mode().Perm()&0o022 != 0 {
-		c.log.Warn("data dir is writable by group or others; the CA state in it can be replaced",
-			"dir", cfg.Dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	// Anyone who can write the directory, or rename it, can replace ca.json (rename needs no
+	// access to the file itself): it must be svidd's.
+	if err := ownership.Dir("data dir", cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
 	}
 
 	auths, seq, err := loadState(c.path, c.td)

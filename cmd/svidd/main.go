@@ -69,6 +69,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	optString(fs, &o.AdminSocketPath, "adminSocketPath", "admin socket path (svidctl)")
 	optString(fs, &o.DataDir, "dataDir", "data directory (store and CA)")
 	optString(fs, &o.LogLevel, "logLevel", "debug, info, warn or error")
+	fresh := fs.Bool("fresh", false, "start even though the data dir holds the CA without the store or the store without the CA, creating the missing one (a new CA changes the trust bundle)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -93,7 +94,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(cfg.LogLevel)
 	log := newLogger(stderr, level, cfg.LogFormat)
-	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level, OnReady: func() { sdNotify("READY=1") }})
+	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level, Fresh: *fresh, OnReady: func() { sdNotify("READY=1") }})
 	if err != nil {
 		return err
 	}
