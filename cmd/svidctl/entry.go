@@ -107,7 +107,8 @@ func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) 
 	if set["x509SVIDTTL"] {
 		e.X509SVIDTTL = f.x509SVIDTTL
 	}
-	out, err := c.UpdateEntry(ctx, admin.Entry{ID: e.ID, Name: e.Name, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, DNSNames: e.DNSNames})
+	// Never the name: only the config file names entries (svidd refuses an update of one).
+	out, err := c.UpdateEntry(ctx, admin.Entry{ID: e.ID, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, DNSNames: e.DNSNames})
 	if err != nil {
 		return fmt.Errorf("updating entry: %w", err)
 	}

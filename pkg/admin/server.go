@@ -144,6 +144,10 @@ func (s *Server) updateEntry(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.notConfigOwned(r.Context(), e.ID); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	out, err := s.cfg.Store.UpdateEntry(r.Context(), e)
 	if err != nil {
 		s.fail(w, r, err)
@@ -154,6 +158,10 @@ func (s *Server) updateEntry(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteEntry(w http.ResponseWriter, r *http.Request) {
+	if err := s.notConfigOwned(r.Context(), r.PathValue("id")); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	out, err := s.cfg.Store.DeleteEntry(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.fail(w, r, err)
@@ -231,6 +239,24 @@ func (s *Server) fromWire(in Entry) (entry.Entry, error) {
 	return e, nil
 }
 
+// errConfigOwned is a write refused because the entry belongs to the config file: 409.
+var errConfigOwned = errors.New("entry is declared in the config file")
+
+// notConfigOwned refuses to change or delete an entry declared in the config file: svidd
+// makes such entries equal to the file's blocks at every start and reload, so the change
+// would be acknowledged now and undone then. An entry's name never changes (the API cannot
+// set one, reconciling keeps it), so checking before writing is not racy.
+func (s *Server) notConfigOwned(ctx context.Context, id string) error {
+	cur, err := s.cfg.Store.GetEntry(ctx, id)
+	if err != nil {
+		return err
+	}
+	if cur.Name != "" {
+		return fmt.Errorf("%w: entry %s comes from the block entry %q of the config file; change or remove it there and reload svidd (SIGHUP), or it would come back at the next reload", errConfigOwned, id, cur.Name)
+	}
+	return nil
+}
+
 // caStep forces one CA rotation step. A step that is not possible now (nothing prepared to
 // activate, already prepared) is the operator's to fix: 409 with the reason.
 func (s *Server) caStep(name string, step func() error) http.HandlerFunc {
@@ -268,7 +294,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusBadRequest, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
-	case errors.Is(err, store.ErrAlreadyExists):
+	case errors.Is(err, store.ErrAlreadyExists), errors.Is(err, errConfigOwned):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
 	default:
 		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "error", err)
