@@ -494,7 +494,7 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 		TrustDomain: a.cfg.TrustDomain,
 		Store:       a.store,
 		Bundle:      a.ca.Bundle,
-		MaxSVIDTTL:  a.ca.MaxSVIDTTL(),
+		CATTL:       a.ca.CATTL(),
 		Status:      a.status,
 		CA:          caAdmin{a.ca},
 		Ready:       a.ready,

@@ -39,7 +39,7 @@ func startAdminForCLI(t *testing.T) (sock string, st store.Store) {
 		Bundle: func() *workload.Bundle {
 			return &workload.Bundle{TrustDomain: td, PEM: []byte("-----BEGIN CERTIFICATE-----\n")}
 		},
-		MaxSVIDTTL: 4 * time.Hour,
+		CATTL: 24 * time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -80,7 +80,7 @@ func newAdminFuzzer(f *testing.F) *adminFuzzer {
 		TrustDomain: td,
 		Store:       st,
 		Bundle:      func() *workload.Bundle { return &workload.Bundle{TrustDomain: td, PEM: []byte("PEM"), Sequence: 7} },
-		MaxSVIDTTL:  4 * time.Hour,
+		CATTL:       24 * time.Hour,
 	})
 	if err != nil {
 		f.Fatal(err)
@@ -185,6 +185,7 @@ func FuzzAdminAPI(f *testing.F) {
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:root"}},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: 5 * 3600},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: -1},
+		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: 1}, // too short to rotate
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, DNSNames: []string{"a b"}},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:path:relative"}},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1\nunix:uid:2"}},

@@ -25,9 +25,10 @@ type Config struct {
 	Store       store.Store
 	// Bundle returns the current own-trust-domain bundle.
 	Bundle func() *workload.Bundle
-	// MaxSVIDTTL is the longest X509-SVID TTL the CA mints (a sixth of its own); an entry asking
-	// for more is refused when written rather than failing when a workload asks for it.
-	MaxSVIDTTL time.Duration
+	// CATTL is the CA's lifetime: an entry whose TTL the CA would not mint under it
+	// (entry.CheckSVIDTTL) is refused when written rather than failing when a workload asks
+	// for it. Zero checks only the minimum.
+	CATTL time.Duration
 	// Status reports the agent's state (nil: GET /v1/status answers 404).
 	Status func() Status
 	// CA lists and steps the CA rotation (nil: the /v1/ca endpoints answer 404).
@@ -233,8 +234,10 @@ func (s *Server) fromWire(in Entry) (entry.Entry, error) {
 	if err != nil {
 		return e, err
 	}
-	if s.cfg.MaxSVIDTTL > 0 && e.X509SVIDTTL > s.cfg.MaxSVIDTTL {
-		return e, fmt.Errorf("%w: x509 SVID TTL %s is longer than the CA allows (%s, a sixth of ca_ttl)", entry.ErrInvalid, e.X509SVIDTTL, s.cfg.MaxSVIDTTL)
+	if e.X509SVIDTTL != 0 {
+		if err := entry.CheckSVIDTTL(e.X509SVIDTTL, s.cfg.CATTL); err != nil {
+			return e, fmt.Errorf("x509_svid_ttl %w", err)
+		}
 	}
 	return e, nil
 }
