@@ -387,22 +387,7 @@ func (c *CA) mint(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*worklo
 	if err != nil {
 		return nil, fmt.Errorf("parsing minted certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("encoding key: %w", err)
-	}
-	return &workload.SVID{
-		ID:           id,
-		Certificates: []*x509.Certificate{leaf},
-		PrivateKey:   key,
-		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		CertChainDER: der,
-		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		KeyDER:       keyDER,
-		NotBefore:    leaf.NotBefore,
-		NotAfter:     leaf.NotAfter,
-		Serial:       leaf.SerialNumber.Text(16),
-	}, nil
+	return workload.NewSVID(id, []*x509.Certificate{leaf}, key)
 }
 
 // newAuthority generates a self-signed CA for the trust domain, valid from now (backdated)
