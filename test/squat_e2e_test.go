@@ -41,25 +41,20 @@ func sharedTmp(t *testing.T) string {
 func TestSquattedDirectoriesRefused(t *testing.T) {
 	requireRoot(t)
 	noRaceExitDelay(t)
-	cfg := testListeners
 
 	t.Run("socket dir created by another user", func(t *testing.T) {
 		tmp := sharedTmp(t)
 		sock := filepath.Join(tmp, "agent")
 		asUID(t, 1001, "mkdir", "-m", "0755", sock)
-		code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(sock, "api.sock"), filepath.Join(sock, "admin.sock"), filepath.Join(tmp, "data"), cfg)...)
-		wantRefused(t, code, out, "socket directory "+sock+" is owned by uid 1001")
+		refusedWith(t, tmp, sock, sock, filepath.Join(tmp, "data"), "socket directory "+sock+" is owned by uid 1001")
 		wantEmpty(t, sock)
 	})
 	t.Run("admin socket dir created by another user", func(t *testing.T) {
 		tmp := sharedTmp(t)
 		mine, theirs := filepath.Join(tmp, "mine"), filepath.Join(tmp, "theirs")
-		if err := os.Mkdir(mine, 0o755); err != nil {
-			t.Fatal(err)
-		}
+		mkdirMode(t, mine, 0o755)
 		asUID(t, 1001, "mkdir", "-m", "0700", theirs)
-		code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(mine, "api.sock"), filepath.Join(theirs, "admin.sock"), filepath.Join(tmp, "data"), cfg)...)
-		wantRefused(t, code, out, "socket directory "+theirs+" is owned by uid 1001")
+		refusedWith(t, tmp, mine, theirs, filepath.Join(tmp, "data"), "socket directory "+theirs+" is owned by uid 1001")
 		wantEmpty(t, theirs)
 		if _, err := os.Stat(filepath.Join(mine, "api.sock")); err == nil {
 			t.Error("the api socket was left behind after the refusal")
@@ -67,52 +62,35 @@ func TestSquattedDirectoriesRefused(t *testing.T) {
 	})
 	t.Run("socket dir is a shared directory like /tmp", func(t *testing.T) {
 		tmp := sharedTmp(t) // anyone could take the socket's name while svidd is down
-		code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(tmp, "api.sock"), filepath.Join(tmp, "admin.sock"), filepath.Join(tmp, "data"), cfg)...)
-		wantRefused(t, code, out, "socket directory "+tmp+" is writable by group or others")
+		refusedWith(t, tmp, tmp, tmp, filepath.Join(tmp, "data"), "socket directory "+tmp+" is writable by group or others")
 	})
 	t.Run("socket dir writable by others", func(t *testing.T) {
 		tmp := sharedTmp(t)
 		sock := filepath.Join(tmp, "agent")
-		if err := os.Mkdir(sock, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(sock, 0o777|os.ModeSticky); err != nil {
-			t.Fatal(err)
-		}
-		code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(sock, "api.sock"), filepath.Join(sock, "admin.sock"), filepath.Join(tmp, "data"), cfg)...)
-		wantRefused(t, code, out, "socket directory "+sock+" is writable by group or others")
+		mkdirMode(t, sock, 0o777|os.ModeSticky)
+		refusedWith(t, tmp, sock, sock, filepath.Join(tmp, "data"), "socket directory "+sock+" is writable by group or others")
 	})
 	t.Run("socket dir under a parent another user owns", func(t *testing.T) {
 		tmp := sharedTmp(t)
 		home := filepath.Join(tmp, "home")
 		asUID(t, 1001, "mkdir", "-m", "0755", home)
 		sock := filepath.Join(home, "agent")
-		if err := os.Mkdir(sock, 0o755); err != nil { // root made it, but uid 1001 can rename it
-			t.Fatal(err)
-		}
-		code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(sock, "api.sock"), filepath.Join(sock, "admin.sock"), filepath.Join(tmp, "data"), cfg)...)
-		wantRefused(t, code, out, "its parent "+home+" is owned by uid 1001")
+		mkdirMode(t, sock, 0o755) // root made it, but uid 1001 can rename it
+		refusedWith(t, tmp, sock, sock, filepath.Join(tmp, "data"), "its parent "+home+" is owned by uid 1001")
 	})
 	t.Run("socket dir under a parent writable by others, not sticky", func(t *testing.T) {
 		tmp := sharedTmp(t)
 		open := filepath.Join(tmp, "open")
-		if err := os.Mkdir(open, 0o777); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(open, 0o777); err != nil {
-			t.Fatal(err)
-		}
+		mkdirMode(t, open, 0o777)
 		sock := filepath.Join(open, "agent")
-		code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(sock, "api.sock"), filepath.Join(sock, "admin.sock"), filepath.Join(tmp, "data"), cfg)...)
-		wantRefused(t, code, out, "its parent "+open+" is writable by group or others without the sticky bit")
+		refusedWith(t, tmp, sock, sock, filepath.Join(tmp, "data"), "its parent "+open+" is writable by group or others without the sticky bit")
 	})
 	t.Run("data dir created by another user", func(t *testing.T) {
 		tmp := sharedTmp(t)
 		data := filepath.Join(tmp, "data")
 		asUID(t, 1001, "mkdir", "-m", "0700", data) // 0700 passed the old mode-only check
 		sock := filepath.Join(tmp, "s")
-		code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(sock, "api.sock"), filepath.Join(sock, "admin.sock"), data, cfg)...)
-		wantRefused(t, code, out, "data dir "+data+" is owned by uid 1001")
+		refusedWith(t, tmp, sock, sock, data, "data dir "+data+" is owned by uid 1001")
 		wantEmpty(t, data)
 	})
 
@@ -230,6 +208,25 @@ echo "exit $?"
 	}
 	if fi, err := os.Stat(filepath.Join(work, ".svidd")); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("default data dir ./.svidd: %v, %v; want 0700", fi, err)
+	}
+}
+
+// refusedWith runs svidd with its api socket in apiDir, its admin socket in adminDir and its
+// data in dataDir (a config file in tmp): it must refuse to start, saying want.
+func refusedWith(t *testing.T, tmp, apiDir, adminDir, dataDir, want string) {
+	t.Helper()
+	code, out := runSviddOnce(t, sviddArgs(t, tmp, filepath.Join(apiDir, "api.sock"), filepath.Join(adminDir, "admin.sock"), dataDir, testListeners)...)
+	wantRefused(t, code, out, want)
+}
+
+// mkdirMode makes directory p with exactly mode (the umask does not narrow it).
+func mkdirMode(t *testing.T, p string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Mkdir(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
 	}
 }
 
