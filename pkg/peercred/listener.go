@@ -44,7 +44,8 @@ var pidfdOpenUnsupported atomic.Bool
 // ListenConfig holds the options of Listen that most callers leave at their defaults.
 type ListenConfig struct {
 	// DirMode is the mode given to the socket's parent directory if Listen creates it
-	// (default DefaultDirMode). An existing directory is left as it is.
+	// (default DefaultDirMode). An existing directory is left as it is, and must be svidd's
+	// (pkg/ownership).
 	DirMode os.FileMode
 	// Logger receives one line per connection the listener drops (default: discard).
 	Logger *slog.Logger
