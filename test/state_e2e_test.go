@@ -210,3 +210,41 @@ func TestHalfADataDirRefused(t *testing.T) {
 		t.Fatal("a new CA was created but the bundle is the old one")
 	}
 }
+
+// TestTTLTooShortToRotateRefused: an SVID lifetime too short to be replaced before it expires
+// (1s used to be accepted and broke rotation) is refused by the real binaries, with the
+// minimum named: by svidctl through the admin API (nothing is written), and by svidd for
+// ca.svid_ttl, ca.jwt_svid_ttl and an entry's x509_svid_ttl in the config file.
+func TestTTLTooShortToRotateRefused(t *testing.T) {
+	noRaceExitDelay(t)
+	a := startAgent(t)
+	for _, ttl := range []string{"1", "4"} {
+		out, err := a.svidctl("entry", "create", "-spiffeID", "spiffe://example.org/short", "-selector", "unix:uid:1001", "-x509SVIDTTL", ttl)
+		if err == nil || !strings.Contains(err.Error(), ttl+"s is shorter than the minimum 5s") {
+			t.Fatalf("svidctl entry create -x509SVIDTTL %s: %v\n%s", ttl, err, out)
+		}
+	}
+	id := a.createEntry("spiffe://example.org/short", "-selector", "unix:uid:1001", "-x509SVIDTTL", "5")
+	if _, err := a.svidctl("entry", "update", "-entryID", id, "-x509SVIDTTL", "2"); err == nil || !strings.Contains(err.Error(), "minimum 5s") {
+		t.Fatalf("svidctl entry update -x509SVIDTTL 2: %v", err)
+	}
+	if out := a.mustSvidctl("entry", "list"); !strings.Contains(out, "Found 1 entry") || !strings.Contains(out, "X509-SVID TTL : 5") {
+		t.Fatalf("the refused writes changed the store:\n%s", out)
+	}
+	a.stop()
+
+	for _, tc := range []struct{ name, hcl, want string }{
+		{"svid_ttl", "ca {\n  svid_ttl = \"1s\"\n}\n", "svid_ttl 1s is shorter than the minimum 5s"},
+		{"jwt_svid_ttl", "ca {\n  jwt_svid_ttl = \"2s\"\n}\n", "jwt_svid_ttl 2s is shorter than the minimum 5s"},
+		{"x509_svid_ttl", "entry \"e\" {\n  spiffe_id = \"spiffe://example.org/e\"\n  selectors = [\"unix:uid:1\"]\n  x509_svid_ttl = \"1s\"\n}\n", "x509_svid_ttl 1s is shorter than the minimum 5s"},
+		{"ca_ttl", "ca {\n  ca_ttl = \"12s\"\n}\n", "ca_ttl 12s is shorter than the minimum 30s"},
+	} {
+		cfg := filepath.Join(a.dir, tc.name+".hcl")
+		if err := os.WriteFile(cfg, []byte(testListeners+tc.hcl), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := append(a.args()[1:], "-config", cfg)
+		code, out := runSviddOnce(t, args...)
+		wantRefused(t, code, out, tc.want)
+	}
+}
