@@ -158,9 +158,9 @@ const (
 // SPIFFE ID after a restart) or the CA.
 var trustedFiles = []struct{ name, what string }{
 	{storeFileName, "store"},
-	{storeFileName + "-wal", "store journal"},
-	{storeFileName + "-shm", "store index"},
-	{storeFileName + "-journal", "store journal"},
+	{storeFileName + "-wal", "store write-ahead log"},
+	{storeFileName + "-shm", "store shared-memory file"},
+	{storeFileName + "-journal", "store rollback journal"},
 	{ca.StateFileName, "CA state file"},
 	{lockFileName, "lock file"},
 }
