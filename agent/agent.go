@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/federation"
+	"github.com/svidd/svidd/pkg/ownership"
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/store"
@@ -41,6 +43,10 @@ type Config struct {
 	Level *slog.LevelVar
 	// OnReady, when set, is called once the sockets serve (svidd tells systemd).
 	OnReady func()
+	// Fresh lets New start when the data dir holds the CA but no store, or a store but no
+	// CA (`svidd run -fresh`): the missing one is created, an empty store or a new CA (which
+	// changes the trust bundle). Without it New refuses such a data dir (see checkState).
+	Fresh bool
 }
 
 // Agent is one svidd.
@@ -96,9 +102,12 @@ func New(cfg Config) (*Agent, error) {
 			a.closeResources()
 		}
 	}()
+	if err := checkState(cfg.DataDir, cfg.Fresh, a.log); err != nil {
+		return nil, err
+	}
 
 	a.metrics = telemetry.New(telemetry.Config{Logger: a.log})
-	st, err := store.OpenSQLite(context.Background(), filepath.Join(cfg.DataDir, "svidd.db"))
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(cfg.DataDir, storeFileName))
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
@@ -154,29 +163,89 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// prepareDataDir creates dir 0700, or checks an existing one is not writable by others: the
-// CA key lives there.
+// Files of the data dir.
+const (
+	storeFileName = "svidd.db"
+	lockFileName  = "svidd.lock"
+)
+
+// trustedFiles are the files of the data dir svidd opens and believes, with what errors call
+// them: whoever could replace one could swap the store (and be served another workload's
+// SPIFFE ID after a restart) or the CA.
+var trustedFiles = []struct{ name, what string }{
+	{storeFileName, "store"},
+	{storeFileName + "-wal", "store write-ahead log"},
+	{storeFileName + "-shm", "store shared-memory file"},
+	{storeFileName + "-journal", "store rollback journal"},
+	{ca.StateFileName, "CA state file"},
+	{lockFileName, "lock file"},
+}
+
+// prepareDataDir creates dir 0700, owned by svidd, or checks that an existing one is svidd's
+// (owned by its user or root, writable by nobody else, not renameable by another user through
+// a parent: pkg/ownership), then checks each file svidd trusts in it the same way, before
+// anything is opened.
 func prepareDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating data dir: %w", err)
+	if err := ownership.Dir("data dir", dir, 0o700); err != nil {
+		return err
 	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("data dir %s is not a directory", dir)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("data dir %s is writable by group or others (mode %04o); it holds the CA key: chmod 0700 it", dir, fi.Mode().Perm())
+	for _, f := range trustedFiles {
+		if err := ownership.File(f.what, filepath.Join(dir, f.name)); err != nil {
+			return fmt.Errorf("data dir %s: %w", dir, err)
+		}
 	}
 	return nil
 }
 
-// lockDataDir takes an exclusive, non-blocking flock on DIR/svidd.lock.
+// checkState refuses a data dir that holds the CA without the store, or the store without
+// the CA, unless fresh: the missing half is not something to recreate without a word. A new
+// CA changes the trust bundle every workload and peer holds; a new store forgets every
+// registration entry. A fresh data dir (neither) is the first start. A store file of zero
+// bytes counts as missing: SQLite would take it for a new, empty database.
+func checkState(dir string, fresh bool, log *slog.Logger) error {
+	present := func(name string, nonEmpty bool) (bool, error) {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("data dir %s: %w", dir, err)
+		}
+		return !nonEmpty || fi.Size() > 0, nil
+	}
+	haveStore, err := present(storeFileName, true)
+	if err != nil {
+		return err
+	}
+	haveCA, err := present(ca.StateFileName, false)
+	if err != nil {
+		return err
+	}
+	switch {
+	case haveStore == haveCA:
+		return nil
+	case fresh && haveCA:
+		log.Warn("starting with a new, empty store beside the existing CA (-fresh)", "data_dir", dir)
+		return nil
+	case fresh:
+		log.Warn("starting with a new CA beside the existing store (-fresh): the trust bundle changes", "data_dir", dir)
+		return nil
+	case haveCA:
+		return fmt.Errorf("data dir %s holds the CA (%s) but no store (%s is missing or empty): the registration entries are gone, and svidd would start with none. "+
+			"Restore %s from a backup; or, to start with no entries on purpose (keeping the CA), run svidd with -fresh once",
+			dir, ca.StateFileName, storeFileName, storeFileName)
+	default:
+		return fmt.Errorf("data dir %s holds a store (%s) but no CA (%s is missing): svidd would create a new CA, and every workload and peer holding the current trust bundle would reject what it signs. "+
+			"Restore %s from a backup; or, to create a new CA on purpose, run svidd with -fresh once",
+			dir, storeFileName, ca.StateFileName, ca.StateFileName)
+	}
+}
+
+// lockDataDir takes an exclusive, non-blocking flock on DIR/svidd.lock (never through a
+// symbolic link: prepareDataDir checked the file, O_NOFOLLOW keeps it that way).
 func lockDataDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, "svidd.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	path := filepath.Join(dir, lockFileName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening lock file: %w", err)
 	}
@@ -460,7 +529,7 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 		TrustDomain: a.cfg.TrustDomain,
 		Store:       a.store,
 		Bundle:      a.ca.Bundle,
-		MaxSVIDTTL:  a.ca.MaxSVIDTTL(),
+		CATTL:       a.ca.CATTL(),
 		Status:      a.status,
 		CA:          caAdmin{a.ca},
 		Federation:  admin.NewFederation(a.fed),

@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/ownership"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -29,9 +30,10 @@ import (
 const (
 	DefaultCATTL   = 24 * time.Hour
 	DefaultSVIDTTL = time.Hour
-	// MinCATTL keeps the rotation schedule meaningful. Lifetimes this short are for tests that
-	// watch several CA rotations (the backdate scales down with them); production wants hours.
-	MinCATTL = 10 * time.Second
+	// MinCATTL is the shortest CA lifetime (entry.MinCATTL: six times the shortest SVID
+	// lifetime). Lifetimes this short are for tests that watch several CA rotations (the
+	// backdate scales down with them); production wants hours.
+	MinCATTL = entry.MinCATTL
 	// StateFileName is the CA state file inside Config.Dir.
 	StateFileName = "ca.json"
 
@@ -40,11 +42,14 @@ const (
 	backdate = 10 * time.Second
 )
 
-// ErrTTLTooLong is returned (wrapped) by New and MintX509SVID when an SVID TTL exceeds a
-// sixth of the CA TTL: such an SVID could outlive the overlap window in which its signing CA
-// is still published after the next one takes over. Callers validating per-entry TTLs can
-// compare against MaxSVIDTTL instead.
-var ErrTTLTooLong = errors.New("SVID TTL longer than a sixth of the CA TTL")
+// ErrTTLTooLong and ErrTTLTooShort are returned (wrapped) by New and the Mint methods when an
+// SVID TTL is outside entry.CheckSVIDTTL's bounds: longer than a sixth of the CA TTL (such an
+// SVID could outlive the overlap window in which its signing CA is still published after the
+// next one takes over), or too short to be rotated before it expires.
+var (
+	ErrTTLTooLong  = entry.ErrTTLTooLong
+	ErrTTLTooShort = entry.ErrTTLTooShort
+)
 
 // ErrCAExpired is returned (wrapped) by MintX509SVID when the active CA has expired, which
 // happens only if nothing called Rotate/Run since it did.
@@ -53,7 +58,8 @@ var ErrCAExpired = errors.New("active CA expired")
 // Config configures a CA.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
-	// Dir is the data directory; the state lives in Dir/ca.json (0600). Created 0700 if missing.
+	// Dir is the data directory; the state lives in Dir/ca.json (0600). Created 0700 if missing;
+	// an existing one must be svidd's (pkg/ownership).
 	Dir string
 	// KeyType of CA, SVID and JWT signing keys (JWT: ES256, ES384, RS256): "ec-p256"
 	// (default), "ec-p384", "rsa-2048". A CA loaded from disk keeps its keys; a change applies
@@ -62,7 +68,8 @@ type Config struct {
 	// CATTL is the lifetime of each CA certificate (default 24h, at least MinCATTL).
 	CATTL time.Duration
 	// SVIDTTL is the default SVID lifetime: 1h, or CATTL/6 if that is shorter. An explicit
-	// value above CATTL/6 is refused.
+	// value outside entry.CheckSVIDTTL's bounds (above CATTL/6, below entry.MinSVIDTTL) is
+	// refused.
 	SVIDTTL time.Duration
 	// JWTSVIDTTL is the default JWT-SVID lifetime: 5m, or CATTL/6 if that is shorter. An
 	// explicit value above CATTL/6 is refused, for the same overlap reason as SVIDTTL.
@@ -206,26 +213,20 @@ func New(cfg Config) (*CA, error) {
 	if cfg.CATTL == 0 {
 		cfg.CATTL = DefaultCATTL
 	}
-	if cfg.CATTL < MinCATTL {
-		return nil, fmt.Errorf("ca: CA TTL %s is shorter than the minimum %s", cfg.CATTL, MinCATTL)
+	if err := entry.CheckCATTL(cfg.CATTL); err != nil {
+		return nil, fmt.Errorf("ca: CA TTL %w", err)
 	}
 	if cfg.SVIDTTL == 0 {
-		cfg.SVIDTTL = min(DefaultSVIDTTL, cfg.CATTL/6)
+		cfg.SVIDTTL = min(DefaultSVIDTTL, entry.MaxSVIDTTL(cfg.CATTL))
 	}
-	if cfg.SVIDTTL < 0 {
-		return nil, fmt.Errorf("ca: SVID TTL %s is negative", cfg.SVIDTTL)
-	}
-	if cfg.SVIDTTL > cfg.CATTL/6 {
-		return nil, fmt.Errorf("ca: SVID TTL %s exceeds %s (CA TTL %s / 6): %w", cfg.SVIDTTL, cfg.CATTL/6, cfg.CATTL, ErrTTLTooLong)
+	if err := entry.CheckSVIDTTL(cfg.SVIDTTL, cfg.CATTL); err != nil {
+		return nil, fmt.Errorf("ca: SVID TTL %w", err)
 	}
 	if cfg.JWTSVIDTTL == 0 {
-		cfg.JWTSVIDTTL = min(DefaultJWTSVIDTTL, cfg.CATTL/6)
+		cfg.JWTSVIDTTL = min(DefaultJWTSVIDTTL, entry.MaxSVIDTTL(cfg.CATTL))
 	}
-	if cfg.JWTSVIDTTL < 0 {
-		return nil, fmt.Errorf("ca: JWT-SVID TTL %s is negative", cfg.JWTSVIDTTL)
-	}
-	if cfg.JWTSVIDTTL > cfg.CATTL/6 {
-		return nil, fmt.Errorf("ca: JWT-SVID TTL %s exceeds %s (CA TTL %s / 6): %w", cfg.JWTSVIDTTL, cfg.CATTL/6, cfg.CATTL, ErrTTLTooLong)
+	if err := entry.CheckSVIDTTL(cfg.JWTSVIDTTL, cfg.CATTL); err != nil {
+		return nil, fmt.Errorf("ca: JWT-SVID TTL %w", err)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
@@ -245,15 +246,10 @@ func New(cfg Config) (*CA, error) {
 	if cfg.Upstream != nil {
 		c.upstream.st.Name = cfg.Upstream.Name()
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("ca: creating data dir: %w", err)
-	}
-
-	// Anyone who can write the directory can replace ca.json (rename needs no access to the
-	// file itself); the file checks catch most of that, but say so loudly.
-	if fi, err := os.Stat(cfg.Dir); err == nil && fi.Mode().Perm()&0o022 != 0 {
-		c.log.Warn("data dir is writable by group or others; the CA state in it can be replaced",
-			"dir", cfg.Dir, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	// Anyone who can write the directory, or rename it, can replace ca.json (rename needs no
+	// access to the file itself): it must be svidd's.
+	if err := ownership.Dir("data dir", cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
 	}
 
 	auths, seq, err := loadState(c.path, c.td)
@@ -305,7 +301,10 @@ func (c *CA) Path() string { return c.path }
 func (c *CA) SVIDTTL() time.Duration { return c.cfg.SVIDTTL }
 
 // MaxSVIDTTL returns the longest SVID TTL MintX509SVID accepts: a sixth of the CA TTL.
-func (c *CA) MaxSVIDTTL() time.Duration { return c.cfg.CATTL / 6 }
+func (c *CA) MaxSVIDTTL() time.Duration { return entry.MaxSVIDTTL(c.cfg.CATTL) }
+
+// CATTL returns the lifetime of each CA certificate.
+func (c *CA) CATTL() time.Duration { return c.cfg.CATTL }
 
 // Bundle returns the current own-trust-domain bundle: every published authority (active,
 // prepared, old-unexpired), oldest first, with their X.509 certificates and their JWT keys
@@ -369,11 +368,8 @@ func (c *CA) mint(id spiffeid.ID, ttl time.Duration, dnsNames []string) (*worklo
 	if ttl == 0 {
 		ttl = c.cfg.SVIDTTL
 	}
-	if ttl < 0 {
-		return nil, fmt.Errorf("negative TTL %s", ttl)
-	}
-	if ttl > c.MaxSVIDTTL() {
-		return nil, fmt.Errorf("TTL %s exceeds %s: %w", ttl, c.MaxSVIDTTL(), ErrTTLTooLong)
+	if err := entry.CheckSVIDTTL(ttl, c.cfg.CATTL); err != nil {
+		return nil, fmt.Errorf("TTL %w", err)
 	}
 	for _, n := range dnsNames {
 		if n == "" {
@@ -437,29 +433,13 @@ func (c *CA) mintWith(act *authority, id spiffeid.ID, ttl time.Duration, dnsName
 	if err != nil {
 		return nil, fmt.Errorf("parsing minted certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("encoding key: %w", err)
-	}
 	// Under an upstream, the chain up to (not including) the root goes with every SVID: a
 	// peer holds only the roots.
 	certs := []*x509.Certificate{leaf}
 	if act.roots != nil {
 		certs = append(append(certs, act.cert), act.chain...)
 	}
-	chainPEM, chainDER := encodeChain(certs)
-	return &workload.SVID{
-		ID:           id,
-		Certificates: certs,
-		PrivateKey:   key,
-		CertChainPEM: chainPEM,
-		CertChainDER: chainDER,
-		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		KeyDER:       keyDER,
-		NotBefore:    leaf.NotBefore,
-		NotAfter:     leaf.NotAfter,
-		Serial:       leaf.SerialNumber.Text(16),
-	}, nil
+	return workload.NewSVID(id, certs, key)
 }
 
 // newAuthority makes the next CA: signed by the upstream when there is one, else self-signed.

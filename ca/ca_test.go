@@ -33,10 +33,12 @@ func TestNewValidatesConfig(t *testing.T) {
 		{"no dir", Config{TrustDomain: td}, "data dir is required", nil},
 		{"bad key type", Config{TrustDomain: td, Dir: dir, KeyType: "ed25519"}, `unknown key type "ed25519"`, nil},
 		{"CA TTL too short", Config{TrustDomain: td, Dir: dir, CATTL: 5 * time.Second}, "shorter than the minimum", nil},
-		{"SVID TTL above CA TTL/6", Config{TrustDomain: td, Dir: dir, CATTL: 6 * time.Hour, SVIDTTL: time.Hour + time.Second}, "SVID TTL 1h0m1s exceeds 1h0m0s", ErrTTLTooLong},
-		{"SVID TTL default 1h above 30m/6", Config{TrustDomain: td, Dir: dir, CATTL: 30 * time.Minute, SVIDTTL: time.Hour}, "exceeds 5m0s", ErrTTLTooLong},
+		{"SVID TTL above CA TTL/6", Config{TrustDomain: td, Dir: dir, CATTL: 6 * time.Hour, SVIDTTL: time.Hour + time.Second}, "SVID TTL 1h0m1s is longer than a sixth of ca_ttl 6h (1h)", ErrTTLTooLong},
+		{"SVID TTL default 1h above 30m/6", Config{TrustDomain: td, Dir: dir, CATTL: 30 * time.Minute, SVIDTTL: time.Hour}, "is longer than a sixth of ca_ttl 30m (5m)", ErrTTLTooLong},
 		{"negative SVID TTL", Config{TrustDomain: td, Dir: dir, SVIDTTL: -time.Second}, "negative", nil},
-		{"JWT-SVID TTL above CA TTL/6", Config{TrustDomain: td, Dir: dir, CATTL: 6 * time.Hour, JWTSVIDTTL: time.Hour + time.Second}, "JWT-SVID TTL 1h0m1s exceeds 1h0m0s", ErrTTLTooLong},
+		{"SVID TTL too short to rotate", Config{TrustDomain: td, Dir: dir, SVIDTTL: time.Second}, "SVID TTL 1s is shorter than the minimum 5s", ErrTTLTooShort},
+		{"JWT-SVID TTL too short", Config{TrustDomain: td, Dir: dir, JWTSVIDTTL: 4 * time.Second}, "JWT-SVID TTL 4s is shorter than the minimum 5s", ErrTTLTooShort},
+		{"JWT-SVID TTL above CA TTL/6", Config{TrustDomain: td, Dir: dir, CATTL: 6 * time.Hour, JWTSVIDTTL: time.Hour + time.Second}, "JWT-SVID TTL 1h0m1s is longer than a sixth of ca_ttl 6h (1h)", ErrTTLTooLong},
 		{"negative JWT-SVID TTL", Config{TrustDomain: td, Dir: dir, JWTSVIDTTL: -time.Second}, "JWT-SVID TTL -1s is negative", nil},
 	}
 	for _, tt := range tests {
@@ -285,8 +287,9 @@ func TestMintRefuses(t *testing.T) {
 		want string
 		is   error
 	}{
-		{"TTL above CA TTL/6", wlID, time.Hour + time.Nanosecond, nil, "exceeds 1h0m0s", ErrTTLTooLong},
-		{"negative TTL", wlID, -time.Minute, nil, "negative TTL", nil},
+		{"TTL above CA TTL/6", wlID, time.Hour + time.Nanosecond, nil, "is longer than a sixth of ca_ttl", ErrTTLTooLong},
+		{"negative TTL", wlID, -time.Minute, nil, "TTL -1m is negative", nil},
+		{"TTL too short to rotate", wlID, time.Second, nil, "TTL 1s is shorter than the minimum 5s", ErrTTLTooShort},
 		{"zero ID", spiffeid.ID{}, 0, nil, "empty SPIFFE ID", nil},
 		{"other trust domain", spiffeid.RequireFromString("spiffe://other.org/backend"), 0, nil, `not in trust domain "example.org"`, nil},
 		{"trust domain ID", td.ID(), 0, nil, "needs a path", nil},

@@ -17,6 +17,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -112,11 +113,8 @@ func (c *CA) mintJWT(id spiffeid.ID, audience []string, ttl time.Duration) (*wor
 	if ttl == 0 {
 		ttl = c.cfg.JWTSVIDTTL
 	}
-	if ttl < 0 {
-		return nil, fmt.Errorf("negative TTL %s", ttl)
-	}
-	if ttl > c.MaxSVIDTTL() {
-		return nil, fmt.Errorf("TTL %s exceeds %s: %w", ttl, c.MaxSVIDTTL(), ErrTTLTooLong)
+	if err := entry.CheckSVIDTTL(ttl, c.cfg.CATTL); err != nil {
+		return nil, fmt.Errorf("TTL %w", err)
 	}
 
 	act := c.state.Load().find(StateActive)

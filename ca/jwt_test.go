@@ -204,8 +204,9 @@ func TestMintJWTSVIDRefuses(t *testing.T) {
 	}{
 		{"no audience", wlID, nil, 0, "at least one audience", nil},
 		{"empty audience", wlID, []string{audDB, ""}, 0, "empty audience", nil},
-		{"TTL above CA TTL/6", wlID, []string{audDB}, time.Hour + time.Second, "exceeds 1h0m0s", ErrTTLTooLong},
-		{"negative TTL", wlID, []string{audDB}, -time.Second, "negative TTL", nil},
+		{"TTL above CA TTL/6", wlID, []string{audDB}, time.Hour + time.Second, "is longer than a sixth of ca_ttl", ErrTTLTooLong},
+		{"negative TTL", wlID, []string{audDB}, -time.Second, "TTL -1s is negative", nil},
+		{"TTL too short", wlID, []string{audDB}, time.Second, "TTL 1s is shorter than the minimum 5s", ErrTTLTooShort},
 		{"zero ID", spiffeid.ID{}, []string{audDB}, 0, "empty SPIFFE ID", nil},
 		{"other trust domain", spiffeid.RequireFromString("spiffe://other.org/backend"), []string{audDB}, 0, `not in trust domain "example.org"`, nil},
 		{"trust domain ID", td.ID(), []string{audDB}, 0, "needs a path", nil},
@@ -600,7 +601,8 @@ func TestRefreshHint(t *testing.T) {
 		{24 * time.Hour, 5 * time.Minute},
 		{time.Hour, 4 * time.Minute},
 		{time.Minute, 4 * time.Second},
-		{MinCATTL, time.Second},
+		{MinCATTL, 2 * time.Second},
+		{10 * time.Second, time.Second},
 	} {
 		if got := refreshHint(tt.caTTL); got != tt.want {
 			t.Errorf("refreshHint(%s) = %s, want %s", tt.caTTL, got, tt.want)

@@ -11,9 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/svidd/svidd/pkg/ownership"
 )
 
 const stateVersion = 1
@@ -62,16 +63,14 @@ func loadState(path string, td spiffeid.TrustDomain) ([]*authority, uint64, erro
 	if err != nil {
 		return nil, 0, fmt.Errorf("CA state file %s: %w", path, err)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("CA state file %s is not a regular file", path)
-	}
-	// It holds private keys: refuse it if anyone else may have read or replaced it.
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+	// It holds private keys: refuse it if anyone else may have read it (the mode), or
+	// replaced it (its owner could have swapped in their own CA), as for every file svidd
+	// trusts (pkg/ownership). The checks are on the open file, so they hold for what is read.
+	if perm := fi.Mode().Perm(); fi.Mode().IsRegular() && perm&0o077 != 0 {
 		return nil, 0, fmt.Errorf("CA state file %s has mode %04o: it must not be accessible by group or others (chmod 600 it after checking it was not tampered with)", path, perm)
 	}
-	// Whoever owns it could have swapped in their own CA: it must be ours.
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
-		return nil, 0, fmt.Errorf("CA state file %s is owned by uid %d, not by this process (uid %d)", path, sys.Uid, os.Geteuid())
+	if err := ownership.CheckFileInfo("CA state file", path, fi); err != nil {
+		return nil, 0, err
 	}
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(f); err != nil {

@@ -26,10 +26,6 @@ const (
 // including the terminating NUL.
 const MaxSocketPathLen = 107
 
-// MinSVIDTTL is the shortest SVID lifetime accepted. It is low so tests can watch rotation;
-// production values are minutes to hours.
-const MinSVIDTTL = time.Second
-
 // Config is the validated runtime configuration. Load and LoadFile only return a Config that
 // passes Validate.
 type Config struct {
@@ -61,8 +57,8 @@ type Config struct {
 type CAConfig struct {
 	KeyType string        // KeyTypeECP256, KeyTypeECP384 or KeyTypeRSA2048
 	CATTL   time.Duration // lifetime of each CA certificate
-	SVIDTTL time.Duration // default X509-SVID lifetime; at most CATTL/6
-	// JWTSVIDTTL is the default JWT-SVID lifetime; at most CATTL/6, for the same reason.
+	SVIDTTL time.Duration // default X509-SVID lifetime; within entry.CheckSVIDTTL's bounds
+	// JWTSVIDTTL is the default JWT-SVID lifetime; within the same bounds.
 	JWTSVIDTTL time.Duration
 	// Upstream signs the host's CA when set (Kind != ""); else the CA is self-signed.
 	Upstream UpstreamConfig

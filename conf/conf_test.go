@@ -53,10 +53,13 @@ var badConfigs = []struct {
 	{"endpoint ID for https_web", "federates_with \"other.org\" {\n  bundle_endpoint_url = \"https://other.org\"\n  profile = \"https_web\"\n  endpoint_spiffe_id = \"spiffe://other.org/x\"\n}", "endpoint_spiffe_id is for https_spiffe", 4},
 	{"entry federates with a workload ID", "entry \"a\" {\n  spiffe_id = \"spiffe://example.org/a\"\n  selectors = [\"unix:uid:1\"]\n  federates_with = [\"spiffe://other.org/x\"]\n}", "has a path", 4},
 	{"entry federates with own trust domain", "entry \"a\" {\n  spiffe_id = \"spiffe://example.org/a\"\n  selectors = [\"unix:uid:1\"]\n  federates_with = [\"example.org\"]\n}", "its own trust domain", 1},
-	{"svid ttl below minimum", "ca { svid_ttl = \"500ms\" }", "svid_ttl 500ms is shorter than the minimum 1s", 1},
+	{"svid ttl below minimum", "ca { svid_ttl = \"500ms\" }", "svid_ttl 500ms is shorter than the minimum 5s", 1},
+	{"svid ttl too short to rotate", "ca { svid_ttl = \"4s\" }", "svid_ttl 4s is shorter than the minimum 5s: an SVID is replaced at about half its life", 1},
+	{"ca ttl below minimum", "ca {\n  ca_ttl = \"29s\"\n}", "ca_ttl 29s is shorter than the minimum 30s", 2},
+	{"entry ttl too short to rotate", "entry \"a\" {\n  spiffe_id = \"spiffe://example.org/a\"\n  selectors = [\"unix:uid:1\"]\n  x509_svid_ttl = \"1s\"\n}", "x509_svid_ttl 1s is shorter than the minimum 5s", 4},
 	{"bad jwt duration", "ca {\n  jwt_svid_ttl = \"5\"\n}", `Invalid ca.jwt_svid_ttl; invalid duration "5"`, 2},
 	{"zero jwt svid ttl", "ca {\n\n  jwt_svid_ttl = \"0s\"\n}", "jwt_svid_ttl must be positive, got 0s", 3},
-	{"jwt svid ttl below minimum", "ca { jwt_svid_ttl = \"10ms\" }", "jwt_svid_ttl 10ms is shorter than the minimum 1s", 1},
+	{"jwt svid ttl below minimum", "ca { jwt_svid_ttl = \"10ms\" }", "jwt_svid_ttl 10ms is shorter than the minimum 5s", 1},
 	{"jwt ttl rule", "ca {\n  svid_ttl     = \"1h\"\n  jwt_svid_ttl = \"4h1s\"\n}", "jwt_svid_ttl 4h0m1s is longer than a sixth of ca_ttl 24h (4h): the CA could not rotate with overlap", 3},
 	{"jwt ttl rule from ca_ttl", "ca {\n  ca_ttl   = \"24m\"\n  svid_ttl = \"4m\"\n  jwt_svid_ttl = \"5m\"\n}", "jwt_svid_ttl 5m is longer than a sixth of ca_ttl 24m (4m)", 4},
 	{"bad trust domain", "agent {\n  trust_domain = \"Example Org\"\n}", "Invalid agent.trust_domain; trust domain \"Example Org\"", 2},
@@ -597,9 +600,14 @@ func TestShortCATTLShrinksDefaults(t *testing.T) {
 	if cfg.CA.SVIDTTL != 10*time.Minute || cfg.CA.JWTSVIDTTL != 5*time.Minute {
 		t.Fatalf("svid_ttl %s, jwt_svid_ttl %s; want 10m and 5m", cfg.CA.SVIDTTL, cfg.CA.JWTSVIDTTL)
 	}
-	cfg, err = Load("t.hcl", []byte("ca {\n  ca_ttl = \"12s\"\n}\n"), Overrides{})
-	if err != nil || cfg.CA.SVIDTTL != 2*time.Second || cfg.CA.JWTSVIDTTL != 2*time.Second {
-		t.Fatalf("12s CA: %+v, %v", cfg.CA, err)
+	cfg, err = Load("t.hcl", []byte("ca {\n  ca_ttl = \"30s\"\n}\n"), Overrides{})
+	if err != nil || cfg.CA.SVIDTTL != 5*time.Second || cfg.CA.JWTSVIDTTL != 5*time.Second {
+		t.Fatalf("30s CA: %+v, %v", cfg.CA, err)
+	}
+	// Below the shortest CA lifetime only ca_ttl is reported, not the defaults derived from it.
+	_, err = Load("t.hcl", []byte("ca {\n  ca_ttl = \"12s\"\n}\n"), Overrides{})
+	if err == nil || !strings.Contains(err.Error(), "ca_ttl 12s is shorter than the minimum 30s") || strings.Contains(err.Error(), "svid_ttl") {
+		t.Fatalf("12s CA: %v; want one error, about ca_ttl", err)
 	}
 	if _, err := Load("t.hcl", []byte("ca {\n  ca_ttl = \"1h\"\n  svid_ttl = \"1h\"\n}\n"), Overrides{}); err == nil || !strings.Contains(err.Error(), "t.hcl:3:") {
 		t.Fatalf("explicit svid_ttl over the limit: %v, want an error at line 3", err)

@@ -319,10 +319,10 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		// write; explicit values are held to the rule by validate.
 		if cfg.CA.CATTL > 0 {
 			if c.SVIDTTL == nil {
-				cfg.CA.SVIDTTL = min(cfg.CA.SVIDTTL, cfg.CA.CATTL/6)
+				cfg.CA.SVIDTTL = min(cfg.CA.SVIDTTL, entry.MaxSVIDTTL(cfg.CA.CATTL))
 			}
 			if c.JWTSVIDTTL == nil {
-				cfg.CA.JWTSVIDTTL = min(cfg.CA.JWTSVIDTTL, cfg.CA.CATTL/6)
+				cfg.CA.JWTSVIDTTL = min(cfg.CA.JWTSVIDTTL, entry.MaxSVIDTTL(cfg.CA.CATTL))
 			}
 		}
 	}

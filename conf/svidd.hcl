@@ -7,13 +7,15 @@ agent {
   trust_domain = "example.org"
 
   # Envoy connects here for SDS (and workloads for the SPIFFE Workload API). Absolute path,
-  # at most 107 bytes (the kernel's sun_path limit).
+  # at most 107 bytes (the kernel's sun_path limit). svidd creates the directory (0755), or
+  # refuses to start if it exists and belongs to another user or is writable by others.
   socket_path = "/tmp/agent/api.sock"
 
   # svidctl connects here; only the agent's owner may use it.
   admin_socket_path = "/tmp/agent/admin.sock"
 
   # CA keys and the entry store live here (relative to the working directory if relative).
+  # Created 0700; an existing one must be svidd's user's and writable by nobody else.
   data_dir = "./.svidd"
 
   log_level  = "info" # debug | info | warn | error
@@ -26,12 +28,13 @@ agent {
 
 ca {
   key_type = "ec-p256" # ec-p256 | ec-p384 | rsa-2048
-  ca_ttl   = "24h"
+  ca_ttl   = "24h" # at least 30s
   # Default X509-SVID lifetime; SVIDs are re-minted at half of it. At most a sixth of ca_ttl,
-  # so a new CA can be published and activated with overlap before the old one expires.
+  # so a new CA can be published and activated with overlap before the old one expires; at
+  # least 5s, so an SVID is replaced well before it expires.
   svid_ttl = "1h"
   # Default JWT-SVID lifetime (Workload API FetchJWTSVID). JWT-SVIDs are bearer tokens that
-  # cannot be revoked, so keep it short; also at most a sixth of ca_ttl.
+  # cannot be revoked, so keep it short; also at most a sixth of ca_ttl, at least 5s.
   jwt_svid_ttl = "5m"
 
   # With an upstream, this host's CA is an intermediate signed by a PKI the fleet shares, and

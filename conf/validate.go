@@ -1,6 +1,7 @@
 package conf
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -53,18 +54,14 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 		v.errf("ca.key_type", "key type %q is not one of ec-p256, ec-p384, rsa-2048", c.CA.KeyType)
 	}
 	caOK := v.positive("ca.ca_ttl", "ca_ttl", c.CA.CATTL)
-	if v.positive("ca.svid_ttl", "svid_ttl", c.CA.SVIDTTL) && v.minSVIDTTL("ca.svid_ttl", "svid_ttl", c.CA.SVIDTTL) && caOK {
-		if max := c.CA.CATTL / 6; c.CA.SVIDTTL > max {
-			v.errf(v.sourced("ca.svid_ttl", "ca.ca_ttl"), "svid_ttl %s is longer than a sixth of ca_ttl %s (%s): the CA could not rotate with overlap",
-				fmtDuration(c.CA.SVIDTTL), fmtDuration(c.CA.CATTL), fmtDuration(max))
+	if caOK {
+		if err := entry.CheckCATTL(c.CA.CATTL); err != nil {
+			v.errf("ca.ca_ttl", "ca_ttl %s", err)
+			caOK = false
 		}
 	}
-	if v.positive("ca.jwt_svid_ttl", "jwt_svid_ttl", c.CA.JWTSVIDTTL) && v.minSVIDTTL("ca.jwt_svid_ttl", "jwt_svid_ttl", c.CA.JWTSVIDTTL) && caOK {
-		if max := c.CA.CATTL / 6; c.CA.JWTSVIDTTL > max {
-			v.errf(v.sourced("ca.jwt_svid_ttl", "ca.ca_ttl"), "jwt_svid_ttl %s is longer than a sixth of ca_ttl %s (%s): the CA could not rotate with overlap",
-				fmtDuration(c.CA.JWTSVIDTTL), fmtDuration(c.CA.CATTL), fmtDuration(max))
-		}
-	}
+	v.svidTTL(c, "ca.svid_ttl", "svid_ttl", c.CA.SVIDTTL, caOK)
+	v.svidTTL(c, "ca.jwt_svid_ttl", "jwt_svid_ttl", c.CA.JWTSVIDTTL, caOK)
 
 	if c.NodeName == "" {
 		v.errf("agent.node_name", "node_name must not be empty (default: the hostname)")
@@ -155,7 +152,10 @@ func (v *validator) entries(c Config) {
 		probeTD = spiffeid.RequireTrustDomainFromString("example.org")
 	}
 	probeID := spiffeid.RequireFromSegments(probeTD, "probe")
-	caTTLOK := !v.bad("ca.ca_ttl") && c.CA.CATTL > 0
+	caTTL := c.CA.CATTL
+	if v.bad("ca.ca_ttl") || caTTL <= 0 {
+		caTTL = 0 // reported already; check the minimum only
+	}
 
 	type firstSeen struct {
 		index int
@@ -201,11 +201,10 @@ func (v *validator) entries(c Config) {
 				v.errf(ttlKey, "x509_svid_ttl must be positive, got %s", fmtDuration(e.X509SVIDTTL))
 			case e.X509SVIDTTL == 0:
 				// The agent's svid_ttl applies.
-			case e.X509SVIDTTL < MinSVIDTTL:
-				v.errf(ttlKey, "x509_svid_ttl %s is shorter than the minimum %s", fmtDuration(e.X509SVIDTTL), fmtDuration(MinSVIDTTL))
-			case caTTLOK && e.X509SVIDTTL > c.CA.CATTL/6:
-				v.errf(ttlKey, "x509_svid_ttl %s is longer than a sixth of ca_ttl %s (%s): the CA could not rotate with overlap",
-					fmtDuration(e.X509SVIDTTL), fmtDuration(c.CA.CATTL), fmtDuration(c.CA.CATTL/6))
+			default:
+				if err := entry.CheckSVIDTTL(e.X509SVIDTTL, caTTL); err != nil {
+					v.errf(ttlKey, "x509_svid_ttl %s", err)
+				}
 			}
 		}
 		// The whole entry, by the one definition every entry (file, svidctl) must meet; it
@@ -292,12 +291,27 @@ func (v *validator) positive(key, name string, d time.Duration) bool {
 	return true
 }
 
-func (v *validator) minSVIDTTL(key, name string, d time.Duration) bool {
-	if d < MinSVIDTTL {
-		v.errf(key, "%s %s is shorter than the minimum %s", name, fmtDuration(d), fmtDuration(MinSVIDTTL))
-		return false
+// svidTTL checks a default SVID lifetime (ca.svid_ttl, ca.jwt_svid_ttl) by entry.CheckSVIDTTL;
+// the bound from ca_ttl only when ca_ttl itself is valid (caOK). A rule between two settings
+// is reported at the one the operator wrote.
+func (v *validator) svidTTL(c Config, key, name string, d time.Duration, caOK bool) {
+	if !v.positive(key, name, d) {
+		return
 	}
-	return true
+	caTTL := c.CA.CATTL
+	if !caOK {
+		if _, written := v.src[key]; !written {
+			return // derived from the bad ca_ttl, which is reported
+		}
+		caTTL = 0
+	}
+	if err := entry.CheckSVIDTTL(d, caTTL); err != nil {
+		at := key
+		if errors.Is(err, entry.ErrTTLTooLong) {
+			at = v.sourced(key, "ca.ca_ttl")
+		}
+		v.errf(at, "%s %s", name, err)
+	}
 }
 
 func (v *validator) socketPath(key, p string) {
@@ -373,13 +387,4 @@ func newDiagSummary(summary string, at where, detail string) *hcl.Diagnostic {
 }
 
 // fmtDuration prints 5h rather than Go's 5h0m0s.
-func fmtDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
-}
+func fmtDuration(d time.Duration) string { return entry.FormatDuration(d) }

@@ -68,11 +68,11 @@ func follow(ctx context.Context, s *envoy.SotW, id string, h *heldSecrets, errc 
 }
 
 // TestHandshakesThroughCARotations: two workloads do mTLS handshakes continuously, each with
-// the newest SVID and bundle it holds, while the CA rotates several times (10s CA lifetime,
-// 1s SVIDs); not one handshake fails. This is the promise of rotation with overlap: the next
+// the newest SVID and bundle it holds, while the CA rotates several times (30s CA lifetime
+// and 5s SVIDs, the shortest accepted: a new CA signs every 15s, the second from about 34s on); not one handshake fails. This is the promise of rotation with overlap: the next
 // CA reaches every stream before any SVID it signs is served.
 func TestHandshakesThroughCARotations(t *testing.T) {
-	a := startAgent(t, withConfig("ca {\n  ca_ttl = \"12s\"\n  svid_ttl = \"2s\"\n}\n"))
+	a := startAgent(t, withConfig("ca {\n  ca_ttl = \"30s\"\n  svid_ttl = \"5s\"\n}\n"))
 	const (
 		server = "spiffe://example.org/rot-server"
 		client = "spiffe://example.org/rot-client"
@@ -104,7 +104,7 @@ func TestHandshakesThroughCARotations(t *testing.T) {
 	serverID, clientID := spiffeid.RequireFromString(server), spiffeid.RequireFromString(client)
 	var handshakes, activeCAs int
 	seenActive := map[string]bool{}
-	for end := time.Now().Add(26 * time.Second); time.Now().Before(end); {
+	for end := time.Now().Add(40 * time.Second); time.Now().Before(end); {
 		select {
 		case err := <-errc:
 			t.Fatal(err)

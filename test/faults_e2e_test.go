@@ -555,7 +555,7 @@ func TestFullDiskKeepsServing(t *testing.T) {
 	noRaceExitDelay(t)
 	a := startAgent(t, onTmpfs("2m"))
 	const id = "spiffe://example.org/full"
-	a.createEntry(id, "-selector", "unix:uid:0", "-x509SVIDTTL", "4")
+	a.createEntry(id, "-selector", "unix:uid:0", "-x509SVIDTTL", "5")
 	ctx := ctxFor(t, time.Minute)
 	open := dialAgentNames(t, a, []string{id})
 	r, err := open.Recv(ctx)

@@ -19,7 +19,7 @@ import (
 func TestSvidWatchFilesNeverMismatch(t *testing.T) {
 	requireRoot(t)
 	a := startAgent(t)
-	a.createEntry(frontendID, "-selector", "unix:uid:1001", "-x509SVIDTTL", "2")
+	a.createEntry(frontendID, "-selector", "unix:uid:1001", "-x509SVIDTTL", "5")
 	dir := filepath.Join(newAgentDir(t), "certs")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -51,7 +51,7 @@ func TestSvidWatchFilesNeverMismatch(t *testing.T) {
 
 	serials := map[string]bool{}
 	reads := 0
-	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); reads++ {
+	for end := time.Now().Add(12 * time.Second); time.Now().Before(end); reads++ {
 		fs, err := svidfiles.ReadCurrent(dir)
 		if err != nil {
 			t.Fatalf("read %d: %v", reads, err)
@@ -66,7 +66,7 @@ func TestSvidWatchFilesNeverMismatch(t *testing.T) {
 		}
 	}
 	if len(serials) < 3 {
-		t.Fatalf("saw %d distinct SVIDs over 6s with a 2s TTL, want rotations", len(serials))
+		t.Fatalf("saw %d distinct SVIDs over 12s with a 5s TTL, want rotations", len(serials))
 	}
 	t.Logf("%d reads, %d rotations, never mismatched", reads, len(serials))
 

@@ -32,7 +32,7 @@ func decodeLine(t *testing.T, line string) map[string]any {
 func TestGoSpiffeX509SourceSeesRotation(t *testing.T) {
 	requireRoot(t)
 	a := startAgent(t)
-	a.createEntry(frontendID, "-selector", "unix:uid:1001", "-x509SVIDTTL", "4")
+	a.createEntry(frontendID, "-selector", "unix:uid:1001", "-x509SVIDTTL", "5")
 	c := startAs(t, 1001, 1001, nil, bins.spiffeclient, "-socket", a.api, "x509", "-updates", "1")
 	first := decodeLine(t, c.next(t, 30*time.Second))
 	second := decodeLine(t, c.next(t, 30*time.Second))

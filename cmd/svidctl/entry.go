@@ -120,7 +120,8 @@ func runEntryUpdate(ctx context.Context, g globalFlags, args []string, env Env) 
 		// -federatesWith "" alone clears the list.
 		e.FederatesWith = slices.DeleteFunc(slices.Clone(f.federates), func(s string) bool { return s == "" })
 	}
-	out, err := c.UpdateEntry(ctx, admin.Entry{ID: e.ID, Name: e.Name, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, DNSNames: e.DNSNames, FederatesWith: e.FederatesWith})
+	// Never the name: only the config file names entries (svidd refuses an update of one).
+	out, err := c.UpdateEntry(ctx, admin.Entry{ID: e.ID, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, DNSNames: e.DNSNames, FederatesWith: e.FederatesWith})
 	if err != nil {
 		return fmt.Errorf("updating entry: %w", err)
 	}
@@ -143,9 +144,6 @@ func runEntryDelete(ctx context.Context, g globalFlags, args []string, env Env) 
 		return fmt.Errorf("deleting entry: %w", err)
 	}
 	fmt.Fprintf(env.Stdout, "Deleted entry with ID: %s\n", out.ID)
-	if out.Name != "" {
-		fmt.Fprintf(env.Stderr, "svidctl: warning: entry %s is declared in svidd's config file (entry %q): the next start or reload (SIGHUP) creates it again; remove the block from the file to delete it for good\n", out.ID, out.Name)
-	}
 	return nil
 }
 
@@ -286,7 +284,7 @@ func spireEntries(es []admin.Entry) spireListJSON {
 			ParentID:       spireIDJSON{TrustDomain: id.TrustDomain},
 			Selectors:      []spireSelectorJSON{},
 			X509SVIDTTL:    e.X509SVIDTTL,
-			FederatesWith:  []string{},
+			FederatesWith:  append([]string{}, e.FederatesWith...),
 			ExpiresAt:      "0",
 			DNSNames:       append([]string{}, e.DNSNames...),
 			RevisionNumber: strconv.FormatInt(e.Revision, 10),

@@ -42,7 +42,7 @@ func startAdminForCLI(t *testing.T) (sock string, st store.Store) {
 		Bundle: func() *workload.Bundle {
 			return &workload.Bundle{TrustDomain: td, PEM: []byte("-----BEGIN CERTIFICATE-----\n")}
 		},
-		MaxSVIDTTL: 4 * time.Hour,
+		CATTL: 24 * time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -247,9 +247,9 @@ func TestEntryListSPIREJSON(t *testing.T) {
 	if !strings.Contains(out, "from the config file") {
 		t.Errorf("entry list does not mark the config entry:\n%s", out)
 	}
-	// Deleting it works (the admin API serves every client), with a warning that it comes back.
+	// Deleting it is refused, saying that the config would bring it back and where to change it.
 	out, stderr, code = cli(t, "entry", "delete", "-socketPath", sock, "-entryID", created.ID)
-	if code != 0 || !strings.Contains(out, created.ID) || !strings.Contains(stderr, "creates it again") || !strings.Contains(stderr, `"web"`) {
+	if code == 0 || !strings.Contains(stderr, "come back at the next reload") || !strings.Contains(stderr, `"web"`) {
 		t.Fatalf("delete of a config entry: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
 }

@@ -80,6 +80,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	optString(fs, &o.AdminSocketPath, "adminSocketPath", "admin socket path (svidctl)")
 	optString(fs, &o.DataDir, "dataDir", "data directory (store and CA)")
 	optString(fs, &o.LogLevel, "logLevel", "debug, info, warn or error")
+	fresh := fs.Bool("fresh", false, "start even though the data dir holds the CA without the store or the store without the CA, creating the missing one (a new CA changes the trust bundle)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -109,7 +110,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level, OnReady: func() { sdNotify("READY=1") }})
+	a, err := agent.New(agent.Config{Config: cfg, Logger: log, Level: level, Fresh: *fresh, OnReady: func() { sdNotify("READY=1") }})
 	if err != nil {
 		ls.Close()
 		return err

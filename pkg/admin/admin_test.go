@@ -45,7 +45,7 @@ func startServerWith(t *testing.T, ready func(context.Context) error, mod func(*
 		TrustDomain: td,
 		Store:       st,
 		Bundle:      func() *workload.Bundle { return &workload.Bundle{TrustDomain: td, PEM: []byte("PEM"), Sequence: 7} },
-		MaxSVIDTTL:  4 * time.Hour,
+		CATTL:       24 * time.Hour,
 		Ready:       ready,
 	}
 	if mod != nil {
@@ -143,8 +143,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"malformed selector", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"uid1000"}}, 400, "type:value"},
 		{"unknown selector", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:pid:1"}}, 400, "unknown selector"},
 		{"non-numeric uid", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:root"}}, 400, "numeric"},
-		{"TTL over CA limit", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: 5 * 3600}, 400, "longer than the CA allows"},
+		{"TTL over CA limit", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: 5 * 3600}, 400, "longer than a sixth of ca_ttl 24h"},
 		{"negative TTL", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: -1}, 400, "TTL"},
+		{"TTL too short to rotate", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: 4}, 400, "4s is shorter than the minimum 5s"},
+		{"a name: config-owned", admin.Entry{Name: "n", SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}}, 400, `"name" is set only by entry blocks`},
 		{"bad DNS", admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, DNSNames: []string{"a b"}}, 400, "DNS"},
 		{"duplicate", admin.Entry{SPIFFEID: "spiffe://example.org/web", Selectors: []string{"unix:uid:1000"}}, 409, "already exists"},
 	} {

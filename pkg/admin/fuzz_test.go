@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/store"
@@ -24,25 +26,37 @@ import (
 )
 
 // idPlaceholder in a fuzzed path or body stands for the ID of the entry every iteration starts
-// with: the store assigns random IDs, which the fuzzer could never guess.
-const idPlaceholder = "@ID@"
+// with: the store assigns random IDs, which the fuzzer could never guess. cfgPlaceholder
+// stands for the ID of the config-declared entry (configEntry).
+const (
+	idPlaceholder  = "@ID@"
+	cfgPlaceholder = "@CFG@"
+)
 
 // baseEntry is in the store at the start of every iteration, so updates, deletes, gets and
 // duplicate creates have something real to hit.
 var baseEntry = admin.Entry{
-	Name:        "base",
 	SPIFFEID:    "spiffe://example.org/web",
 	Selectors:   []string{"unix:uid:1000", "unix:gid:1000"},
 	X509SVIDTTL: 600,
 	DNSNames:    []string{"web.local"},
 }
 
+// configEntry is in the store too, as the agent registers an `entry "cfg" {}` block of the
+// config file: the API must neither change nor delete it.
+var configEntry = entry.Entry{
+	Name:      "cfg",
+	SPIFFEID:  spiffeid.RequireFromString("spiffe://example.org/cfg"),
+	Selectors: []entry.Selector{{Type: "unix", Value: "uid:1001"}},
+}
+
 // adminFuzzer is the admin handler over a real SQLite store, shared by the iterations of one
-// fuzz worker (they run one at a time) and reset to {baseEntry} whenever an iteration wrote.
+// fuzz worker (they run one at a time) and reset to {baseEntry, configEntry} whenever an
+// iteration wrote.
 type adminFuzzer struct {
-	st     *store.SQLite
-	h      http.Handler
-	baseID string
+	st            *store.SQLite
+	h             http.Handler
+	baseID, cfgID string
 }
 
 func newAdminFuzzer(f *testing.F) *adminFuzzer {
@@ -66,7 +80,7 @@ func newAdminFuzzer(f *testing.F) *adminFuzzer {
 		TrustDomain: td,
 		Store:       st,
 		Bundle:      func() *workload.Bundle { return &workload.Bundle{TrustDomain: td, PEM: []byte("PEM"), Sequence: 7} },
-		MaxSVIDTTL:  4 * time.Hour,
+		CATTL:       24 * time.Hour,
 	})
 	if err != nil {
 		f.Fatal(err)
@@ -99,6 +113,10 @@ func (a *adminFuzzer) reset() error {
 		return err
 	}
 	a.baseID = out.ID
+	if out, err = a.st.CreateEntry(ctx, configEntry); err != nil {
+		return err
+	}
+	a.cfgID = out.ID
 	return nil
 }
 
@@ -167,6 +185,7 @@ func FuzzAdminAPI(f *testing.F) {
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:root"}},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: 5 * 3600},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: -1},
+		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, X509SVIDTTL: 1}, // too short to rotate
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1"}, DNSNames: []string{"a b"}},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:path:relative"}},
 		{SPIFFEID: "spiffe://example.org/x", Selectors: []string{"unix:uid:1\nunix:uid:2"}},
@@ -194,7 +213,15 @@ func FuzzAdminAPI(f *testing.F) {
 	// Every other route, with the existing ID, unknown IDs and odd paths.
 	moved := baseEntry
 	moved.Selectors = []string{"unix:uid:2000"}
+	named := valid
+	named.Name = "cfg"
 	for _, r := range []struct{ method, path, body string }{
+		// The config's entries are the config's: refused, 400 (a name) or 409 (its entry).
+		{"POST", "/v1/entries", string(body(named))},
+		{"PUT", "/v1/entries/@ID@", string(body(named))},
+		{"PUT", "/v1/entries/@CFG@", string(body(valid))},
+		{"PUT", "/v1/entries/@CFG@", string(body(named))},
+		{"DELETE", "/v1/entries/@CFG@", ""},
 		{"PUT", "/v1/entries/@ID@", string(body(moved))},
 		{"PUT", "/v1/entries/@ID@", string(body(valid))},
 		{"PUT", "/v1/entries/@ID@", `{"spiffe_id":"spiffe://example.org/x","selectors":["unix:path:relative"]}`},
@@ -230,8 +257,9 @@ func FuzzAdminAPI(f *testing.F) {
 		if len(reqBody) > 2*admin.MaxBodyBytes {
 			return // past the limit one size is as good as another
 		}
-		target = strings.ReplaceAll(target, idPlaceholder, a.baseID)
+		target = strings.NewReplacer(idPlaceholder, a.baseID, cfgPlaceholder, a.cfgID).Replace(target)
 		reqBody = bytes.ReplaceAll(reqBody, []byte(idPlaceholder), []byte(a.baseID))
+		reqBody = bytes.ReplaceAll(reqBody, []byte(cfgPlaceholder), []byte(a.cfgID))
 		// Parse the request as the server does off the socket; what it refuses never reaches
 		// the handler. No CR, LF or space: they would make a different request line.
 		if strings.ContainsAny(method+target, "\r\n ") {
@@ -264,6 +292,13 @@ func FuzzAdminAPI(f *testing.F) {
 		}
 
 		wrote := false
+		if code/100 == 2 && (req.Method == "POST" || req.Method == "PUT" || req.Method == "DELETE") {
+			// No write through the API touches the config's entry or makes a named one: the
+			// next reload would undo it after the API acknowledged it.
+			if got := decodeEntry(t, resp); got.ID == a.cfgID || got.Name != "" {
+				t.Fatalf("%s %q %q answered %d for a config-declared entry: %s", method, target, rb.buf.Bytes(), code, resp)
+			}
+		}
 		switch {
 		case code == http.StatusCreated:
 			wrote = true

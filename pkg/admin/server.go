@@ -26,9 +26,10 @@ type Config struct {
 	Store       store.Store
 	// Bundle returns the current own-trust-domain bundle.
 	Bundle func() *workload.Bundle
-	// MaxSVIDTTL is the longest X509-SVID TTL the CA mints (a sixth of its own); an entry asking
-	// for more is refused when written rather than failing when a workload asks for it.
-	MaxSVIDTTL time.Duration
+	// CATTL is the CA's lifetime: an entry whose TTL the CA would not mint under it
+	// (entry.CheckSVIDTTL) is refused when written rather than failing when a workload asks
+	// for it. Zero checks only the minimum.
+	CATTL time.Duration
 	// Status reports the agent's state (nil: GET /v1/status answers 404).
 	Status func() Status
 	// CA lists and steps the CA rotation (nil: the /v1/ca endpoints answer 404).
@@ -154,6 +155,10 @@ func (s *Server) updateEntry(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.notConfigOwned(r.Context(), e.ID); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	out, err := s.cfg.Store.UpdateEntry(r.Context(), e)
 	if err != nil {
 		s.fail(w, r, err)
@@ -166,6 +171,10 @@ func (s *Server) updateEntry(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteEntry(w http.ResponseWriter, r *http.Request) {
+	if err := s.notConfigOwned(r.Context(), r.PathValue("id")); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	out, err := s.cfg.Store.DeleteEntry(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.fail(w, r, err)
@@ -243,10 +252,30 @@ func (s *Server) fromWire(in Entry) (entry.Entry, error) {
 	if err != nil {
 		return e, err
 	}
-	if s.cfg.MaxSVIDTTL > 0 && e.X509SVIDTTL > s.cfg.MaxSVIDTTL {
-		return e, fmt.Errorf("%w: x509 SVID TTL %s is longer than the CA allows (%s, a sixth of ca_ttl)", entry.ErrInvalid, e.X509SVIDTTL, s.cfg.MaxSVIDTTL)
+	if e.X509SVIDTTL != 0 {
+		if err := entry.CheckSVIDTTL(e.X509SVIDTTL, s.cfg.CATTL); err != nil {
+			return e, fmt.Errorf("x509_svid_ttl %w", err)
+		}
 	}
 	return e, nil
+}
+
+// errConfigOwned is a write refused because the entry belongs to the config file: 409.
+var errConfigOwned = errors.New("entry is declared in the config file")
+
+// notConfigOwned refuses to change or delete an entry declared in the config file: svidd
+// makes such entries equal to the file's blocks at every start and reload, so the change
+// would be acknowledged now and undone then. An entry's name never changes (the API cannot
+// set one, reconciling keeps it), so checking before writing is not racy.
+func (s *Server) notConfigOwned(ctx context.Context, id string) error {
+	cur, err := s.cfg.Store.GetEntry(ctx, id)
+	if err != nil {
+		return err
+	}
+	if cur.Name != "" {
+		return fmt.Errorf("%w: entry %s comes from the block entry %q of the config file; change or remove it there and reload svidd (SIGHUP), or it would come back at the next reload", errConfigOwned, id, cur.Name)
+	}
+	return nil
 }
 
 // caStep forces one CA rotation step. A step that is not possible now (nothing prepared to
@@ -286,7 +315,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusBadRequest, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrBundleNotFound):
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
-	case errors.Is(err, store.ErrAlreadyExists):
+	case errors.Is(err, store.ErrAlreadyExists), errors.Is(err, errConfigOwned):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
 	default:
 		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "error", err)

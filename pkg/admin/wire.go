@@ -17,7 +17,9 @@ import (
 // Entry is a registration entry on the wire (and in `svidctl ... -output json`). TTLs are in
 // seconds, selectors in their TYPE:KIND:VALUE text form, as SPIRE users write them.
 type Entry struct {
-	ID          string   `json:"id,omitempty"`
+	ID string `json:"id,omitempty"`
+	// Name is set on entries declared in the config file (`entry "name" {}`); the API
+	// refuses it in requests, and refuses to change or delete such entries (409).
 	Name        string   `json:"name,omitempty"`
 	SPIFFEID    string   `json:"spiffe_id"`
 	Selectors   []string `json:"selectors"`
@@ -54,7 +56,15 @@ func EntryToWire(e entry.Entry) Entry {
 }
 
 // FromWire parses and validates a wire entry against td. Errors wrap entry.ErrInvalid.
+//
+// Name is refused: it marks an entry as declared by an `entry "name" {}` block of the config
+// file, and svidd makes the named entries equal to those blocks at every start and reload, so
+// a named entry written through the API would be deleted or overwritten then, after the API
+// had acknowledged it. Name is only ever set on the way out (EntryToWire).
 func (w Entry) FromWire(td spiffeid.TrustDomain) (entry.Entry, error) {
+	if w.Name != "" {
+		return entry.Entry{}, fmt.Errorf("%w: \"name\" is set only by entry blocks of the config file (svidd replaces or removes named entries to match them at every start and reload); leave it out", entry.ErrInvalid)
+	}
 	id, err := spiffeid.FromString(w.SPIFFEID)
 	if err != nil {
 		return entry.Entry{}, fmt.Errorf("%w: spiffe ID %q: %v", entry.ErrInvalid, w.SPIFFEID, err)
@@ -74,7 +84,6 @@ func (w Entry) FromWire(td spiffeid.TrustDomain) (entry.Entry, error) {
 	e := entry.Entry{
 		FederatesWith: fed,
 		ID:            w.ID,
-		Name:          w.Name,
 		SPIFFEID:      id,
 		Selectors:     sel,
 		X509SVIDTTL:   time.Duration(w.X509SVIDTTL) * time.Second,

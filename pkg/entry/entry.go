@@ -80,8 +80,9 @@ func SelectorKey(sel []Selector) string {
 }
 
 // Validate checks the entry as an operator wrote it: the SPIFFE ID belongs to td and is a
-// workload ID (non-root path), every selector is well-formed, the TTL is not negative, DNS
-// names are plausible. Errors wrap ErrInvalid and name the offending field.
+// workload ID (non-root path), and ValidateShape's rules. Errors wrap ErrInvalid and name the
+// offending field. Whether the TTL suits the CA is the caller's to check (CheckSVIDTTL with
+// the CA's lifetime): an entry does not know it.
 func (e Entry) Validate(td spiffeid.TrustDomain) error {
 	if e.SPIFFEID.IsZero() {
 		return fmt.Errorf("%w: spiffe ID is required", ErrInvalid)
@@ -91,6 +92,22 @@ func (e Entry) Validate(td spiffeid.TrustDomain) error {
 	}
 	if e.SPIFFEID.Path() == "" {
 		return fmt.Errorf("%w: spiffe ID %q has no path; a workload ID needs one (%s/...)", ErrInvalid, e.SPIFFEID, td.IDString())
+	}
+	for _, f := range e.FederatesWith {
+		if f == td {
+			return fmt.Errorf("%w: federates with %q, its own trust domain; list foreign trust domains only", ErrInvalid, f.Name())
+		}
+	}
+	return e.ValidateShape()
+}
+
+// ValidateShape checks what does not depend on the trust domain: a SPIFFE ID, at least one
+// selector, every selector well-formed, the TTL zero (the agent's default) or at least
+// MinSVIDTTL, DNS names plausible. Validate includes it; the store applies it to every write,
+// so no caller can store an entry that would read as "every caller" or not read back.
+func (e Entry) ValidateShape() error {
+	if e.SPIFFEID.IsZero() {
+		return fmt.Errorf("%w: spiffe ID is required", ErrInvalid)
 	}
 	if len(e.Selectors) == 0 {
 		return fmt.Errorf("%w: at least one selector is required", ErrInvalid)
@@ -103,17 +120,19 @@ func (e Entry) Validate(td spiffeid.TrustDomain) error {
 	if e.X509SVIDTTL < 0 {
 		return fmt.Errorf("%w: x509 SVID TTL %s is negative", ErrInvalid, e.X509SVIDTTL)
 	}
+	if e.X509SVIDTTL != 0 {
+		if err := CheckSVIDTTL(e.X509SVIDTTL, 0); err != nil {
+			return fmt.Errorf("x509 SVID TTL %w", err)
+		}
+	}
 	for _, d := range e.DNSNames {
 		if err := validateDNSName(d); err != nil {
 			return err
 		}
 	}
 	for _, f := range e.FederatesWith {
-		switch {
-		case f.IsZero():
+		if f.IsZero() {
 			return fmt.Errorf("%w: federates with an empty trust domain", ErrInvalid)
-		case f == td:
-			return fmt.Errorf("%w: federates with %q, its own trust domain; list foreign trust domains only", ErrInvalid, f.Name())
 		}
 	}
 	return nil

@@ -32,6 +32,8 @@ var validateTests = []struct {
 	{name: "no selectors", id: "spiffe://example.org/a", wantErr: "at least one selector"},
 	{name: "bad selector", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1000"}, {"unix", "uid:me"}}, wantErr: "not a numeric id"},
 	{name: "negative TTL", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1000"}}, ttl: -time.Second, wantErr: "negative"},
+	{name: "TTL too short to rotate", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1000"}}, ttl: time.Second, wantErr: "x509 SVID TTL 1s is shorter than the minimum 5s"},
+	{name: "shortest TTL", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1000"}}, ttl: MinSVIDTTL},
 	{name: "empty DNS name", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{""}, wantErr: "1 to 253"},
 	{name: "DNS name too long", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{strings.Repeat("a.", 127)}, wantErr: "1 to 253"},
 	{name: "DNS label too long", id: "spiffe://example.org/a", sel: []Selector{{"unix", "uid:1"}}, dns: []string{strings.Repeat("a", 64) + ".org"}, wantErr: "over-long label"},
@@ -91,5 +93,43 @@ func TestParseTrustDomains(t *testing.T) {
 		if _, err := ParseTrustDomains([]string{bad}); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParseTrustDomains(%q) = %v, want an ErrInvalid error", bad, err)
 		}
+	}
+}
+
+// TestCheckSVIDTTL: the bounds every caller (CA, config, admin API) applies, and the reasons
+// they branch on.
+func TestCheckSVIDTTL(t *testing.T) {
+	for _, tt := range []struct {
+		ttl, caTTL time.Duration
+		want       string
+		is         error
+	}{
+		{MinSVIDTTL, 0, "", nil},
+		{time.Hour, 24 * time.Hour, "", nil},
+		{4 * time.Hour, 24 * time.Hour, "", nil},
+		{MinSVIDTTL, MinCATTL, "", nil},
+		{MinSVIDTTL - time.Nanosecond, 0, "is shorter than the minimum 5s", ErrTTLTooShort},
+		{time.Second, 24 * time.Hour, "1s is shorter than the minimum 5s", ErrTTLTooShort},
+		{-time.Second, 0, "-1s is negative", ErrTTLTooShort},
+		{4*time.Hour + time.Second, 24 * time.Hour, "4h0m1s is longer than a sixth of ca_ttl 24h (4h)", ErrTTLTooLong},
+		{time.Hour, 0, "", nil}, // no CA lifetime: the minimum only
+	} {
+		err := CheckSVIDTTL(tt.ttl, tt.caTTL)
+		if tt.want == "" {
+			if err != nil {
+				t.Errorf("CheckSVIDTTL(%s, %s): %v", tt.ttl, tt.caTTL, err)
+			}
+			continue
+		}
+		if err == nil || !strings.HasPrefix(err.Error(), FormatDuration(tt.ttl)) || !strings.Contains(err.Error(), tt.want) ||
+			!errors.Is(err, ErrInvalid) || !errors.Is(err, tt.is) {
+			t.Errorf("CheckSVIDTTL(%s, %s) = %v; want %q wrapping ErrInvalid and %v", tt.ttl, tt.caTTL, err, tt.want, tt.is)
+		}
+	}
+	if err := CheckCATTL(MinCATTL - time.Second); err == nil || !strings.Contains(err.Error(), "minimum 30s") {
+		t.Errorf("CheckCATTL below the minimum: %v", err)
+	}
+	if err := CheckSVIDTTL(MinSVIDTTL, MinCATTL); err != nil {
+		t.Errorf("the shortest CA lifetime must admit the shortest SVID lifetime: %v", err)
 	}
 }

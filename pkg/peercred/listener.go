@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/svidd/svidd/pkg/ownership"
 )
 
 // MaxPathLen is the longest socket path the kernel accepts: sun_path is 108 bytes including
@@ -42,7 +44,8 @@ var pidfdOpenUnsupported atomic.Bool
 // ListenConfig holds the options of Listen that most callers leave at their defaults.
 type ListenConfig struct {
 	// DirMode is the mode given to the socket's parent directory if Listen creates it
-	// (default DefaultDirMode). An existing directory is left as it is.
+	// (default DefaultDirMode). An existing directory is left as it is, and must be svidd's
+	// (pkg/ownership).
 	DirMode os.FileMode
 	// Logger receives one line per connection the listener drops (default: discard).
 	Logger *slog.Logger
@@ -72,7 +75,7 @@ type Listener struct {
 }
 
 // Listen listens on the Unix socket path with the given permission bits, creating the
-// parent directory (0755) if needed. See ListenConfig.Listen.
+// parent directory (0755) if needed and refusing one that is not svidd's. See ListenConfig.Listen.
 func Listen(path string, mode os.FileMode) (*Listener, error) {
 	return ListenConfig{}.Listen(path, mode)
 }
@@ -80,7 +83,8 @@ func Listen(path string, mode os.FileMode) (*Listener, error) {
 // Listen creates a Unix stream socket at path with permission bits mode (0666 for the api
 // socket: attestation decides what a caller gets; 0600 for the admin socket).
 //
-// It refuses a path longer than MaxPathLen, a path that exists and is not a socket, and a
+// It refuses a path longer than MaxPathLen, a parent directory owned by another user or
+// writable by others (see pkg/ownership), a path that exists and is not a socket, and a
 // socket a live process answers on (ErrInUse). A socket file nobody answers on is left over
 // from a crashed agent and is removed.
 //
@@ -138,26 +142,12 @@ func (c ListenConfig) Listen(path string, mode os.FileMode) (*Listener, error) {
 	}, nil
 }
 
-// ensureDir creates dir with mode if it does not exist. The mode is applied with chmod so
-// the umask does not narrow it; an existing directory (such as /tmp) is never changed.
+// ensureDir creates the socket directory with mode, owned by svidd, or checks that an
+// existing one is svidd's (pkg/ownership): whoever else could write it, or rename it through
+// a parent, could move the live socket aside and listen in its place. An existing directory
+// (0700 or 0755) keeps its mode.
 func ensureDir(dir string, mode os.FileMode) error {
-	fi, err := os.Stat(dir)
-	switch {
-	case err == nil:
-		if !fi.IsDir() {
-			return fmt.Errorf("socket directory %s is not a directory", dir)
-		}
-		return nil
-	case !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("checking socket directory: %w", err)
-	}
-	if err := os.MkdirAll(dir, mode); err != nil {
-		return fmt.Errorf("creating socket directory: %w", err)
-	}
-	if err := os.Chmod(dir, mode); err != nil {
-		return fmt.Errorf("setting mode of socket directory: %w", err)
-	}
-	return nil
+	return ownership.Dir("socket directory", dir, mode)
 }
 
 // clearStale makes path free for a new socket: nothing there, or a socket nobody answers on

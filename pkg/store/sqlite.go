@@ -320,23 +320,14 @@ func scanEntry(sc scanner) (entry.Entry, error) {
 }
 
 // prepare normalizes e for storing. The caller has validated e against the trust domain; the
-// store still refuses the two defects that would make an entry dangerous or unreachable (no
-// SPIFFE ID, no selectors: an empty selector set would read as "every caller").
+// store still applies entry.ValidateShape, so no caller can store an entry that would be
+// dangerous or unreadable (no SPIFFE ID; no selectors, which would read as "every caller"; a
+// selector with a newline, which would corrupt the stored selector key).
 func prepare(e entry.Entry) (entry.Entry, error) {
-	if e.SPIFFEID.IsZero() {
-		return e, fmt.Errorf("%w: spiffe ID is required", entry.ErrInvalid)
+	if err := e.ValidateShape(); err != nil {
+		return e, err
 	}
 	e.Selectors = entry.Normalize(e.Selectors)
-	if len(e.Selectors) == 0 {
-		return e, fmt.Errorf("%w: at least one selector is required", entry.ErrInvalid)
-	}
-	for _, sel := range e.Selectors {
-		// A newline would corrupt the stored selector key; a selector without a type would
-		// not read back.
-		if sel.Type == "" || strings.ContainsAny(sel.Type, ":\n") || strings.Contains(sel.Value, "\n") {
-			return e, fmt.Errorf("%w: malformed selector %q", entry.ErrInvalid, sel.String())
-		}
-	}
 	e.DNSNames = slices.Clone(e.DNSNames)
 	if len(e.DNSNames) == 0 {
 		e.DNSNames = nil // read back as nil

@@ -8,7 +8,10 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,6 +43,42 @@ type SVID struct {
 	RotateAt time.Time
 	// Serial is the leaf's serial number in lowercase hex: a stable resource version.
 	Serial string
+}
+
+// NewSVID makes the SVID of id from its certificate chain (leaf first, then any
+// intermediates) and the leaf's private key: it encodes the chain and the key once, and takes
+// NotBefore, NotAfter and Serial from the leaf. It is the one way an SVID is made (the CA, the
+// test CAs), so no producer leaves a field out. EntryID, EntryRevision and RotateAt are the
+// agent's to set. The leaf must name exactly id.
+func NewSVID(id spiffeid.ID, chain []*x509.Certificate, key crypto.Signer) (*SVID, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("an SVID needs a certificate")
+	}
+	leaf := chain[0]
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
+		return nil, fmt.Errorf("the SVID certificate's URI SANs %v are not exactly %s", leaf.URIs, id)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding SVID key: %w", err)
+	}
+	var chainPEM, chainDER []byte
+	for _, c := range chain {
+		chainPEM = append(chainPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		chainDER = append(chainDER, c.Raw...)
+	}
+	return &SVID{
+		ID:           id,
+		Certificates: slices.Clone(chain),
+		PrivateKey:   key,
+		CertChainPEM: chainPEM,
+		CertChainDER: chainDER,
+		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		KeyDER:       keyDER,
+		NotBefore:    leaf.NotBefore,
+		NotAfter:     leaf.NotAfter,
+		Serial:       leaf.SerialNumber.Text(16),
+	}, nil
 }
 
 // Bundle is one trust domain's X.509 authorities.

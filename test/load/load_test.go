@@ -225,7 +225,7 @@ func TestRunEndToEnd(t *testing.T) {
 			regexp.MustCompile(`(?m)^cold start ms\s+\d`),
 			regexp.MustCompile(`(?m)^fresh caller ms\s+\d`),
 		}},
-		{"rotation, a process per uid", []string{"-streams", "5", "-conns", "2", "-uids", uids, "-entries", "2", "-change", "rotate", "-ttl", "2s", "-nocold", "-procPerUID"}, []*regexp.Regexp{
+		{"rotation, a process per uid", []string{"-streams", "5", "-conns", "2", "-uids", uids, "-entries", "2", "-change", "rotate", "-ttl", "5s", "-nocold", "-procPerUID"}, []*regexp.Regexp{
 			regexp.MustCompile(`(?m)^served\s+5/5$`),
 			regexp.MustCompile(`(?m)^push missing\s+0$`),
 			regexp.MustCompile(`(?m)^push max ms\s+\d`),

@@ -94,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&sc.Entries, "entries", 1, "registration entries for the callers (entry i: uid base+i%uids)")
 	fs.IntVar(&sc.Extra, "extraEntries", 0, "further entries for uids that never connect (a full store, no extra SVIDs)")
 	fs.StringVar(&sc.Change, "change", "bundle", "change pushed to the open streams: bundle (CA prepare), entry (DNS names of every held entry), rotate (short -ttl), none")
-	fs.DurationVar(&sc.TTL, "ttl", 0, "SVID TTL for the entries (0: svidd's default; -change rotate needs a short one, e.g. 4s)")
+	fs.DurationVar(&sc.TTL, "ttl", 0, "SVID TTL for the entries (0: svidd's default; -change rotate needs a short one, e.g. 5s, the shortest accepted)")
 	fs.Float64Var(&sc.ChurnRate, "churn", 0, "after the change, open and close this many streams per second (first uid)")
 	fs.DurationVar(&sc.ChurnFor, "duration", 10*time.Second, "how long -churn runs")
 	fs.StringVar(&sc.Name, "name", "", "scenario name in the table and CSV (default: derived)")

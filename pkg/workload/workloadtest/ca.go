@@ -77,24 +77,13 @@ func (ca *CA) Mint(t testing.TB, id string) *workload.SVID {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	s, err := workload.NewSVID(sid, []*x509.Certificate{leaf}, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &workload.SVID{
-		EntryID:      "entry-" + id,
-		ID:           sid,
-		Certificates: []*x509.Certificate{leaf},
-		PrivateKey:   key,
-		CertChainPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		CertChainDER: der,
-		KeyPEM:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		KeyDER:       keyDER,
-		NotBefore:    leaf.NotBefore,
-		NotAfter:     leaf.NotAfter,
-		RotateAt:     leaf.NotBefore.Add(15 * time.Minute),
-		Serial:       leaf.SerialNumber.Text(16),
-	}
+	s.EntryID = "entry-" + id
+	s.RotateAt = leaf.NotBefore.Add(15 * time.Minute)
+	return s
 }
 
 // Bundle returns the CA's bundle with sequence number seq: its X.509 root and its JWT key,
