@@ -349,7 +349,7 @@ func TestDigestCachedPerFileVersion(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		sum, err := a.fileDigest(ctx, f, 0)
+		sum, _, err := a.fileDigest(ctx, f, 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,7 +398,7 @@ func TestDigestConcurrentOnce(t *testing.T) {
 				return
 			}
 			defer f.Close()
-			sums[i], errs[i] = a.fileDigest(context.Background(), f, 0)
+			sums[i], _, errs[i] = a.fileDigest(context.Background(), f, 0, 0)
 		})
 	}
 	wg.Wait()
@@ -413,11 +413,11 @@ func TestDigestConcurrentOnce(t *testing.T) {
 }
 
 func TestDigestCacheBounded(t *testing.T) {
-	c := newDigestCache(2)
+	c := newDigestCache(2, 2)
 	computed := 0
 	get := func(ino uint64) {
 		t.Helper()
-		sum, err := c.get(context.Background(), digestKey{ino: ino}, func() (string, error) {
+		sum, err := c.get(context.Background(), digestKey{ino: ino}, 0, func(context.Context) (string, error) {
 			computed++
 			return fmt.Sprint(ino), nil
 		})
@@ -444,7 +444,7 @@ func TestDigestCacheBounded(t *testing.T) {
 		t.Fatalf("cache holds %d/%d entries; want 2", c.lru.Len(), len(c.byKey))
 	}
 	// Errors are not cached.
-	_, err := c.get(context.Background(), digestKey{ino: 9}, func() (string, error) { return "", errors.New("boom") })
+	_, err := c.get(context.Background(), digestKey{ino: 9}, 0, func(context.Context) (string, error) { return "", errors.New("boom") })
 	if err == nil || c.byKey[digestKey{ino: 9}] != nil {
 		t.Fatalf("error %v cached", err)
 	}
