@@ -289,12 +289,10 @@ func TestHashingFloodDoesNotStarveAnother(t *testing.T) {
 		flood := startAs(t, uidFlood, uidFlood, nil, big, "-socket", a.api, "-mode", "probe", "-names", floodID+","+tdID,
 			"-count", "100000", "-interval", "20ms", "-timeout", "10s")
 		time.Sleep(200 * time.Millisecond)
-		var probesDone []time.Duration
-		deadline := time.Now().Add(floodFor)
-		for time.Now().Before(deadline) {
-			probesDone = append(probesDone, probeLatencies(t, a, uidVictim, 2)...)
+		// Batches as in the unloaded phase (a probe process's first connection is its slowest).
+		for deadline := time.Now().Add(floodFor); time.Now().Before(deadline); {
+			loaded = append(loaded, probeLatencies(t, a, uidVictim, probes)...)
 		}
-		loaded = append(loaded, probesDone...)
 		close(stop)
 		wg.Wait()
 		flood.cmd.Process.Kill()
@@ -339,7 +337,11 @@ func TestHashingFloodDoesNotStarveAnother(t *testing.T) {
 	if served > 4 {
 		t.Errorf("%d of uid %d's connections hashed a new version of its 500 MiB binary; the budget allows about 2", served, uidFlood)
 	}
-	if strings.Contains(a.logs.String(), "uid=1002 reason=") {
+	logs := a.logs.String()
+	if !strings.Contains(logs, "over its budget for hashing binaries") {
+		t.Errorf("no refusal for the hashing budget logged")
+	}
+	if strings.Contains(logs, "uid=1002 reason=") {
 		t.Errorf("uid 1002 was refused")
 	}
 }
