@@ -233,8 +233,8 @@ func cpuTime(t *testing.T, pid int) time.Duration {
 }
 
 // TestHashingFloodDoesNotStarveAnother is issue 11's point 2: uid 1001, which has an entry
-// pinned to a binary digest (so its callers must be hashed), connects 50 times a second from a
-// 500 MiB sparse binary that is touched before every connection (a new file version each
+// pinned to a binary digest (so its callers must be hashed), connects 50 times a second (four
+// processes) from a 500 MiB sparse binary that is touched before every connection (a new file version each
 // time: the digest cache cannot help). svidd hashes one binary at a time and charges each
 // uid's hashes to its budget (1 GiB at once, then 1 GiB per 10 minutes), so the flood costs a
 // couple of hashes and is then refused (Unavailable), while uid 1002's time to first secret
@@ -286,8 +286,12 @@ func TestHashingFloodDoesNotStarveAnother(t *testing.T) {
 			}
 		})
 		cpu0, start := cpuTime(t, svidd), time.Now()
-		flood := startAs(t, uidFlood, uidFlood, nil, big, "-socket", a.api, "-mode", "probe", "-names", floodID+","+tdID,
-			"-count", "100000", "-interval", "20ms", "-timeout", "10s")
+		// Four connecting in parallel, 50 connections a second in all, none waiting for another.
+		var floods []*child
+		for range 4 {
+			floods = append(floods, startAs(t, uidFlood, uidFlood, nil, big, "-socket", a.api, "-mode", "probe",
+				"-names", floodID+","+tdID, "-count", "100000", "-interval", "80ms", "-timeout", "10s"))
+		}
 		time.Sleep(200 * time.Millisecond)
 		// Batches as in the unloaded phase (a probe process's first connection is its slowest).
 		for deadline := time.Now().Add(floodFor); time.Now().Before(deadline); {
@@ -295,23 +299,27 @@ func TestHashingFloodDoesNotStarveAnother(t *testing.T) {
 		}
 		close(stop)
 		wg.Wait()
-		flood.cmd.Process.Kill()
-		<-flood.done
+		for _, flood := range floods {
+			flood.cmd.Process.Kill()
+			<-flood.done
+		}
 		cpu += cpuTime(t, svidd) - cpu0
 		wall += time.Since(start)
-		for l := range flood.lines {
-			var r struct {
-				LatencyUS int64  `json:"latency_us"`
-				Error     string `json:"error"`
-			}
-			switch {
-			case json.Unmarshal([]byte(l), &r) != nil:
-			case r.Error == "":
-				served++
-			case strings.Contains(r.Error, "Unavailable"):
-				refused++
-			default:
-				otherErrs = append(otherErrs, r.Error)
+		for _, flood := range floods {
+			for l := range flood.lines {
+				var r struct {
+					LatencyUS int64  `json:"latency_us"`
+					Error     string `json:"error"`
+				}
+				switch {
+				case json.Unmarshal([]byte(l), &r) != nil:
+				case r.Error == "":
+					served++
+				case strings.Contains(r.Error, "Unavailable"):
+					refused++
+				default:
+					otherErrs = append(otherErrs, r.Error)
+				}
 			}
 		}
 		t.Logf("round %d: svidd CPU %v so far in %v of flood", round, cpu.Round(time.Millisecond), wall.Round(time.Millisecond))
