@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -239,7 +237,7 @@ func TestDigestOnlyWhenAnEntryCouldNeedIt(t *testing.T) {
 		t.Fatalf("caller no digest entry could match was hashed: %v", sel)
 	}
 	// An entry for our uid and our binary: now the digest is needed, and matches.
-	sum := fileSHA256(t, sh)
+	sum := proctest.SHA256File(t, sh)
 	a.cache.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "ours", "spiffe://example.org/ours", 1, "unix:uid:"+uid, "unix:sha256:"+sum)})
 	d := proctest.StartExecChild(t, sh, "/bin/sleep 60", true)
 	sel, err = a.attestCaller(ctx, d.Peer)
@@ -279,7 +277,7 @@ func TestReattestRefusesExecdCaller(t *testing.T) {
 		t.Fatalf("caller with no entry got %v", v)
 	}
 	c.ExecNext(t)
-	a.cache.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "sleeper", "spiffe://example.org/sleeper", 1, "unix:sha256:"+fileSHA256(t, sleep))})
+	a.cache.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "sleeper", "spiffe://example.org/sleeper", 1, "unix:sha256:"+proctest.SHA256File(t, sleep))})
 	if v := latest(sub); v != nil && !v.Empty() {
 		t.Fatalf("stream of an exec'd caller moved into %v", ids(v))
 	}
@@ -300,16 +298,6 @@ func mustAttest(t *testing.T, a *Agent, p *peercred.Peer) []entry.Selector {
 		t.Fatal(err)
 	}
 	return sel
-}
-
-func fileSHA256(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
 }
 
 // syncWriter serializes writes to w.

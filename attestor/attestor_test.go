@@ -2,8 +2,6 @@ package attestor
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/peercred"
 )
@@ -34,12 +33,7 @@ func newAttestor(t testing.TB, cfg Config) *Attestor {
 
 func fileSHA256(t testing.TB, path string) string {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	return proctest.SHA256File(t, path)
 }
 
 // selfPeer is a Peer for this test process, with a pidfd or without.

@@ -1,10 +1,7 @@
 package test
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,24 +18,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/test/envoy"
 )
 
 // Issue 11, points 2 (CPU through unix:sha256) and 4 (exec after connect).
-
-func sha256File(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
 
 // execNow tells a donor started with SVIDD_E2E_EXEC=path to exec it, and waits until /proc
 // shows it runs path.
@@ -131,7 +115,7 @@ func TestExecAfterConnectGetsNothing(t *testing.T) {
 
 	d.execNow(t, sleepPath)
 	t.Logf("pid %d: uid 1001 connected, then exec'd %s", pid, sleepPath)
-	a.createEntry(shaID, "-selector", "unix:sha256:"+sha256File(t, sleepPath))
+	a.createEntry(shaID, "-selector", "unix:sha256:"+proctest.SHA256File(t, sleepPath))
 	// The open stream's caller could match the new entry but for its digest: it is attested
 	// again, and refused.
 	waitLog(t, a, "re-attestation failed")
@@ -257,8 +241,8 @@ func TestHashingFloodDoesNotStarveAnother(t *testing.T) {
 	if err := os.Truncate(big, 500<<20); err != nil {
 		t.Fatal(err)
 	}
-	a.createEntry(floodID, "-selector", "unix:uid:1001", "-selector", "unix:sha256:"+sha256File(t, big))
-	a.createEntry(backendID, "-selector", "unix:uid:1002", "-selector", "unix:sha256:"+sha256File(t, probe))
+	a.createEntry(floodID, "-selector", "unix:uid:1001", "-selector", "unix:sha256:"+proctest.SHA256File(t, big))
+	a.createEntry(backendID, "-selector", "unix:uid:1002", "-selector", "unix:sha256:"+proctest.SHA256File(t, probe))
 	svidd := a.cmd.Process.Pid
 
 	const rounds, probes, floodFor = 3, 8, 5 * time.Second

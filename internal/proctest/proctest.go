@@ -4,6 +4,8 @@
 package proctest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"os"
 	"os/exec"
@@ -88,4 +90,20 @@ func (c *ExecChild) ExecNext(t testing.TB) {
 func (c *ExecChild) Kill() {
 	c.Cmd.Process.Kill()
 	c.Cmd.Wait()
+}
+
+// SHA256File returns the hex SHA-256 of the file at path: what unix:sha256 says of a process
+// running it.
+func SHA256File(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
