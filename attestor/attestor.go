@@ -419,7 +419,8 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options) (*At
 	if exeKey.ok {
 		// An exec during the reads would mix two binaries' selectors (the path of one, the
 		// cgroup a new one moved to...): the binary must be the same from first read to last.
-		if id, err := readExeID(dir.fd, "exe"); err != nil || id.key.dev != exeKey.key.dev || id.key.ino != exeKey.key.ino {
+		var st unix.Stat_t
+		if err := unix.Fstatat(dir.fd, "exe", &st, 0); err != nil || st.Dev != exeKey.key.dev || st.Ino != exeKey.key.ino {
 			return nil, fmt.Errorf("attesting pid %d: %w: it exec'd while it was attested", pid, ErrBinaryChanged)
 		}
 	}
