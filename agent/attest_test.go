@@ -3,11 +3,15 @@ package agent
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,7 +19,9 @@ import (
 	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/peercred"
+	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/telemetry"
+	"github.com/svidd/svidd/pkg/workload"
 )
 
 func newAttestAgent(t *testing.T) *Agent {
@@ -25,7 +31,7 @@ func newAttestAgent(t *testing.T) *Agent {
 		t.Fatal(err)
 	}
 	c, _, _ := newTestCache(t)
-	return &Agent{att: att, cache: c, metrics: telemetry.New(telemetry.Config{})}
+	return &Agent{att: att, cache: c, metrics: telemetry.New(telemetry.Config{}), log: slog.New(slog.DiscardHandler)}
 }
 
 // attestations returns how many attestations the agent ran (ok and failed).
@@ -66,14 +72,12 @@ func pathOf(sels []entry.Selector) string {
 }
 
 // TestPreattest: a connection attested at accept serves its first RPC without attesting again,
-// unless the caller exec'd or exited in between: then the RPC gets what attesting it at that
-// moment gives (the new binary's selectors, or ErrCallerGone), as without preattest.
+// unless the caller exec'd or exited in between: then the RPC attests it afresh, which refuses
+// a caller that now runs another binary (the connection is bound to the one it connected
+// with; ErrNotEntitled for good, never the new binary's selectors) and gives ErrCallerGone
+// for one that exited.
 func TestPreattest(t *testing.T) {
 	sh, err := filepath.EvalSymlinks("/bin/sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sleep, err := filepath.EvalSymlinks("/bin/sleep")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +90,7 @@ func TestPreattest(t *testing.T) {
 		wantCount uint64 // attestations after the first RPC
 	}{
 		{"unchanged", true, func(*testing.T, *proctest.ExecChild) {}, sh, nil, 1},
-		{"exec'd another binary", true, func(t *testing.T, c *proctest.ExecChild) { c.ExecNext(t) }, sleep, nil, 2},
+		{"exec'd another binary", true, func(t *testing.T, c *proctest.ExecChild) { c.ExecNext(t) }, "", workload.ErrNotEntitled, 2},
 		{"exited", true, func(t *testing.T, c *proctest.ExecChild) {
 			c.Kill()
 		}, "", attestor.ErrCallerGone, 2},
@@ -122,12 +126,14 @@ func TestPreattest(t *testing.T) {
 				t.Fatalf("%d attestations after the first RPC, want %d", n, tt.wantCount)
 			}
 			// Later RPCs of the connection reuse a successful attestation; a failed one is
-			// not kept.
+			// not kept, but a refusal is, without attesting again.
 			sel2, err2 := a.attest(ctx, c.Peer, false)
 			want := tt.wantCount
-			if tt.wantErr != nil {
+			if tt.wantErr == attestor.ErrCallerGone {
 				want++
-				if !errors.Is(err2, tt.wantErr) {
+			}
+			if tt.wantErr != nil {
+				if !errors.Is(err2, tt.wantErr) || sel2 != nil {
 					t.Fatalf("second attest: %v", err2)
 				}
 			} else if err2 != nil || !slices.Equal(sel2, sel) {
@@ -190,7 +196,7 @@ func TestAttestWaiterOutlivesCanceledMaker(t *testing.T) {
 	go ca.run(func() (*attestor.Attestation, error) {
 		close(started)
 		<-release
-		return a.record(canceled, c.Peer, false)
+		return a.record(canceled, c.Peer, false, nil)
 	})
 	<-started
 	res := make(chan error, 1)
@@ -207,4 +213,101 @@ func TestAttestWaiterOutlivesCanceledMaker(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("waiting RPC never returned")
 	}
+}
+
+// TestDigestOnlyWhenAnEntryCouldNeedIt: a caller's binary is hashed only when an entry with a
+// unix:sha256 selector could match it on its other selectors; the one that could gets the
+// digest, and with it the entry's identity.
+func TestDigestOnlyWhenAnEntryCouldNeedIt(t *testing.T) {
+	sh, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAttestAgent(t)
+	uid := strconv.Itoa(os.Getuid())
+	// An entry for another uid's binary: nothing of ours could match it.
+	a.cache.load([]entry.Entry{mkEntry(t, "other", "spiffe://example.org/other", 1, "unix:uid:4242", "unix:sha256:"+strings.Repeat("ab", 32))})
+	c := proctest.StartExecChild(t, sh, "/bin/sleep 60", true)
+	ctx := context.Background()
+	sel, err := a.attestCaller(ctx, c.Peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hasDigest(sel) || connAttestations(c.Peer).by[1] != nil {
+		t.Fatalf("caller no digest entry could match was hashed: %v", sel)
+	}
+	// An entry for our uid and our binary: now the digest is needed, and matches.
+	sum := proctest.SHA256File(t, sh)
+	a.cache.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "ours", "spiffe://example.org/ours", 1, "unix:uid:"+uid, "unix:sha256:"+sum)})
+	d := proctest.StartExecChild(t, sh, "/bin/sleep 60", true)
+	sel, err = a.attestCaller(ctx, d.Peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(sel, entry.Selector{Type: "unix", Value: "sha256:" + sum}) {
+		t.Fatalf("caller an entry could match by digest was not hashed: %v", sel)
+	}
+	if ids := a.cache.entitledIDs(sel); len(ids) != 1 || ids[0].String() != "spiffe://example.org/ours" {
+		t.Fatalf("entitled to %v", ids)
+	}
+}
+
+// TestReattestRefusesExecdCaller: a stream opened before any digest entry could match its
+// caller is re-attested when one appears; if the caller has meanwhile exec'd the binary that
+// entry names, the re-attestation is refused, the stream is not moved into that binary's
+// identities, and every later RPC of the connection is refused (logged once).
+func TestReattestRefusesExecdCaller(t *testing.T) {
+	sleep, err := filepath.EvalSymlinks("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAttestAgent(t)
+	var logs strings.Builder
+	a.log = slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	c := proctest.StartExecChildAs(t, &syscall.Credential{Uid: 1001, Gid: 1001}, "/bin/sh", sleep+" 60", true)
+	ctx := context.Background()
+	a.preattest(ctx, c.Peer)
+	waitPreattested(t, c.Peer)
+	sub, err := a.cache.subscribe(mustAttest(t, a, c.Peer), nil, func() ([]entry.Selector, error) { return a.attest(ctx, c.Peer, true) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if v := latest(sub); v == nil || !v.Empty() {
+		t.Fatalf("caller with no entry got %v", v)
+	}
+	c.ExecNext(t)
+	a.cache.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "sleeper", "spiffe://example.org/sleeper", 1, "unix:sha256:"+proctest.SHA256File(t, sleep))})
+	if v := latest(sub); v != nil && !v.Empty() {
+		t.Fatalf("stream of an exec'd caller moved into %v", ids(v))
+	}
+	for range 3 {
+		if sel, err := a.attestCaller(ctx, c.Peer); !errors.Is(err, workload.ErrNotEntitled) || sel != nil {
+			t.Fatalf("RPC after exec: %v, %v; want ErrNotEntitled", sel, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "refusing a connection"); n != 1 {
+		t.Fatalf("refusal logged %d times; want once:\n%s", n, logs.String())
+	}
+}
+
+func mustAttest(t *testing.T, a *Agent, p *peercred.Peer) []entry.Selector {
+	t.Helper()
+	sel, err := a.attestCaller(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sel
+}
+
+// syncWriter serializes writes to w.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

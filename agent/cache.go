@@ -108,12 +108,13 @@ func (c *cache) stop() {
 	c.bgWG.Wait()
 }
 
-// usesDigest reports whether any entry has a unix:sha256 selector, i.e. whether attestation
-// must hash the caller's binary.
-func (c *cache) usesDigest() bool {
+// needsDigest reports whether a caller with these selectors (attested without its binary's
+// digest) must have its binary hashed: whether an entry with a unix:sha256 selector could
+// match it on its other selectors (entry.Index.NeedsDigest).
+func (c *cache) needsDigest(sel []entry.Selector) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.index.UsesSelectorKind("unix:sha256")
+	return c.index.NeedsDigest(sel)
 }
 
 // load replaces the whole entry set (at start).
@@ -141,9 +142,10 @@ func (c *cache) republish(set func()) {
 	c.refresh(all)
 }
 
-// Reattester attests a subscription's caller again, with the binary's digest: used when the
-// first entry with a unix:sha256 selector appears, since callers attested before then have no
-// digest selector and could never match it.
+// Reattester attests a subscription's caller again, with the binary's digest: used when an
+// entry with a unix:sha256 selector appears that the caller, attested without the digest,
+// could match on its other selectors. It fails if the caller now runs another binary than
+// when it connected.
 type Reattester func() ([]entry.Selector, error)
 
 // subscribe returns a subscription for a caller with the given (normalized) selectors, holding
@@ -287,25 +289,30 @@ func (c *cache) move(sub *workload.Subscription, selectors []entry.Selector) err
 	}
 }
 
-// reattestAll attests every open subscription again (with the digest) and moves each to its
-// new group. Called by the updater when the first unix:sha256 entry appears.
-func (c *cache) reattestAll() {
+// reattest attests the open subscriptions of gs again (with the digest) and moves each to its
+// new group. Called by the updater when an entry with a unix:sha256 selector appears that
+// these groups' callers could match but for their digest.
+func (c *cache) reattest(gs []*group) {
 	type pending struct {
 		sub      *workload.Subscription
 		reattest Reattester
 	}
 	var todo []pending
 	c.mu.Lock()
-	for sub, g := range c.subGroup {
-		if r := g.subs[sub]; r != nil {
-			todo = append(todo, pending{sub, r})
+	for _, g := range gs {
+		for sub, r := range g.subs {
+			if r != nil {
+				todo = append(todo, pending{sub, r})
+			}
 		}
 	}
 	c.mu.Unlock()
 	for _, p := range todo {
 		sel, err := p.reattest()
 		if err != nil {
-			// The caller is gone or changed; its stream will close. Keep what it has.
+			// The caller is gone, over its hashing budget, or runs another binary than it
+			// connected with (never re-attested into that one's identities): its stream
+			// keeps what it was given at connect.
 			c.log.Debug("re-attestation failed", "error", err)
 			continue
 		}
@@ -377,7 +384,6 @@ var bgRetryDelay = time.Second
 // apply applies one committed store change and pushes the new Views of the groups it affects.
 func (c *cache) apply(ch store.Change) {
 	c.mu.Lock()
-	hadDigest := c.index.UsesSelectorKind("unix:sha256")
 	switch ch.Op {
 	case store.OpDelete:
 		c.index.Delete(ch.Entry.ID)
@@ -385,19 +391,32 @@ func (c *cache) apply(ch store.Change) {
 	default:
 		c.index.Put(ch.Entry)
 	}
-	var affected []*group
+	var affected, undigested []*group
 	for _, g := range c.groups {
-		if entry.Matches(ch.Entry, g.selectors) || (ch.Op == store.OpUpdate && entry.Matches(ch.Old, g.selectors)) {
+		switch {
+		case entry.Matches(ch.Entry, g.selectors) || (ch.Op == store.OpUpdate && entry.Matches(ch.Old, g.selectors)):
 			g.entries = c.index.Match(g.selectors)
 			affected = append(affected, g)
+		case ch.Op != store.OpDelete && !hasDigest(g.selectors) && entry.NeedsDigestFor(ch.Entry, g.selectors):
+			// Attested without the digest (none was needed then): only the digest can tell.
+			undigested = append(undigested, g)
 		}
 	}
-	digestNow := !hadDigest && c.index.UsesSelectorKind("unix:sha256")
 	c.mu.Unlock()
 	c.refresh(affected)
-	if digestNow {
-		c.reattestAll()
+	if len(undigested) > 0 {
+		c.reattest(undigested)
 	}
+}
+
+// hasDigest reports whether a caller's selectors include its binary's digest.
+func hasDigest(sel []entry.Selector) bool {
+	for _, s := range sel {
+		if s.Type == entry.TypeUnix && strings.HasPrefix(s.Value, "sha256:") {
+			return true
+		}
+	}
+	return false
 }
 
 // refresh rebuilds and publishes the Views of gs, minting what is missing first. A Partial

@@ -360,9 +360,10 @@ func TestRotationTime(t *testing.T) {
 	}
 }
 
-// TestDigestEntryReattestsOpenStreams: a caller attested before any entry used unix:sha256 has
-// no digest selector; when such an entry appears, open streams are attested again (with the
-// digest) and the matching one receives the SVID without reconnecting.
+// TestDigestEntryReattestsOpenStreams: a caller attested without its digest (no entry needed
+// it then) has no digest selector; when an entry appears that it could match on its other
+// selectors, its open streams are attested again (with the digest) and the matching one
+// receives the SVID without reconnecting.
 func TestDigestEntryReattestsOpenStreams(t *testing.T) {
 	c, _, _ := newTestCache(t)
 	digest := "unix:sha256:" + strings.Repeat("ab", 32)
@@ -392,7 +393,7 @@ func TestDigestEntryReattestsOpenStreams(t *testing.T) {
 	if v := latest(other); v != nil && !v.Empty() {
 		t.Fatalf("a caller with another digest got %v", ids(v))
 	}
-	// A second digest entry does not re-attest again (the flag only flips once).
+	// A second digest entry does not re-attest again: the streams hold their digests now.
 	c.apply(store.Change{Op: store.OpCreate, Entry: mkEntry(t, "d2", "spiffe://example.org/pinned2", 1, digest)})
 	if reattested.Load() != 1 {
 		t.Fatalf("re-attested again on a second digest entry")

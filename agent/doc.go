@@ -7,7 +7,8 @@
 //   - agent.go: Config, New (data dir, lock, store, CA, attestor, limits), Listen (the
 //     sockets and TCP listeners), Run and Serve (the short list of what runs), ready.
 //   - attest.go: per-connection attestation: started at accept (preattest), confirmed at the
-//     first RPC, shared by every RPC of the connection.
+//     first RPC, shared by every RPC of the connection, bound to the binary the connection's
+//     process ran then; the binary's digest only when an entry could need it.
 //   - watch.go: the front-ends' entry points, Watch (a caller's View subscription) and
 //     FetchJWTSVIDs.
 //   - reconcile.go: the config's entry blocks kept equal to the store's config-owned entries;

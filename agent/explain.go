@@ -137,14 +137,17 @@ func (c *cache) explain(sel []entry.Selector, maxNear int) ([]entry.Entry, []ent
 }
 
 // ExplainPID implements admin.Explainer: the process is attested exactly as a connection from
-// it would be (with the binary's digest when an entry uses unix:sha256).
+// it would be (with the binary's digest when an entry with unix:sha256 could match it).
 func (a *Agent) ExplainPID(ctx context.Context, pid int) (admin.Explanation, error) {
 	p, err := a.att.PeerOf(pid)
 	if err != nil {
 		return admin.Explanation{}, err
 	}
 	defer p.Close()
-	sel, err := a.att.Attest(ctx, p, attestor.Options{Digest: a.cache.usesDigest()})
+	sel, err := a.att.Attest(ctx, p, attestor.Options{})
+	if err == nil && a.cache.needsDigest(sel) {
+		sel, err = a.att.Attest(ctx, p, attestor.Options{Digest: true})
+	}
 	if err != nil {
 		return admin.Explanation{}, err
 	}

@@ -22,12 +22,12 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer, need workload.Need)
 	if !a.serving.Load() {
 		return nil, workload.ErrUnavailable
 	}
-	sel, err := a.attest(ctx, p, a.cache.usesDigest())
+	sel, err := a.attestCaller(ctx, p)
 	if err != nil {
 		return nil, err
 	}
-	// If the first unix:sha256 entry appears later, this stream's caller is attested again,
-	// with its binary's digest, so that entry can match it.
+	// If an entry appears later that this caller could match but for its binary's digest, it
+	// is attested again, with the digest (still bound to the binary it connected with).
 	reattest := func() ([]entry.Selector, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -81,7 +81,7 @@ func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid
 	if !a.serving.Load() {
 		return nil, workload.ErrUnavailable
 	}
-	sel, err := a.attest(ctx, p, a.cache.usesDigest())
+	sel, err := a.attestCaller(ctx, p)
 	if err != nil {
 		return nil, err
 	}

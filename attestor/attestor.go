@@ -31,8 +31,25 @@ import (
 // reconnects (the agent should answer codes.Unavailable).
 var ErrCallerGone = errors.New("caller is gone or changed since it connected")
 
+// ErrBinaryChanged means the caller runs another binary than the one it ran when its
+// connection was first attested (Options.Bound), or exec'd during an attestation. A
+// connection's identity is what connected: it is never attested into the identities of a
+// binary it exec'd afterwards. The agent refuses such a connection for good.
+var ErrBinaryChanged = errors.New("caller runs another binary than when it connected")
+
 // DefaultMaxBinarySize is the largest binary Attest hashes (Envoy is about 100 MB).
 const DefaultMaxBinarySize = 512 << 20
+
+// DefaultHashBudgetWindow is the window of the default per-uid hashing budget: each uid may
+// have 2 × MaxBinarySize bytes hashed at once, and that much again per window.
+const DefaultHashBudgetWindow = 10 * time.Minute
+
+// Digest cache bounds: how many file versions' digests are kept, and how many of them one
+// uid's callers can have put there.
+const (
+	digestCacheSize   = 256
+	digestCachePerUID = 16
+)
 
 // Config configures an Attestor.
 type Config struct {
@@ -43,14 +60,31 @@ type Config struct {
 	// MaxBinarySize bounds the binaries Attest hashes; a larger one gets no unix:sha256
 	// selector, and a line in the log (default DefaultMaxBinarySize).
 	MaxBinarySize int64
+	// MaxConcurrentHashes bounds how many binaries are hashed at once, for all callers
+	// together (default 1): hashing is the one step of attestation that costs real CPU, and
+	// the other callers' attestations must find a CPU free.
+	MaxConcurrentHashes int
+	// HashBudget is how many bytes of binaries one uid's callers may have hashed at once;
+	// the budget refills at HashBudget per HashBudgetWindow. A caller whose binary would
+	// take its uid over the budget gets ErrHashBudget. Digests already cached cost nothing.
+	// Defaults: 2 × MaxBinarySize per DefaultHashBudgetWindow; at least MaxBinarySize.
+	HashBudget       int64
+	HashBudgetWindow time.Duration
 }
 
-// Options says which costly selectors one attestation needs.
+// Options says which costly selectors one attestation needs, and what it must agree with.
 type Options struct {
 	// Digest asks for unix:sha256 of the caller's binary. Hashing a 100 MB Envoy takes a
-	// fraction of a second the first time (the result is cached per file version), so the
-	// agent asks only when some entry uses a sha256 selector.
+	// fraction of a second the first time (the result is cached per file version, and
+	// charged to the caller's uid, see Config.HashBudget), so the agent asks only when an
+	// entry with a sha256 selector could match the caller on its other selectors.
 	Digest bool
+	// Bound, when set, is the first attestation of the same connection: this one must find
+	// the same process (start time) running the same binary file (device and inode), else it
+	// fails with ErrBinaryChanged before anything is hashed. (The file's content is the one
+	// it had then: the kernel refuses to open a file for writing while a process runs it,
+	// ETXTBSY.)
+	Bound *Attestation
 }
 
 // Attestor derives selectors for callers. It is safe for concurrent use.
@@ -61,11 +95,14 @@ type Attestor struct {
 
 	selfPidNS, selfMntNS nsID
 
-	digests *digestCache
-	names   *nameCache
+	digests   *digestCache
+	budget    *hashBudget
+	hashSlots chan struct{} // a semaphore: one token per hash in progress
+	names     *nameCache
 
-	// hashes counts binaries actually read and hashed (cache misses).
-	hashes atomic.Int64
+	// hashes counts binaries actually read and hashed (cache misses); hashing is how many are
+	// being hashed now, maxHashing the most there ever were at once.
+	hashes, hashing, maxHashing atomic.Int64
 	// testBeforeLiveness, when set, runs just before the final pidfd liveness check.
 	testBeforeLiveness func()
 }
@@ -79,7 +116,7 @@ func New(cfg Config) (*Attestor, error) {
 		log:     cfg.Logger,
 		proc:    cfg.ProcRoot,
 		maxBin:  cfg.MaxBinarySize,
-		digests: newDigestCache(256),
+		digests: newDigestCache(digestCacheSize, digestCachePerUID),
 		names:   newNameCache(time.Minute),
 	}
 	if a.log == nil {
@@ -94,6 +131,25 @@ func New(cfg Config) (*Attestor, error) {
 	if a.maxBin < 0 {
 		return nil, fmt.Errorf("max binary size %d is negative", a.maxBin)
 	}
+	switch n := cfg.MaxConcurrentHashes; {
+	case n < 0:
+		return nil, fmt.Errorf("max concurrent hashes %d is negative", n)
+	case n == 0:
+		a.hashSlots = make(chan struct{}, 1)
+	default:
+		a.hashSlots = make(chan struct{}, n)
+	}
+	budget, window := cfg.HashBudget, cfg.HashBudgetWindow
+	if budget == 0 {
+		budget = 2 * a.maxBin
+	}
+	if window == 0 {
+		window = DefaultHashBudgetWindow
+	}
+	if budget < a.maxBin || window < 0 {
+		return nil, fmt.Errorf("hash budget of %d bytes per %v is below the max binary size %d: a binary of that size could never be hashed", budget, window, a.maxBin)
+	}
+	a.budget = newHashBudget(budget, window)
 	var err error
 	if a.selfPidNS, err = statNS(filepath.Join(a.proc, "self/ns/pid")); err != nil {
 		return nil, fmt.Errorf("reading svidd's own pid namespace: %w", err)
@@ -126,19 +182,27 @@ func New(cfg Config) (*Attestor, error) {
 // uid/gid checks catch a reuse during the reads, but not one before them by a process of the
 // same uid/gid. Any failed check is ErrCallerGone; no selectors are returned with an error.
 func (a *Attestor) Attest(ctx context.Context, p *peercred.Peer, o Options) ([]entry.Selector, error) {
-	at, err := a.attest(ctx, p, o, false)
+	at, err := a.attest(ctx, p, o)
 	if err != nil {
 		return nil, err
 	}
 	return at.Selectors, nil
 }
 
-// Attestation is the outcome of Record: the caller's selectors, and the identity of the binary
-// it ran, for Unchanged.
+// Attestation is the outcome of Record: the caller's selectors, and the identity of the
+// process and of the binary it ran, for Unchanged, SameBinary and Options.Bound.
 type Attestation struct {
 	Selectors []entry.Selector
+	start     uint64 // the process's start time (field 22 of /proc/PID/stat)
 	exe       exeID
 	digest    bool // the selectors include the binary's sha256
+}
+
+// SameBinary reports whether two attestations are of the same process (start time) running
+// the same binary file (device and inode; unknown to both when svidd could not read it).
+func (at *Attestation) SameBinary(o *Attestation) bool {
+	return at.start == o.start && at.exe.ok == o.exe.ok &&
+		at.exe.key.dev == o.exe.key.dev && at.exe.key.ino == o.exe.key.ino
 }
 
 // exeID identifies the binary a process runs: the path /proc/PID/exe names (with its
@@ -155,12 +219,12 @@ type exeID struct {
 // agent records a connection's attestation as soon as it is accepted, off the path of the
 // first request.
 func (a *Attestor) Record(ctx context.Context, p *peercred.Peer, o Options) (*Attestation, error) {
-	return a.attest(ctx, p, o, true)
+	return a.attest(ctx, p, o)
 }
 
 // Unchanged reports whether an attestation Record made of p still holds: the very process that
-// was attested is alive, and it still runs the same binary (same path; and, when the
-// attestation includes the binary's sha256, the same version of the file: not replaced or
+// was attested is alive, and it still runs the same binary (same path, device and inode; and,
+// when the attestation includes the binary's sha256, the same version of the file: not
 // rewritten). Only an attestation made with the peer's pidfd can be confirmed so: without one,
 // or when svidd cannot read the caller's binary, the answer is false and the caller must be
 // attested again. A false answer says nothing about why: the fresh attestation tells a caller
@@ -184,12 +248,12 @@ func (a *Attestor) Unchanged(p *peercred.Peer, at *Attestation) bool {
 		if pidfd < 0 {
 			return nil
 		}
-		if at.digest {
-			if id, err := readExeID(unix.AT_FDCWD, exe); err != nil || id != at.exe {
-				return nil
-			}
-		} else if path, err := readlinkat(unix.AT_FDCWD, exe); err != nil || path != at.exe.path {
-			// Without the sha256 selector the path is all the selectors say of the binary.
+		id, err := readExeID(unix.AT_FDCWD, exe)
+		if err != nil || id.path != at.exe.path || id.key.dev != at.exe.key.dev || id.key.ino != at.exe.key.ino {
+			return nil
+		}
+		if at.digest && id != at.exe {
+			// Without the sha256 selector the file's content is not part of the selectors.
 			return nil
 		}
 		same = unix.PidfdSendSignal(pidfd, 0, nil, 0) == nil
@@ -215,8 +279,8 @@ func readExeID(dirfd int, name string) (exeID, error) {
 	}, ok: true}, nil
 }
 
-// attest is Attest; record also fills in the binary's identity (one more stat).
-func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options, record bool) (*Attestation, error) {
+// attest is Attest and Record.
+func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options) (*Attestation, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -276,31 +340,29 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options, reco
 		add(entry.TypeUnix, "group", name)
 	}
 
-	// The path keeps a " (deleted)" suffix: a binary replaced on disk (an upgrade) no longer
-	// is what the path names, so it must not match entries written for that path.
-	var exe string
-	var exeKey exeID
-	if record {
-		exeKey, err = readExeID(dir.fd, "exe")
-		exe = exeKey.path
-		if err != nil {
-			err = dir.err("readlink", "exe", err)
-		}
-	} else {
-		exe, err = dir.readlink("exe")
-	}
+	exeKey, err := readExeID(dir.fd, "exe")
 	switch {
 	case err == nil:
-		add(entry.TypeUnix, "path", exe)
+		if a.pathIsExe(exeKey) {
+			add(entry.TypeUnix, "path", exeKey.path)
+		} else {
+			a.log.Debug("caller's binary is not the file its path names in svidd's mount namespace; no unix:path selector",
+				"pid", pid, "path", exeKey.path)
+		}
 	case isPermission(err):
 		a.log.Warn("cannot read caller's binary path; svidd needs root or CAP_SYS_PTRACE", "pid", pid, "error", err)
 	default:
-		return nil, a.readErr(pid, "reading binary path", err)
+		return nil, a.readErr(pid, "reading binary path", dir.err("readlink", "exe", err))
+	}
+	if b := o.Bound; b != nil && !b.SameBinary(&Attestation{start: start, exe: exeKey}) {
+		return nil, fmt.Errorf("attesting pid %d: %w: it connected running %q", pid, ErrBinaryChanged, b.exe.path)
 	}
 
-	if o.Digest {
-		sum, err := a.exeDigest(ctx, dir, pid)
+	if o.Digest && exeKey.ok {
+		sum, key, err := a.exeDigest(ctx, dir, pid, p.UID)
 		switch {
+		case err == nil && (key.dev != exeKey.key.dev || key.ino != exeKey.key.ino):
+			return nil, fmt.Errorf("attesting pid %d: %w: it exec'd while it was attested", pid, ErrBinaryChanged)
 		case err == nil && sum != "":
 			add(entry.TypeUnix, "sha256", sum)
 		case err == nil:
@@ -308,6 +370,8 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options, reco
 			a.log.Warn("cannot read caller's binary; svidd needs root or CAP_SYS_PTRACE", "pid", pid, "error", err)
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
+		case errors.Is(err, ErrHashBudget):
+			return nil, fmt.Errorf("attesting pid %d: %w", pid, err)
 		default:
 			return nil, a.readErr(pid, "hashing binary", err)
 		}
@@ -352,6 +416,14 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options, reco
 	if end != start {
 		return nil, fmt.Errorf("attesting pid %d: %w: its start time changed", pid, ErrCallerGone)
 	}
+	if exeKey.ok {
+		// An exec during the reads would mix two binaries' selectors (the path of one, the
+		// cgroup a new one moved to...): the binary must be the same from first read to last.
+		var st unix.Stat_t
+		if err := unix.Fstatat(dir.fd, "exe", &st, 0); err != nil || st.Dev != exeKey.key.dev || st.Ino != exeKey.key.ino {
+			return nil, fmt.Errorf("attesting pid %d: %w: it exec'd while it was attested", pid, ErrBinaryChanged)
+		}
+	}
 	if a.testBeforeLiveness != nil {
 		a.testBeforeLiveness()
 	}
@@ -364,7 +436,22 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options, reco
 			return nil, fmt.Errorf("attesting pid %d: checking it is alive: %w", pid, err)
 		}
 	}
-	return &Attestation{Selectors: entry.Normalize(sels), exe: exeKey, digest: o.Digest}, nil
+	return &Attestation{Selectors: entry.Normalize(sels), start: start, exe: exeKey, digest: o.Digest}, nil
+}
+
+// pathIsExe reports whether id's path, resolved in svidd's own mount namespace, is the very
+// file the process runs (same device and inode). The path /proc/PID/exe shows is only a name
+// the kernel gives the file the process runs: in another mount namespace (a container, or an
+// unprivileged user+mount namespace with a bind mount over /usr/bin/envoy) the same name can
+// stand for another file, and a binary deleted or replaced since it was started (" (deleted)")
+// is no longer what its path names. An entry's unix:path means the file at that path on the
+// host svidd runs on.
+func (a *Attestor) pathIsExe(id exeID) bool {
+	var st unix.Stat_t
+	if err := unix.Stat(id.path, &st); err != nil {
+		return false
+	}
+	return st.Dev == id.key.dev && st.Ino == id.key.ino
 }
 
 // readErr wraps a failed /proc read; ENOENT and ESRCH mean the process is gone (its /proc

@@ -2,8 +2,6 @@ package attestor
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -19,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/peercred"
 )
@@ -34,12 +33,7 @@ func newAttestor(t testing.TB, cfg Config) *Attestor {
 
 func fileSHA256(t testing.TB, path string) string {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	return proctest.SHA256File(t, path)
 }
 
 // selfPeer is a Peer for this test process, with a pidfd or without.
@@ -349,7 +343,7 @@ func TestDigestCachedPerFileVersion(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		sum, err := a.fileDigest(ctx, f, 0)
+		sum, _, err := a.fileDigest(ctx, f, 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,7 +392,7 @@ func TestDigestConcurrentOnce(t *testing.T) {
 				return
 			}
 			defer f.Close()
-			sums[i], errs[i] = a.fileDigest(context.Background(), f, 0)
+			sums[i], _, errs[i] = a.fileDigest(context.Background(), f, 0, 0)
 		})
 	}
 	wg.Wait()
@@ -413,11 +407,11 @@ func TestDigestConcurrentOnce(t *testing.T) {
 }
 
 func TestDigestCacheBounded(t *testing.T) {
-	c := newDigestCache(2)
+	c := newDigestCache(2, 2)
 	computed := 0
 	get := func(ino uint64) {
 		t.Helper()
-		sum, err := c.get(context.Background(), digestKey{ino: ino}, func() (string, error) {
+		sum, err := c.get(context.Background(), digestKey{ino: ino}, 0, func(context.Context) (string, error) {
 			computed++
 			return fmt.Sprint(ino), nil
 		})
@@ -444,7 +438,7 @@ func TestDigestCacheBounded(t *testing.T) {
 		t.Fatalf("cache holds %d/%d entries; want 2", c.lru.Len(), len(c.byKey))
 	}
 	// Errors are not cached.
-	_, err := c.get(context.Background(), digestKey{ino: 9}, func() (string, error) { return "", errors.New("boom") })
+	_, err := c.get(context.Background(), digestKey{ino: 9}, 0, func(context.Context) (string, error) { return "", errors.New("boom") })
 	if err == nil || c.byKey[digestKey{ino: 9}] != nil {
 		t.Fatalf("error %v cached", err)
 	}

@@ -52,8 +52,8 @@ func init() {
 
 // helperDonate connects SVIDD_E2E_CONNS times to SVIDD_E2E_SOCKET and hands each connection
 // to the parent over fd 3 (SCM_RIGHTS); then it waits for the parent's word (a byte or EOF
-// on fd 3) and exits. The connections keep this process's credentials: the kernel recorded
-// them at connect.
+// on fd 3) and exits, or, given a byte and SVIDD_E2E_EXEC, execs that binary (argument "60").
+// The connections keep this process's credentials: the kernel recorded them at connect.
 func helperDonate() int {
 	const ctl = 3
 	n, err := strconv.Atoi(os.Getenv("SVIDD_E2E_CONNS"))
@@ -80,7 +80,12 @@ func helperDonate() int {
 		c.Close()
 	}
 	var b [1]byte
-	unix.Read(ctl, b[:])
+	if n, _ := unix.Read(ctl, b[:]); n == 1 && os.Getenv("SVIDD_E2E_EXEC") != "" {
+		path := os.Getenv("SVIDD_E2E_EXEC")
+		err := syscall.Exec(path, []string{filepath.Base(path), "60"}, os.Environ())
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	return 0
 }
 
@@ -130,14 +135,21 @@ type donor struct {
 
 func donateConns(t *testing.T, uid uint32, socket string, n int) *donor {
 	t.Helper()
+	return startDonor(t, uid, socket, n, exec.Command(helperBin(t)))
+}
+
+// startDonor is donateConns with cmd as the donor: cmd must end up running the helper binary
+// (e.g. through unshare), which it finds in the environment startDonor sets.
+func startDonor(t *testing.T, uid uint32, socket string, n int, cmd *exec.Cmd) *donor {
+	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "donor-ctl")
 	d := &donor{ctl: fds[0], stderr: &syncBuffer{}}
-	d.cmd = exec.Command(helperBin(t))
-	d.cmd.Env = append(os.Environ(), helperModeEnv+"=donate", "SVIDD_E2E_SOCKET="+socket,
+	d.cmd = cmd
+	d.cmd.Env = append(append(os.Environ(), d.cmd.Env...), helperModeEnv+"=donate", "SVIDD_E2E_SOCKET="+socket,
 		"SVIDD_E2E_CONNS="+strconv.Itoa(n), "GORACE=atexit_sleep_ms=0")
 	d.cmd.ExtraFiles = []*os.File{theirs}
 	d.cmd.Dir = "/"

@@ -23,20 +23,37 @@ type Index struct {
 	selCount map[Selector]int
 	// kindCount counts selectors of each "type:kind", for UsesSelectorKind.
 	kindCount map[string]int
+	// Entries with a unix:sha256 selector are filed a second time for NeedsDigest: under
+	// their rarest selector of another kind (byDigestAnchor), or, when they have no other
+	// kind, in digestOnly. A caller attested without the digest can only be matched by such
+	// an entry if it has that second anchor.
+	byDigestAnchor map[Selector]map[string]*indexed
+	digestOnly     map[string]*indexed
 }
 
 type indexed struct {
 	e      Entry
 	anchor Selector
+	// digestAnchor is the entry's anchor in byDigestAnchor (digest set), or it is in
+	// digestOnly (digestOnly set); neither for an entry without a unix:sha256 selector.
+	digestAnchor Selector
+	digest       bool
+	digestOnly   bool
 }
+
+// KindSHA256 is the "type:kind" of the binary digest selector, the one selector whose
+// attestation is costly (the caller's binary is read in full).
+const KindSHA256 = "unix:sha256"
 
 // NewIndex returns an empty index.
 func NewIndex() *Index {
 	return &Index{
-		byID:      make(map[string]*indexed),
-		byAnchor:  make(map[Selector]map[string]*indexed),
-		selCount:  make(map[Selector]int),
-		kindCount: make(map[string]int),
+		byID:           make(map[string]*indexed),
+		byAnchor:       make(map[Selector]map[string]*indexed),
+		selCount:       make(map[Selector]int),
+		kindCount:      make(map[string]int),
+		byDigestAnchor: make(map[Selector]map[string]*indexed),
+		digestOnly:     make(map[string]*indexed),
 	}
 }
 
@@ -62,10 +79,18 @@ func (x *Index) Put(e Entry) {
 	r := &indexed{e: e}
 	x.byID[e.ID] = r
 	for i, s := range e.Selectors {
-		// Choose the anchor before counting this entry, so ties go to the first selector.
+		// Choose the anchors before counting this entry, so ties go to the first selector.
 		if i == 0 || x.selCount[s] < x.selCount[r.anchor] {
 			r.anchor = s
 		}
+		if selectorKind(s) == KindSHA256 {
+			r.digest = true
+		} else if (r.digestAnchor == Selector{} || x.selCount[s] < x.selCount[r.digestAnchor]) {
+			r.digestAnchor = s
+		}
+	}
+	if r.digest && r.digestAnchor == (Selector{}) {
+		r.digestOnly = true
 	}
 	for _, s := range e.Selectors {
 		x.selCount[s]++
@@ -76,12 +101,31 @@ func (x *Index) Put(e Entry) {
 		// kept only so Get and Len agree with what was put.
 		return
 	}
-	bucket := x.byAnchor[r.anchor]
+	file(x.byAnchor, r.anchor, r)
+	switch {
+	case r.digestOnly:
+		x.digestOnly[e.ID] = r
+	case r.digest:
+		file(x.byDigestAnchor, r.digestAnchor, r)
+	}
+}
+
+func file(m map[Selector]map[string]*indexed, anchor Selector, r *indexed) {
+	bucket := m[anchor]
 	if bucket == nil {
 		bucket = make(map[string]*indexed)
-		x.byAnchor[r.anchor] = bucket
+		m[anchor] = bucket
 	}
-	bucket[e.ID] = r
+	bucket[r.e.ID] = r
+}
+
+func unfile(m map[Selector]map[string]*indexed, anchor Selector, id string) {
+	if bucket := m[anchor]; bucket != nil {
+		delete(bucket, id)
+		if len(bucket) == 0 {
+			delete(m, anchor)
+		}
+	}
 }
 
 // Delete removes the entry with the given ID, if present.
@@ -98,11 +142,12 @@ func (x *Index) Delete(id string) {
 	if len(r.e.Selectors) == 0 {
 		return
 	}
-	if bucket := x.byAnchor[r.anchor]; bucket != nil {
-		delete(bucket, id)
-		if len(bucket) == 0 {
-			delete(x.byAnchor, r.anchor)
-		}
+	unfile(x.byAnchor, r.anchor, id)
+	switch {
+	case r.digestOnly:
+		delete(x.digestOnly, id)
+	case r.digest:
+		unfile(x.byDigestAnchor, r.digestAnchor, id)
 	}
 }
 
@@ -154,6 +199,54 @@ func containsAll(set, want []Selector) bool {
 // no entry could use.
 func (x *Index) UsesSelectorKind(typeAndKind string) bool {
 	return x.kindCount[typeAndKind] > 0
+}
+
+// NeedsDigest reports whether the binary digest could change which entries match a caller
+// with these selectors (attested without the digest): whether some entry with a unix:sha256
+// selector has all its other selectors among the caller's. The agent asks before hashing the
+// caller's binary, so that a caller no sha256 entry could match costs no hashing, whatever
+// binary it runs.
+func (x *Index) NeedsDigest(callerSelectors []Selector) bool {
+	if len(x.digestOnly) > 0 {
+		return true
+	}
+	caller := Normalize(callerSelectors)
+	for _, s := range caller {
+		for _, r := range x.byDigestAnchor[s] {
+			if containsAllBut(caller, r.e.Selectors, KindSHA256) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// NeedsDigestFor reports whether e has a unix:sha256 selector and every one of its other
+// selectors is among callerSelectors (which need not be sorted): a caller attested without
+// its binary's digest must be attested with it to know whether e matches.
+func NeedsDigestFor(e Entry, callerSelectors []Selector) bool {
+	digest := false
+	for _, s := range e.Selectors {
+		if selectorKind(s) == KindSHA256 {
+			digest = true
+		} else if !slices.Contains(callerSelectors, s) {
+			return false
+		}
+	}
+	return digest
+}
+
+// containsAllBut is containsAll for want's selectors not of the given kind.
+func containsAllBut(set, want []Selector, kind string) bool {
+	for _, s := range want {
+		if selectorKind(s) == kind {
+			continue
+		}
+		if _, ok := slices.BinarySearchFunc(set, s, Selector.Compare); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // selectorKind returns "type:kind" for a selector whose value is "kind:value".

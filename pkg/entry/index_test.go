@@ -175,7 +175,8 @@ func TestEntryWithoutSelectorsMatchesNobody(t *testing.T) {
 func TestIndexMatchesBruteForce(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	pool := sel("unix:uid:0", "unix:uid:1", "unix:uid:2", "unix:gid:0", "unix:gid:1",
-		"unix:path:/a", "unix:path:/b", "unix:namespace:host", "systemd:unit:a.service", "unix:sha256:"+sha)
+		"unix:path:/a", "unix:path:/b", "unix:namespace:host", "systemd:unit:a.service", "unix:sha256:"+sha,
+		"unix:sha256:"+strings.Repeat("c", 64))
 	pick := func(n int) []Selector {
 		out := make([]Selector, n)
 		for i := range out {
@@ -209,6 +210,60 @@ func TestIndexMatchesBruteForce(t *testing.T) {
 		if x.Len() != len(all) {
 			t.Fatalf("step %d: Len = %d, want %d", step, x.Len(), len(all))
 		}
+		// NeedsDigest is asked of callers attested without the digest.
+		noDigest := slices.DeleteFunc(slices.Clone(caller), func(s Selector) bool { return selectorKind(s) == KindSHA256 })
+		wantNeed := false
+		for _, e := range all {
+			wantNeed = wantNeed || NeedsDigestFor(e, noDigest)
+		}
+		if got := x.NeedsDigest(noDigest); got != wantNeed {
+			t.Fatalf("step %d: NeedsDigest(%v) = %v, brute force says %v", step, noDigest, got, wantNeed)
+		}
+	}
+}
+
+// TestNeedsDigest: a caller needs its binary hashed only when some entry with a unix:sha256
+// selector has all its other selectors among the caller's.
+func TestNeedsDigest(t *testing.T) {
+	other := strings.Repeat("b", 64)
+	x := NewIndex()
+	if x.NeedsDigest(sel("unix:uid:1000")) {
+		t.Fatal("empty index needs a digest")
+	}
+	x.Put(mkEntry("e-uid", "spiffe://example.org/web", "unix:uid:1000"))
+	x.Put(mkEntry("e-envoy", "spiffe://example.org/envoy", "unix:uid:1001", "unix:sha256:"+sha))
+	x.Put(mkEntry("e-envoy-host", "spiffe://example.org/envoy-host", "unix:uid:1003", "unix:namespace:host", "unix:sha256:"+other))
+	tests := []struct {
+		caller []string
+		want   bool
+	}{
+		{nil, false},
+		{[]string{"unix:uid:1000"}, false},
+		{[]string{"unix:uid:1001"}, true},
+		{[]string{"unix:uid:1001", "unix:gid:5"}, true},
+		{[]string{"unix:uid:1003"}, false},
+		{[]string{"unix:uid:1003", "unix:namespace:host"}, true},
+		{[]string{"unix:uid:1002", "unix:namespace:host"}, false},
+	}
+	for _, tt := range tests {
+		if got := x.NeedsDigest(sel(tt.caller...)); got != tt.want {
+			t.Errorf("NeedsDigest(%v) = %v, want %v", tt.caller, got, tt.want)
+		}
+	}
+	// An entry whose only selectors are digests needs every caller hashed, until it goes.
+	x.Put(mkEntry("e-any", "spiffe://example.org/any", "unix:sha256:"+other))
+	if !x.NeedsDigest(sel("unix:uid:1000")) {
+		t.Error("a digest-only entry does not make every caller need a digest")
+	}
+	x.Delete("e-any")
+	x.Delete("e-envoy")
+	if x.NeedsDigest(sel("unix:uid:1001")) || x.NeedsDigest(sel("unix:uid:1000")) {
+		t.Error("deleted digest entries still need a digest")
+	}
+	// Replacing an entry refiles it.
+	x.Put(mkEntry("e-uid", "spiffe://example.org/web", "unix:uid:1000", "unix:sha256:"+sha))
+	if !x.NeedsDigest(sel("unix:uid:1000")) {
+		t.Error("an entry updated to use a digest is not found")
 	}
 }
 

@@ -3,12 +3,14 @@ package sds
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/pkg/workload"
 	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
@@ -27,6 +29,7 @@ func TestFetchSecrets(t *testing.T) {
 		{name: "all unknown", req: &discoveryv3.DiscoveryRequest{ResourceNames: []string{"spiffe://example.org/api"}}, code: codes.NotFound},
 		{name: "wrong type_url", req: &discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/google.protobuf.Empty"}, code: codes.InvalidArgument},
 		{name: "watch fails", req: &discoveryv3.DiscoveryRequest{}, watchErr: errors.New("boom"), code: codes.Unavailable},
+		{name: "caller refused for good", req: &discoveryv3.DiscoveryRequest{}, watchErr: fmt.Errorf("%w: exec'd", workload.ErrNotEntitled), code: codes.PermissionDenied},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -175,6 +175,10 @@ func (s *Server) watch(ctx context.Context, log *streamLog, names ...string) (*w
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
 		}
+		if errors.Is(err, workload.ErrNotEntitled) {
+			// The watcher refused the caller for good and said why in its own log.
+			return nil, status.Error(codes.PermissionDenied, "no identity for this connection")
+		}
 		if l := log.at(slog.LevelWarn); l != nil {
 			l.Warn("watching caller's identities failed", "error", err)
 		}

@@ -361,6 +361,8 @@ func TestStreamErrors(t *testing.T) {
 			cfg: func(c *Config) { c.PeerFunc = nil }}, // the default reads peercred AuthInfo, which this test server does not attach
 		{name: "watch fails", req: &discoveryv3.DiscoveryRequest{ResourceNames: []string{idWeb}}, code: codes.Unavailable,
 			watcher: func(w *workloadtest.Watcher) { w.SetErr(errors.New("attesting pid 4242: process gone")) }},
+		{name: "caller refused for good", req: &discoveryv3.DiscoveryRequest{ResourceNames: []string{idWeb}}, code: codes.PermissionDenied,
+			watcher: func(w *workloadtest.Watcher) { w.SetErr(fmt.Errorf("%w: exec'd", workload.ErrNotEntitled)) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

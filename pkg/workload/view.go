@@ -244,6 +244,8 @@ type Watcher interface {
 	// The caller must Close the subscription; cancelling ctx does not. Watch is safe for
 	// concurrent use. An attestation failure (caller gone, /proc unreadable) is an error;
 	// a caller entitled to nothing gets an empty View, not an error, and receives a new View
-	// if an entry later entitles it.
+	// if an entry later entitles it. ErrNotEntitled (wrapped) refuses the caller for good (its
+	// process runs another binary than when it connected): front-ends answer PermissionDenied
+	// and leave the logging to the watcher.
 	Watch(ctx context.Context, peer *peercred.Peer, need Need) (*Subscription, error)
 }

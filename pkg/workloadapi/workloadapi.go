@@ -141,6 +141,10 @@ func (s *Server) watch(ctx context.Context, log *callLog, need workload.Need) (*
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, log, status.FromContextError(ctxErr).Err()
 		}
+		if errors.Is(err, workload.ErrNotEntitled) {
+			// The watcher refused the caller for good and said why in its own log.
+			return nil, log, errNoIdentity
+		}
 		log.Warn("watching caller's identities failed", "error", err)
 		return nil, log, status.Error(codes.Unavailable, "identities unavailable")
 	}

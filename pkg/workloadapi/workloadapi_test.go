@@ -199,6 +199,7 @@ func TestCallerErrors(t *testing.T) {
 		{"default PeerFunc on a plain socket", func(c *Config) { c.PeerFunc = nil }, nil, codes.PermissionDenied},
 		{"attestation fails", nil, errors.New("pid gone"), codes.Unavailable},
 		{"agent unavailable", nil, workload.ErrUnavailable, codes.Unavailable},
+		{"connection refused for good", nil, fmt.Errorf("%w: exec'd", workload.ErrNotEntitled), codes.PermissionDenied},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := workloadtest.NewWatcher(f.View())
