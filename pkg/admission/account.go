@@ -48,6 +48,8 @@ func (a *Account) Set(n int64, entitled bool) error {
 		}
 		if grow > 0 && a.s.bytes+grow > limit {
 			err = c.refuse(a.s, reason, float64(limit))
+			f := &a.s.full
+			f.at, f.reason, f.limit, f.bytes = now, reason, float64(limit), a.s.bytes
 		} else {
 			a.s.bytes += grow
 			a.held = n

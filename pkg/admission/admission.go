@@ -61,6 +61,9 @@ const (
 	// warnEvery rate-limits the log line about one uid's refusals: a flood must not turn
 	// into a log flood.
 	warnEvery = 10 * time.Second
+	// fullFor is how long after a uid met a byte budget its new streams are refused at once,
+	// unless it released bytes meanwhile.
+	fullFor = time.Second
 	// sweepEvery is how often idle uid state is dropped (also whenever the table is full).
 	sweepEvery = time.Minute
 )
@@ -138,6 +141,14 @@ type uidState struct {
 	warnAt      time.Time // last warning logged about this uid
 	suppressed  int       // refusals since then not logged
 	logs        logBudget // lines about the uid's requests (Account.Log)
+	// full is the uid's last refusal by a byte budget (Account.Set): for fullFor after it,
+	// while the uid holds no fewer bytes, new streams are refused at once (NewStream).
+	full struct {
+		at     time.Time
+		reason Reason // "" when never refused
+		limit  float64
+		bytes  int64
+	}
 }
 
 // New validates cfg and fills in defaults.
@@ -219,9 +230,9 @@ func (e *LimitError) Error() string {
 	case OpenStreams:
 		return fmt.Sprintf("too many streams from uid %d: %g open", e.UID, e.Limit)
 	case Bytes:
-		return fmt.Sprintf("streams of uid %d hold too much: more than %g bytes of names and state", e.UID, e.Limit)
+		return fmt.Sprintf("streams of uid %d hold too much: more than %.0f bytes of names and state", e.UID, e.Limit)
 	case UnentitledBytes:
-		return fmt.Sprintf("streams of uid %d hold too much for a caller entitled to nothing: more than %g bytes of names and state", e.UID, e.Limit)
+		return fmt.Sprintf("streams of uid %d hold too much for a caller entitled to nothing: more than %.0f bytes of names and state", e.UID, e.Limit)
 	default:
 		return fmt.Sprintf("too many callers: uid %d cannot be tracked (%g uids hold connections)", e.UID, e.Limit)
 	}
@@ -270,8 +281,15 @@ func (c *Controller) NewStream(uid uint32) error {
 	now := c.now()
 	c.mu.Lock()
 	s, err := c.state(uid, now)
-	if err == nil && !s.streams.take(now, c.cfg.StreamsPerSecond, float64(c.cfg.StreamBurst)) {
+	switch {
+	case err != nil:
+	case !s.streams.take(now, c.cfg.StreamsPerSecond, float64(c.cfg.StreamBurst)):
 		err = c.refuse(s, StreamRate, c.cfg.StreamsPerSecond)
+	case s.full.reason != "" && now.Sub(s.full.at) < fullFor && s.bytes >= s.full.bytes:
+		// The uid met its byte budget a moment ago and has released nothing since: its
+		// next stream would be refused too, after its requests were read and decoded
+		// (megabytes a second of an attacker's names). Refuse it before that.
+		err = c.refuse(s, s.full.reason, s.full.limit)
 	}
 	warn := c.warning(s, now, err)
 	c.mu.Unlock()

@@ -133,6 +133,8 @@ func subscribeNames(ctx context.Context, client secretv3.SecretDiscoveryServiceC
 		return false, err
 	case <-time.After(time.Second):
 	case <-ctx.Done():
+		cancel()
+		return false, ctx.Err() // stopped before it knew
 	}
 	// Held: the stream lives until ctx ends (sctx is its child).
 	context.AfterFunc(ctx, cancel)
