@@ -44,27 +44,31 @@ func withPlainBinary() agentOpt {
 	}
 }
 
-// rssBytes reads a process's resident set size from /proc/PID/status (VmRSS).
-func rssBytes(t *testing.T, pid int) int64 {
-	t.Helper()
+// readRSS reads a process's resident set size from /proc/PID/status (VmRSS).
+func readRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
+			return kb << 10, err
 		}
 	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
-// rssSampler records the highest RSS of pid, every 20 ms, until stop.
+func rssBytes(t *testing.T, pid int) int64 {
+	t.Helper()
+	n, err := readRSS(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// rssSampler records the highest RSS of pid, every 20 ms, until finish.
 type rssSampler struct {
 	mu   sync.Mutex
 	peak int64
@@ -72,20 +76,15 @@ type rssSampler struct {
 	done chan struct{}
 }
 
-func sampleRSS(t *testing.T, pid int) *rssSampler {
+func sampleRSS(pid int) *rssSampler {
 	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for {
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-				for _, line := range strings.Split(string(b), "\n") {
-					if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-						kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-						s.mu.Lock()
-						s.peak = max(s.peak, kb<<10)
-						s.mu.Unlock()
-					}
-				}
+			if n, err := readRSS(pid); err == nil {
+				s.mu.Lock()
+				s.peak = max(s.peak, n)
+				s.mu.Unlock()
 			}
 			select {
 			case <-s.stop:
@@ -167,7 +166,7 @@ func TestNamesFloodBoundedByBudget(t *testing.T) {
 			// other load weighs on both sides alike (see TestFloodFromOneUIDDoesNotStarveAnother).
 			const rounds = 2
 			base := rssBytes(t, pid)
-			peak := sampleRSS(t, pid)
+			peak := sampleRSS(pid)
 			var (
 				unloaded, loaded []time.Duration
 				sum              namesFloodSummary
