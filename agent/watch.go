@@ -41,6 +41,9 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer, need workload.Need)
 	// budget (a stream flood must not become a log flood).
 	acct := admission.AccountFrom(ctx)
 	onClose := func() {
+		if !a.log.Enabled(context.Background(), slog.LevelInfo) {
+			return
+		}
 		acct.Log(a.log, slog.LevelInfo, "stream closed", "rpc", method, "pid", p.PID, "uid", p.UID, "duration", time.Since(opened).Round(time.Millisecond))
 	}
 	// A front-end that names the identities it needs first (SDS), or needs only bundles, gets
