@@ -12,9 +12,10 @@ import (
 )
 
 // ServerOptions returns the gRPC server options that enforce the limits on every connection
-// of the server: the stream rate (tap handle), the open-stream cap and each stream's Account
-// (interceptors, chained with any others), and the bounds on messages, headers, concurrent streams and pings. The
-// server must also serve a Listener from this Controller for the connection limits.
+// of the server: the stream rate and a full uid's new streams (tap handle), the open-stream
+// cap and each stream's Account (interceptors, chained with any others), and the bounds on
+// messages, headers, concurrent streams and pings. The server must also serve a Listener
+// from this Controller for the connection limits.
 func (c *Controller) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(c.tap),
