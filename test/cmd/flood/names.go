@@ -52,8 +52,11 @@ func namesAttack(ctx context.Context, c config, out io.Writer) error {
 		}
 	}
 	enc := json.NewEncoder(out)
+	// The same names on every stream (svidd keeps them per stream): built once, so the
+	// attacker spends its CPU on sending, not on formatting megabytes of names.
+	reqs := namesRequests(c)
 	ready.Add(c.streams)
-	for w := range c.streams {
+	for range c.streams {
 		conn, err := envoy.Dial(ctx, c.socket)
 		if err != nil {
 			return err
@@ -67,7 +70,7 @@ func namesAttack(ctx context.Context, c config, out io.Writer) error {
 				if i == c.hold {
 					once.Do(ready.Done)
 				}
-				held, err := subscribeNames(ctx, client, c, fmt.Sprintf("%d-%d", w, i))
+				held, err := subscribeNames(ctx, client, reqs)
 				switch {
 				case held:
 					atomic.AddInt64(&sum.StreamsHeld, 1)
@@ -93,10 +96,30 @@ func namesAttack(ctx context.Context, c config, out io.Writer) error {
 	return enc.Encode(sum)
 }
 
-// subscribeNames opens one delta stream and subscribes it to c.perStream long names. It
-// reports whether the stream is still open a moment after the last request (held: it stays
-// open until ctx ends), or the error that ended it.
-func subscribeNames(ctx context.Context, client secretv3.SecretDiscoveryServiceClient, c config, tag string) (bool, error) {
+// namesRequests returns the requests that subscribe a stream to c.perStream distinct names
+// of c.nameLen bytes, c.batch names a request; the first carries the node. They are only
+// read (marshalled) afterwards, so every stream may send them.
+func namesRequests(c config) []*discoveryv3.DeltaDiscoveryRequest {
+	pad := strings.Repeat("x", c.nameLen)
+	var reqs []*discoveryv3.DeltaDiscoveryRequest
+	for i := 0; i < c.perStream; i += c.batch {
+		names := make([]string, 0, c.batch)
+		for j := i; j < min(i+c.batch, c.perStream); j++ {
+			n := fmt.Sprintf("spiffe://example.org/flood/%d/", j)
+			names = append(names, n+pad[:max(0, c.nameLen-len(n))])
+		}
+		reqs = append(reqs, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: envoy.SecretTypeURL, ResourceNamesSubscribe: names})
+	}
+	if len(reqs) > 0 {
+		reqs[0].Node = envoy.NewNode("flood")
+	}
+	return reqs
+}
+
+// subscribeNames opens one delta stream and sends reqs on it. It reports whether the stream
+// is still open a moment after the last request (held: it stays open until ctx ends), or
+// the error that ended it.
+func subscribeNames(ctx context.Context, client secretv3.SecretDiscoveryServiceClient, reqs []*discoveryv3.DeltaDiscoveryRequest) (bool, error) {
 	sctx, cancel := context.WithCancel(ctx)
 	stream, err := client.DeltaSecrets(sctx)
 	if err != nil {
@@ -112,17 +135,7 @@ func subscribeNames(ctx context.Context, client secretv3.SecretDiscoveryServiceC
 			}
 		}
 	}()
-	pad := strings.Repeat("x", c.nameLen)
-	for i := 0; i < c.perStream; i += c.batch {
-		names := make([]string, 0, c.batch)
-		for j := i; j < min(i+c.batch, c.perStream); j++ {
-			n := fmt.Sprintf("spiffe://example.org/flood/%s/%d/", tag, j)
-			names = append(names, n+pad[:max(0, c.nameLen-len(n))])
-		}
-		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: envoy.SecretTypeURL, ResourceNamesSubscribe: names}
-		if i == 0 {
-			req.Node = envoy.NewNode("flood")
-		}
+	for _, req := range reqs {
 		if err := stream.Send(req); err != nil {
 			break // the stream ended: Recv says why
 		}
