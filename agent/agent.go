@@ -146,8 +146,11 @@ func New(cfg Config) (*Agent, error) {
 		StreamBurst:              lim.StreamBurst,
 		MaxOpenStreamsPerUID:     lim.MaxOpenStreamsPerUID,
 		MaxMessageBytes:          lim.MaxMessageBytes,
+		MaxBytesPerUID:           lim.MaxBytesPerUID,
+		MaxUnentitledBytesPerUID: lim.MaxUnentitledBytesPerUID,
 		Logger:                   a.log.With("component", "admission"),
 		OnReject:                 a.metrics.AdmissionRefused,
+		OnLogSuppressed:          a.metrics.LogLineSuppressed,
 	})
 	if err != nil {
 		return nil, err

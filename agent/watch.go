@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/svidd/svidd/ca"
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/workload"
@@ -36,8 +37,14 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer, need workload.Need)
 	method, _ := grpc.Method(ctx)
 	opened := time.Now()
 	var served []string
+	// A caller opens and closes streams as often as it likes: its lines go through its log
+	// budget (a stream flood must not become a log flood).
+	acct := admission.AccountFrom(ctx)
 	onClose := func() {
-		a.log.Info("stream closed", "rpc", method, "pid", p.PID, "uid", p.UID, "duration", time.Since(opened).Round(time.Millisecond))
+		if !a.log.Enabled(context.Background(), slog.LevelInfo) {
+			return
+		}
+		acct.Log(a.log, slog.LevelInfo, "stream closed", "rpc", method, "pid", p.PID, "uid", p.UID, "duration", time.Since(opened).Round(time.Millisecond))
 	}
 	// A front-end that names the identities it needs first (SDS), or needs only bundles, gets
 	// them without waiting for every other SVID the caller is entitled to.
@@ -55,7 +62,7 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer, need workload.Need)
 			}
 			served = append(served, s.ID.String())
 		}
-		a.log.Info("stream opened", "rpc", method, "pid", p.PID, "uid", p.UID, "gid", p.GID, "spiffe_ids", served)
+		acct.Log(a.log, slog.LevelInfo, "stream opened", "rpc", method, "pid", p.PID, "uid", p.UID, "gid", p.GID, "spiffe_ids", served)
 	}
 	return sub, nil
 }

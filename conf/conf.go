@@ -93,6 +93,11 @@ type LimitsConfig struct {
 	StreamBurst              int // new streams a uid may open at once
 	MaxOpenStreamsPerUID     int // also each connection's HTTP/2 MAX_CONCURRENT_STREAMS
 	MaxMessageBytes          int // largest gRPC message a client may send
+	// MaxBytesPerUID bounds the bytes a uid's open streams make svidd hold (names and
+	// stream state); MaxUnentitledBytesPerUID those of streams whose caller is entitled to
+	// nothing, which then also pay for the stream itself (see pkg/admission.Account).
+	MaxBytesPerUID           int
+	MaxUnentitledBytesPerUID int
 }
 
 // Overrides carries svidd's command-line flags; a nil field was not set. Each field names
@@ -144,6 +149,8 @@ func Default() Config {
 			StreamBurst:              20000,
 			MaxOpenStreamsPerUID:     20000,
 			MaxMessageBytes:          256 << 10,
+			MaxBytesPerUID:           64 << 20,
+			MaxUnentitledBytesPerUID: 4 << 20,
 		},
 		Federation: FederationConfig{MinRefreshInterval: time.Minute},
 	}

@@ -86,6 +86,8 @@ var badConfigs = []struct {
 	{"tiny fractional rate", "limits {\n  streams_per_second = 0.000001\n}", "Unsuitable value type", 2},
 	{"string limit", "limits {\n  connection_burst = \"many\"\n}", "Unsuitable value type", 2},
 	{"tiny message bound", "limits {\n  max_message_bytes = 100\n}", "max_message_bytes must be at least 4096, got 100", 2},
+	{"tiny byte budget", "limits {\n  max_bytes_per_uid = 1000\n}", "max_bytes_per_uid must be at least 65536, got 1000", 2},
+	{"zero unentitled budget", "limits {\n  max_unentitled_bytes_per_uid = 0\n}", "max_unentitled_bytes_per_uid must be at least 65536, got 0", 2},
 	{"huge connection cap", "limits {\n  max_open_connections_per_uid = 4294967296\n}", "max_open_connections_per_uid must be at most 2147483647", 2},
 	{"unknown limit", "limits {\n  streams_per_minute = 5\n}", `An argument named "streams_per_minute" is not expected here`, 2},
 	{"bad selector at its line", "entry \"backend\" {\n  spiffe_id = \"spiffe://example.org/backend\"\n  selectors = [\n    \"unix:uid:1000\",\n    \"unix:uid:abc\",\n  ]\n}",
@@ -273,6 +275,8 @@ limits {
   stream_burst                 = 50
   max_open_streams_per_uid     = 60
   max_message_bytes            = 65536
+  max_bytes_per_uid            = 8388608
+  max_unentitled_bytes_per_uid = 1048576
 }
 entry "backend" {
   spiffe_id     = "spiffe://prod.example.com/backend"
@@ -303,7 +307,8 @@ entry "frontend" {
 		Telemetry:       TelemetryConfig{PrometheusAddress: ""},
 		Health:          HealthConfig{Address: "127.0.0.1:0", LivePath: "/healthz/live", ReadyPath: "/healthz/ready"},
 		Limits: LimitsConfig{ConnectionsPerSecond: 10, ConnectionBurst: 20, MaxOpenConnectionsPerUID: 30,
-			StreamsPerSecond: 40, StreamBurst: 50, MaxOpenStreamsPerUID: 60, MaxMessageBytes: 65536},
+			StreamsPerSecond: 40, StreamBurst: 50, MaxOpenStreamsPerUID: 60, MaxMessageBytes: 65536,
+			MaxBytesPerUID: 8 << 20, MaxUnentitledBytesPerUID: 1 << 20},
 		Federation: FederationConfig{MinRefreshInterval: time.Minute},
 		Entries: []entry.Entry{
 			{

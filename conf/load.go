@@ -105,6 +105,10 @@ type fileLimits struct {
 	MaxOpenStreamsPerUIDRange     hcl.Range `hcl:"max_open_streams_per_uid,attr_range"`
 	MaxMessageBytes               *int      `hcl:"max_message_bytes,optional"`
 	MaxMessageBytesRange          hcl.Range `hcl:"max_message_bytes,attr_range"`
+	MaxBytesPerUID                *int      `hcl:"max_bytes_per_uid,optional"`
+	MaxBytesPerUIDRange           hcl.Range `hcl:"max_bytes_per_uid,attr_range"`
+	MaxUnentitledBytesPerUID      *int      `hcl:"max_unentitled_bytes_per_uid,optional"`
+	MaxUnentitledBytesPerUIDRange hcl.Range `hcl:"max_unentitled_bytes_per_uid,attr_range"`
 }
 
 type fileEntry struct {
@@ -354,6 +358,8 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 			{"limits.stream_burst", lim.StreamBurst, lim.StreamBurstRange, &cfg.Limits.StreamBurst},
 			{"limits.max_open_streams_per_uid", lim.MaxOpenStreamsPerUID, lim.MaxOpenStreamsPerUIDRange, &cfg.Limits.MaxOpenStreamsPerUID},
 			{"limits.max_message_bytes", lim.MaxMessageBytes, lim.MaxMessageBytesRange, &cfg.Limits.MaxMessageBytes},
+			{"limits.max_bytes_per_uid", lim.MaxBytesPerUID, lim.MaxBytesPerUIDRange, &cfg.Limits.MaxBytesPerUID},
+			{"limits.max_unentitled_bytes_per_uid", lim.MaxUnentitledBytesPerUID, lim.MaxUnentitledBytesPerUIDRange, &cfg.Limits.MaxUnentitledBytesPerUID},
 		} {
 			l.integer(n.key, n.p, n.r, n.dst)
 		}

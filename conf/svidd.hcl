@@ -93,6 +93,12 @@ limits {
   # Largest request message, in bytes. Names per request (1024) and name length (2048 bytes)
   # are bounded on their own.
   max_message_bytes            = 262144
+  # What one uid's open streams may make svidd hold, in bytes: the names they subscribe to
+  # and the state kept for them. A refusal is RESOURCE_EXHAUSTED.
+  max_bytes_per_uid            = 67108864 # 64 MiB
+  # The same for streams whose caller no entry matches (waiting for one); each such stream
+  # is also charged 16 KiB for itself.
+  max_unentitled_bytes_per_uid = 4194304 # 4 MiB
 }
 
 # Registration entries can also be declared here; they are reconciled into the store at

@@ -111,6 +111,11 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 // SDS request with Envoy's node would be refused.
 const MinMessageBytes = 4096
 
+// MinBytesPerUID is the smallest byte budget accepted (limits.max_bytes_per_uid and
+// limits.max_unentitled_bytes_per_uid): below it a caller entitled to nothing could not
+// hold even one stream waiting for its entry (a stream of such a caller is charged 16 KiB).
+const MinBytesPerUID = 64 << 10
+
 // maxLimit keeps every limit within gRPC's 32-bit settings.
 const maxLimit = 1<<31 - 1
 
@@ -126,6 +131,8 @@ func (v *validator) limits(l LimitsConfig) {
 		{"limits.stream_burst", l.StreamBurst, 1},
 		{"limits.max_open_streams_per_uid", l.MaxOpenStreamsPerUID, 1},
 		{"limits.max_message_bytes", l.MaxMessageBytes, MinMessageBytes},
+		{"limits.max_bytes_per_uid", l.MaxBytesPerUID, MinBytesPerUID},
+		{"limits.max_unentitled_bytes_per_uid", l.MaxUnentitledBytesPerUID, MinBytesPerUID},
 	} {
 		name := strings.TrimPrefix(n.key, "limits.")
 		switch {

@@ -90,6 +90,7 @@ type agent struct {
 	config  string
 	extra   []string
 	env     []string
+	bin     string // the svidd binary; "" is bins.svidd
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	exited  chan struct{}
@@ -197,7 +198,11 @@ func (a *agent) start() {
 	t.Helper()
 	a.isolateListeners()
 	a.logs = &syncBuffer{}
-	a.cmd = exec.Command(bins.svidd, a.args()...)
+	bin := a.bin
+	if bin == "" {
+		bin = bins.svidd
+	}
+	a.cmd = exec.Command(bin, a.args()...)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = a.logs
 	a.cmd.Env = append(os.Environ(), a.env...)

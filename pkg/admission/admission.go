@@ -32,7 +32,22 @@ const (
 	// DefaultMaxUIDs bounds the table of per-uid state. Only a uid with something open can
 	// hold a slot for long, and a user without root has one uid.
 	DefaultMaxUIDs = 16384
+	// DefaultMaxBytesPerUID bounds what one uid's streams make svidd hold (see Account):
+	// the names they subscribe to and the state kept for them. An Envoy asking for dozens
+	// of secrets holds a few KiB; the benchmarks' 10,000 streams of one name, about 2 MiB.
+	DefaultMaxBytesPerUID = 64 << 20
+	// DefaultMaxUnentitledBytesPerUID is the budget of streams whose caller is entitled to
+	// nothing (an empty View): an Envoy waiting for its entry keeps its streams and names,
+	// a few hundred of them fit; a uid without an entry cannot grow svidd further.
+	DefaultMaxUnentitledBytesPerUID = 4 << 20
 )
+
+// UnentitledStreamBytes is charged to each open stream whose caller is entitled to nothing,
+// besides its names: what such a stream costs svidd's process (an idle SDS stream measured
+// 15.2 KiB of RSS at 10,000 streams, issue 6: gRPC's stream, the handler's goroutine, the
+// stream's state and subscription). A stream of an entitled caller is not charged it: its
+// overhead is bounded by max_open_streams_per_uid, which the benchmarks need at 10,000.
+const UnentitledStreamBytes = 16 << 10
 
 // Connection bounds that are not configurable.
 const (
@@ -46,6 +61,9 @@ const (
 	// warnEvery rate-limits the log line about one uid's refusals: a flood must not turn
 	// into a log flood.
 	warnEvery = 10 * time.Second
+	// fullFor is how long after a uid met a byte budget its new streams are refused at once,
+	// unless it released bytes meanwhile.
+	fullFor = time.Second
 	// sweepEvery is how often idle uid state is dropped (also whenever the table is full).
 	sweepEvery = time.Minute
 )
@@ -61,6 +79,10 @@ const (
 	OpenStreams     Reason = "open_streams"
 	// TooManyUIDs: the uid table is full of uids that all hold connections or streams open.
 	TooManyUIDs Reason = "too_many_uids"
+	// Bytes: the uid's streams hold MaxBytesPerUID; UnentitledBytes: a stream of a caller
+	// entitled to nothing would take the uid past MaxUnentitledBytesPerUID.
+	Bytes           Reason = "bytes"
+	UnentitledBytes Reason = "unentitled_bytes"
 )
 
 // Config holds the limits. A zero field takes its default; a negative one is an error.
@@ -76,11 +98,19 @@ type Config struct {
 	MaxOpenStreamsPerUID int
 	MaxMessageBytes      int // largest gRPC message a client may send
 	MaxUIDs              int // bound on the uids tracked at once (default DefaultMaxUIDs)
+	// MaxBytesPerUID bounds the bytes a uid's open streams hold (Account.Set);
+	// MaxUnentitledBytesPerUID the bytes up to which a stream of a caller entitled to
+	// nothing may add to them (it is never above MaxBytesPerUID).
+	MaxBytesPerUID           int
+	MaxUnentitledBytesPerUID int
 
 	// Logger receives one line per uid and warnEvery while it is being refused.
 	Logger *slog.Logger
 	// OnReject, when set, is called for every refusal (for a metric). It must not block.
 	OnReject func(Reason)
+	// OnLogSuppressed, when set, is called for every log line dropped by the log budgets
+	// (Account.Log, refusal warnings). It must not block.
+	OnLogSuppressed func()
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -106,9 +136,19 @@ type uidState struct {
 	streams     bucket
 	openConns   int
 	openStreams int
+	bytes       int64 // held by the uid's open streams' Accounts
 	lastSeen    time.Time
 	warnAt      time.Time // last warning logged about this uid
 	suppressed  int       // refusals since then not logged
+	logs        logBudget // lines about the uid's requests (Account.Log)
+	// full is the uid's last refusal by a byte budget (Account.Set): for fullFor after it,
+	// while the uid holds no fewer bytes, new streams are refused at once (NewStream).
+	full struct {
+		at     time.Time
+		reason Reason // "" when never refused
+		limit  float64
+		bytes  int64
+	}
 }
 
 // New validates cfg and fills in defaults.
@@ -155,6 +195,8 @@ func defaults(cfg *Config) error {
 		{"max open streams per uid", &cfg.MaxOpenStreamsPerUID, DefaultMaxOpenStreamsPerUID},
 		{"max message bytes", &cfg.MaxMessageBytes, DefaultMaxMessageBytes},
 		{"max uids", &cfg.MaxUIDs, DefaultMaxUIDs},
+		{"max bytes per uid", &cfg.MaxBytesPerUID, DefaultMaxBytesPerUID},
+		{"max unentitled bytes per uid", &cfg.MaxUnentitledBytesPerUID, DefaultMaxUnentitledBytesPerUID},
 	}
 	for _, n := range counts {
 		switch {
@@ -187,6 +229,10 @@ func (e *LimitError) Error() string {
 		return fmt.Sprintf("too many streams from uid %d: more than %g new per second", e.UID, e.Limit)
 	case OpenStreams:
 		return fmt.Sprintf("too many streams from uid %d: %g open", e.UID, e.Limit)
+	case Bytes:
+		return fmt.Sprintf("streams of uid %d hold too much: more than %.0f bytes of names and state", e.UID, e.Limit)
+	case UnentitledBytes:
+		return fmt.Sprintf("streams of uid %d hold too much for a caller entitled to nothing: more than %.0f bytes of names and state", e.UID, e.Limit)
 	default:
 		return fmt.Sprintf("too many callers: uid %d cannot be tracked (%g uids hold connections)", e.UID, e.Limit)
 	}
@@ -235,8 +281,15 @@ func (c *Controller) NewStream(uid uint32) error {
 	now := c.now()
 	c.mu.Lock()
 	s, err := c.state(uid, now)
-	if err == nil && !s.streams.take(now, c.cfg.StreamsPerSecond, float64(c.cfg.StreamBurst)) {
+	switch {
+	case err != nil:
+	case !s.streams.take(now, c.cfg.StreamsPerSecond, float64(c.cfg.StreamBurst)):
 		err = c.refuse(s, StreamRate, c.cfg.StreamsPerSecond)
+	case s.full.reason != "" && now.Sub(s.full.at) < fullFor && s.bytes >= s.full.bytes:
+		// The uid met its byte budget a moment ago and has released nothing since: its
+		// next stream would be refused too, after its requests were read and decoded
+		// (megabytes a second of an attacker's names). Refuse it before that.
+		err = c.refuse(s, s.full.reason, s.full.limit)
 	}
 	warn := c.warning(s, now, err)
 	c.mu.Unlock()
@@ -249,6 +302,16 @@ func (c *Controller) NewStream(uid uint32) error {
 // OpenStream takes one of uid's open-stream slots. The returned release frees it; call it
 // once, when the stream (or call) ends.
 func (c *Controller) OpenStream(uid uint32) (release func(), err error) {
+	a, err := c.openStream(uid)
+	if err != nil {
+		return nil, err
+	}
+	return a.close, nil
+}
+
+// openStream takes an open-stream slot and returns the stream's Account, whose close frees
+// the slot and every byte the stream holds.
+func (c *Controller) openStream(uid uint32) (*Account, error) {
 	now := c.now()
 	c.mu.Lock()
 	s, err := c.state(uid, now)
@@ -265,7 +328,7 @@ func (c *Controller) OpenStream(uid uint32) (release func(), err error) {
 		c.rejected(err, warn)
 		return nil, err
 	}
-	return c.releaser(s, func(s *uidState) { s.openStreams-- }), nil
+	return &Account{c: c, s: s}, nil
 }
 
 // releaser returns an idempotent release of what f undoes.
@@ -281,6 +344,16 @@ func (c *Controller) releaser(s *uidState, f func(*uidState)) func() {
 		s.lastSeen = now
 		c.mu.Unlock()
 	}
+}
+
+// Bytes returns the bytes uid's open streams hold (tests, status).
+func (c *Controller) Bytes(uid uint32) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.uids[uid]; s != nil {
+		return s.bytes
+	}
+	return 0
 }
 
 // Open returns uid's open connections and streams (tests, status).
@@ -385,7 +458,9 @@ func (c *Controller) rejected(err error, warn int) {
 	if c.cfg.OnReject != nil {
 		c.cfg.OnReject(le.Reason)
 	}
-	if warn >= 0 {
+	if warn < 0 {
+		c.logSuppressed()
+	} else {
 		c.log.Warn("refusing a caller over its limits", "uid", le.UID, "reason", string(le.Reason), "error", err.Error(),
 			"refused_since_last_warning", warn)
 	}

@@ -350,6 +350,8 @@ func TestDefaultsMatchConf(t *testing.T) {
 		StreamBurst:              l.StreamBurst,
 		MaxOpenStreamsPerUID:     l.MaxOpenStreamsPerUID,
 		MaxMessageBytes:          l.MaxMessageBytes,
+		MaxBytesPerUID:           l.MaxBytesPerUID,
+		MaxUnentitledBytesPerUID: l.MaxUnentitledBytesPerUID,
 	}
 	want := Config{
 		ConnectionsPerSecond:     DefaultConnectionsPerSecond,
@@ -359,6 +361,8 @@ func TestDefaultsMatchConf(t *testing.T) {
 		StreamBurst:              DefaultStreamBurst,
 		MaxOpenStreamsPerUID:     DefaultMaxOpenStreamsPerUID,
 		MaxMessageBytes:          DefaultMaxMessageBytes,
+		MaxBytesPerUID:           DefaultMaxBytesPerUID,
+		MaxUnentitledBytesPerUID: DefaultMaxUnentitledBytesPerUID,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("conf.Default().Limits = %+v\nadmission defaults    = %+v", got, want)

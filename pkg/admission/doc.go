@@ -11,6 +11,14 @@
 //     reader, before a handler goroutine exists;
 //   - a stream over the open-stream cap is refused by the interceptors before the handler.
 //
+// It also bounds, in bytes, what one uid's streams make svidd hold (Account): every stream
+// carries an Account in its context, the front-ends charge to it the names and state they
+// keep for the caller, and a charge past the uid's budget (MaxBytesPerUID, or the smaller
+// MaxUnentitledBytesPerUID while the caller is entitled to nothing, which then also pays
+// UnentitledStreamBytes for the stream itself) is refused; the Account gives everything back
+// when the stream ends. The same Account holds the stream's and the uid's log budgets
+// (Account.Log): a client cannot make svidd log faster than a few lines a second.
+//
 // Refusals are codes.ResourceExhausted with a message naming the uid and the limit; closed
 // connections show up as Unavailable in gRPC clients, which reconnect with backoff.
 //

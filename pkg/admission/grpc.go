@@ -12,9 +12,10 @@ import (
 )
 
 // ServerOptions returns the gRPC server options that enforce the limits on every connection
-// of the server: the stream rate (tap handle), the open-stream cap (interceptors, chained
-// with any others), and the bounds on messages, headers, concurrent streams and pings. The
-// server must also serve a Listener from this Controller for the connection limits.
+// of the server: the stream rate and a full uid's new streams (tap handle), the open-stream
+// cap and each stream's Account (interceptors, chained with any others), and the bounds on
+// messages, headers, concurrent streams and pings. The server must also serve a Listener
+// from this Controller for the connection limits.
 func (c *Controller) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(c.tap),
@@ -47,12 +48,12 @@ func (c *Controller) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo
 	if !ok {
 		return h(ctx, req)
 	}
-	release, err := c.OpenStream(p.UID)
+	a, err := c.openStream(p.UID)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
-	return h(ctx, req)
+	defer a.close()
+	return h(NewContext(ctx, a), req)
 }
 
 func (c *Controller) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
@@ -60,13 +61,21 @@ func (c *Controller) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerI
 	if !ok {
 		return h(srv, ss)
 	}
-	release, err := c.OpenStream(p.UID)
+	a, err := c.openStream(p.UID)
 	if err != nil {
 		return err
 	}
-	defer release()
-	return h(srv, ss)
+	defer a.close()
+	return h(srv, &accountStream{ServerStream: ss, ctx: NewContext(ss.Context(), a)})
 }
+
+// accountStream gives the handler a context carrying the stream's Account.
+type accountStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *accountStream) Context() context.Context { return s.ctx }
 
 // Listener is a peercred listener whose Accept enforces the connection limits: a connection
 // over its uid's limits is closed as soon as it is accepted, before the HTTP/2 handshake

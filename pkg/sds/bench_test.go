@@ -58,7 +58,7 @@ func BenchmarkUnchangedView(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := &sotwStream{s: srv, started: true, names: []string{idWeb}, sent: map[string]string{idWeb: f.Web.Serial}, log: newStreamLog(srv.log, "StreamSecrets")}
+	st := &sotwStream{s: srv, started: true, names: []string{idWeb}, sent: map[string]string{idWeb: f.Web.Serial}, log: newStreamLog(srv.log, "StreamSecrets", nil)}
 	views := []*workload.View{f.View(), {SVIDs: []*workload.SVID{f.Web}, Bundles: []*workload.Bundle{f.Own}}}
 	b.ReportAllocs()
 	i := 0

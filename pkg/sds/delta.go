@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
@@ -26,7 +27,8 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 	s.metrics.StreamOpened(KindDelta)
 	defer s.metrics.StreamClosed(KindDelta)
 
-	st := &deltaStream{s: s, stream: stream, log: newStreamLog(s.log, "DeltaSecrets")}
+	acct := admission.AccountFrom(ctx)
+	st := &deltaStream{s: s, stream: stream, acct: acct, log: newStreamLog(s.log, "DeltaSecrets", acct)}
 	return serve(ctx, stream.Recv, &st.pusher, st.onRequest, st.onView, st.subscription)
 }
 
@@ -36,6 +38,7 @@ type deltaStream struct {
 	pusher
 	s      *Server
 	stream secretv3.SecretDiscoveryService_DeltaSecretsServer
+	acct   *admission.Account // the caller's budget: subscribed and held names are charged to it
 	log    *streamLog
 	sub    *workload.Subscription
 	view   *workload.View
@@ -129,6 +132,10 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 	if len(st.subscribed) > MaxResourceNames {
 		return status.Errorf(codes.InvalidArgument, "stream subscribes to more than %d names", MaxResourceNames)
 	}
+	// A refusal ends the stream, so what was applied above is dropped with it.
+	if err := charge(st.acct, st.view, st.stateBytes()); err != nil {
+		return err
+	}
 
 	nonce := req.GetResponseNonce()
 	switch {
@@ -143,7 +150,7 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 		ed := req.GetErrorDetail()
 		st.s.metrics.NACK(KindDelta)
 		if l := st.log.at(slog.LevelWarn); l != nil {
-			l.Warn("envoy rejected secrets", "nonce", truncate(nonce),
+			st.log.limited(l, slog.LevelWarn, "envoy rejected secrets", "nonce", truncate(nonce),
 				"code", codes.Code(ed.GetCode()), "error", truncate(ed.GetMessage()))
 		}
 		// held keeps the rejected versions, so push below does not send them again.
@@ -151,6 +158,19 @@ func (st *deltaStream) onRequest(ctx context.Context, req *discoveryv3.DeltaDisc
 		st.s.metrics.ACK(KindDelta)
 	}
 	return st.push()
+}
+
+// stateBytes is what the stream keeps for its client: the names it subscribes to and the
+// name → version pairs it holds (some of which the client claimed when it connected).
+func (st *deltaStream) stateBytes() int64 {
+	n := int64(len(st.subscribed)+len(st.held)) * perNameBytes
+	for s := range st.subscribed {
+		n += int64(len(s))
+	}
+	for s, v := range st.held {
+		n += int64(len(s) + len(v))
+	}
+	return n
 }
 
 // push sends what the client lacks: Secrets it does not hold at their current version, and
@@ -193,7 +213,7 @@ func (st *deltaStream) push() error {
 		b, err := r.encoded(st.view, deltaEncoding)
 		if err != nil {
 			if l := st.log.at(slog.LevelError); l != nil {
-				l.Error("building sds response failed", "error", err)
+				st.log.limited(l, slog.LevelError, "building sds response failed", "error", err)
 			}
 			return status.Error(codes.Internal, "building response failed")
 		}

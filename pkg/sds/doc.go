@@ -21,6 +21,13 @@
 // are only ever looked up in the caller's own View, so a caller never receives another
 // workload's SVID.
 //
+// What a stream keeps for its caller (the names it remembers, the versions a delta client
+// says it holds) is charged to the caller's byte budget, the admission.Account in the
+// stream's context; past it the stream ends with ResourceExhausted. A caller entitled to
+// nothing (an empty View) has the smaller budget and also pays for the stream itself. Lines
+// a client can make the server log at will (a NACK, a failed watch) go through the Account's
+// log budget.
+//
 // Resource versions are the SVID's serial number and the bundle's sequence number (for "ALL",
 // the trust domains and their sequences), so a View update that changes nothing a stream
 // asked for sends nothing on that stream.

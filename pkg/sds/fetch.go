@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -25,7 +26,7 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 	if err := checkNames("resource_names", req.GetResourceNames()); err != nil {
 		return nil, err
 	}
-	log := newStreamLog(s.log, "FetchSecrets")
+	log := newStreamLog(s.log, "FetchSecrets", admission.AccountFrom(ctx))
 	log.setNode(req.GetNode())
 	sub, err := s.watch(ctx, log)
 	if err != nil {
@@ -45,7 +46,7 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryReq
 	resp, err := s.fetchResponse(view, rs)
 	if err != nil {
 		if l := log.at(slog.LevelError); l != nil {
-			l.Error("building sds response failed", "error", err)
+			log.limited(l, slog.LevelError, "building sds response failed", "error", err)
 		}
 		return nil, status.Error(codes.Internal, "building response failed")
 	}

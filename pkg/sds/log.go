@@ -7,6 +7,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/peercred"
 )
 
@@ -20,14 +21,24 @@ import (
 // Only the goroutine serving the RPC uses it.
 type streamLog struct {
 	base *slog.Logger // the server's logger
+	// acct is the stream's admission account: lines a client can trigger at will go
+	// through its log budget (warn); nil writes them all.
+	acct *admission.Account
 	rpc  string
 	node *nodeInfo // nil until the first request is seen
 	peer *peercred.Peer
 	l    *slog.Logger // built on first use; reset when an attribute is added
 }
 
-func newStreamLog(base *slog.Logger, rpc string) *streamLog {
-	return &streamLog{base: base, rpc: rpc}
+func newStreamLog(base *slog.Logger, rpc string, acct *admission.Account) *streamLog {
+	return &streamLog{base: base, rpc: rpc, acct: acct}
+}
+
+// limited writes a record at level through the stream's log budget: for every line a
+// client can make svidd write as often as it likes (a NACK, a failed watch). The caller
+// has checked at(level) and passes its logger.
+func (sl *streamLog) limited(l *slog.Logger, level slog.Level, msg string, args ...any) {
+	sl.acct.Log(l, level, msg, args...)
 }
 
 // setNode records the Envoy node of the stream's first request (Envoy sends it only there).

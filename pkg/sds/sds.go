@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/workload"
 )
@@ -165,7 +166,7 @@ func (s *Server) watch(ctx context.Context, log *streamLog, names ...string) (*w
 	p, ok := s.peerFunc(ctx)
 	if !ok || p == nil {
 		if l := log.at(slog.LevelWarn); l != nil {
-			l.Warn("sds request without peer credentials")
+			log.limited(l, slog.LevelWarn, "sds request without peer credentials")
 		}
 		return nil, status.Error(codes.PermissionDenied, "caller could not be identified")
 	}
@@ -180,7 +181,7 @@ func (s *Server) watch(ctx context.Context, log *streamLog, names ...string) (*w
 			return nil, status.Error(codes.PermissionDenied, "no identity for this connection")
 		}
 		if l := log.at(slog.LevelWarn); l != nil {
-			l.Warn("watching caller's identities failed", "error", err)
+			log.limited(l, slog.LevelWarn, "watching caller's identities failed", "error", err)
 		}
 		return nil, status.Error(codes.Unavailable, "identities unavailable")
 	}
@@ -245,6 +246,32 @@ func checkName(field, n string) error {
 		return status.Errorf(codes.InvalidArgument, "%s: name %q is %d bytes, at most %d allowed", field, truncate(n), len(n), MaxNameLength)
 	}
 	return nil
+}
+
+// perNameBytes is what keeping one name costs a stream besides the name's bytes: the string
+// header, a slice or map slot, allocation rounding (a slot of a map of strings is 16-32
+// bytes, plus its share of the table kept under the load factor).
+const perNameBytes = 64
+
+// namesBytes is what a stream holding names is charged (admission.Account.Set).
+func namesBytes(names []string) int64 {
+	n := int64(len(names)) * perNameBytes
+	for _, s := range names {
+		n += int64(len(s))
+	}
+	return n
+}
+
+// charge sets what a stream holds for its caller to state bytes, plus the stream itself
+// while the caller is entitled to nothing (v is the stream's View): past the uid's budget
+// it returns ResourceExhausted, and the stream must end without keeping what it was about
+// to keep. A caller entitled to nothing may only wait for an entry with a small budget.
+func charge(acct *admission.Account, v *workload.View, state int64) error {
+	entitled := !v.Empty()
+	if !entitled {
+		state += admission.UnentitledStreamBytes
+	}
+	return acct.Set(state, entitled)
 }
 
 // truncate keeps error messages and logs small whatever a client sends.

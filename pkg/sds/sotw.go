@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
 )
@@ -22,7 +23,8 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 	s.metrics.StreamOpened(KindStream)
 	defer s.metrics.StreamClosed(KindStream)
 
-	st := &sotwStream{s: s, stream: stream, log: newStreamLog(s.log, "StreamSecrets")}
+	acct := admission.AccountFrom(ctx)
+	st := &sotwStream{s: s, stream: stream, acct: acct, log: newStreamLog(s.log, "StreamSecrets", acct)}
 	return serve(ctx, stream.Recv, &st.pusher, st.onRequest, st.onView, st.subscription)
 }
 
@@ -32,6 +34,7 @@ type sotwStream struct {
 	pusher
 	s      *Server
 	stream secretv3.SecretDiscoveryService_StreamSecretsServer
+	acct   *admission.Account // the caller's budget: the names are charged to it
 	log    *streamLog
 	sub    *workload.Subscription
 	view   *workload.View
@@ -84,6 +87,9 @@ func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryR
 	acking := st.lastNonce != "" && nonce == st.lastNonce
 
 	names, wildcard := requestedNames(req.GetResourceNames(), !st.started || st.wildcard)
+	if err := charge(st.acct, st.view, namesBytes(names)); err != nil {
+		return err
+	}
 	changed := !st.started || wildcard != st.wildcard || !slices.Equal(names, st.names)
 	st.started = true
 	st.names, st.wildcard = names, wildcard
@@ -91,7 +97,7 @@ func (st *sotwStream) onRequest(ctx context.Context, req *discoveryv3.DiscoveryR
 	if ed := req.GetErrorDetail(); ed != nil {
 		st.s.metrics.NACK(KindStream)
 		if l := st.log.at(slog.LevelWarn); l != nil {
-			l.Warn("envoy rejected secrets", "nonce", truncate(nonce), "version", truncate(req.GetVersionInfo()),
+			st.log.limited(l, slog.LevelWarn, "envoy rejected secrets", "nonce", truncate(nonce), "version", truncate(req.GetVersionInfo()),
 				"code", codes.Code(ed.GetCode()), "error", truncate(ed.GetMessage()))
 		}
 		if acking {
@@ -134,7 +140,7 @@ func (st *sotwStream) respond(rs []resource) error {
 	msg, tok, err := st.s.buildResponse(st.view, rs)
 	if err != nil {
 		if l := st.log.at(slog.LevelError); l != nil {
-			l.Error("building sds response failed", "error", err)
+			st.log.limited(l, slog.LevelError, "building sds response failed", "error", err)
 		}
 		return status.Error(codes.Internal, "building response failed")
 	}

@@ -55,7 +55,7 @@ func TestNeed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sub, err := s.watch(context.Background(), newStreamLog(s.log, "test"), tc.names...)
+			sub, err := s.watch(context.Background(), newStreamLog(s.log, "test", nil), tc.names...)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -29,7 +29,8 @@
 //	svidd_agent_push_latency_seconds          histogram  change observed (entry written, SVID due, bundle changed) → new View published to every affected stream
 //	svidd_agent_entries                       gauge      registration entries known to the agent
 //	svidd_agent_svids                         gauge      X509-SVIDs held in the agent's cache
-//	svidd_agent_admission_refusals_total      counter    connections and streams refused by the per-uid limits; label reason = connection_rate | open_connections | stream_rate | open_streams | too_many_uids
+//	svidd_agent_admission_refusals_total      counter    connections and streams refused by the per-uid limits; label reason = connection_rate | open_connections | stream_rate | open_streams | too_many_uids | bytes | unentitled_bytes
+//	svidd_agent_log_lines_suppressed_total    counter    log lines about callers' requests dropped by the per-stream and per-uid log budgets
 //
 // SVIDs:
 //

@@ -75,6 +75,7 @@ type Metrics struct {
 	entries     prometheus.Gauge
 	svids       prometheus.Gauge
 	refusals    *prometheus.CounterVec // reason
+	logDropped  prometheus.Counter
 
 	// SVIDs.
 	x509Mint      *prometheus.HistogramVec // result
@@ -206,6 +207,11 @@ func New(cfg Config) *Metrics {
 		Help: "Connections and streams refused by the per-uid limits (limits {}), by the limit that refused them.",
 	}, []string{"reason"})
 
+	m.logDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "agent", Name: "log_lines_suppressed_total",
+		Help: "Log lines about callers' requests dropped by the per-stream and per-uid log budgets (a summary line gives the count when logging resumes).",
+	})
+
 	m.caNotAfter = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Subsystem: "ca", Name: "not_after_timestamp_seconds",
 		Help: "NotAfter (Unix seconds) of the active CA certificate.",
@@ -234,7 +240,7 @@ func New(cfg Config) *Metrics {
 		collectors.NewBuildInfoCollector(),
 		m.streamsOpen, m.streamsOpened, m.responses, m.responseResource, m.acks, m.nacks, m.staleRequests, m.requestErrors,
 		m.firstResponse,
-		m.attestation, m.pushLatency, m.entries, m.svids, m.refusals,
+		m.attestation, m.pushLatency, m.entries, m.svids, m.refusals, m.logDropped,
 		m.x509Mint, m.x509Rotations, m.jwtMints, m.soonestSVID,
 		m.caNotAfter, m.caRotations, m.bundleChanges, m.upstreamFails, m.federationRefreshes,
 	)
@@ -501,7 +507,7 @@ func (m *Metrics) BundleChanged() { m.bundleChanges.Inc() }
 
 // refusalReasons are the admission limits, the label values of admission_refusals_total.
 var refusalReasons = []admission.Reason{admission.ConnectionRate, admission.OpenConnections,
-	admission.StreamRate, admission.OpenStreams, admission.TooManyUIDs}
+	admission.StreamRate, admission.OpenStreams, admission.TooManyUIDs, admission.Bytes, admission.UnentitledBytes}
 
 // AdmissionRefused counts a connection or stream refused by a limit; it fits
 // admission.Config.OnReject. A reason outside the known set counts as "other".
@@ -511,6 +517,10 @@ func (m *Metrics) AdmissionRefused(r admission.Reason) {
 	}
 	m.refusals.WithLabelValues(string(r)).Inc()
 }
+
+// LogLineSuppressed counts a log line dropped by a log budget; it fits
+// admission.Config.OnLogSuppressed.
+func (m *Metrics) LogLineSuppressed() { m.logDropped.Inc() }
 
 func unixSeconds(t time.Time) float64 {
 	if t.IsZero() {

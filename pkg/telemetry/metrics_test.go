@@ -51,6 +51,7 @@ func exerciseAll(m *Metrics) {
 	m.AttestationDone(time.Millisecond, nil)
 	m.AttestationDone(time.Millisecond, errBoom)
 	m.AdmissionRefused(admission.OpenStreams)
+	m.LogLineSuppressed()
 	m.SVIDMinted(time.Millisecond, nil)
 	m.SVIDMinted(time.Millisecond, errBoom)
 	m.SVIDRotated()
@@ -131,8 +132,8 @@ func TestNamesPassPromlint(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	if n := len(ours(mfs)); n != 23 {
-		t.Errorf("got %d svidd_ families, want 23 (a metric added or lost: update this test and doc.go)", n)
+	if n := len(ours(mfs)); n != 24 {
+		t.Errorf("got %d svidd_ families, want 24 (a metric added or lost: update this test and doc.go)", n)
 	}
 	for _, mf := range ours(mfs) {
 		name := mf.GetName()
@@ -311,6 +312,9 @@ func TestEventsMoveSeries(t *testing.T) {
 			m.AdmissionRefused(admission.StreamRate)
 		}, "svidd_agent_admission_refusals_total", map[string]string{"reason": "stream_rate"}, 2},
 		{"admission refusal series exist at zero", func(*Metrics) {}, "svidd_agent_admission_refusals_total", map[string]string{"reason": "too_many_uids"}, 0},
+		{"admission refusal by bytes", func(m *Metrics) { m.AdmissionRefused(admission.UnentitledBytes) }, "svidd_agent_admission_refusals_total", map[string]string{"reason": "unentitled_bytes"}, 1},
+		{"byte refusal series exist at zero", func(*Metrics) {}, "svidd_agent_admission_refusals_total", map[string]string{"reason": "bytes"}, 0},
+		{"log line suppressed", func(m *Metrics) { m.LogLineSuppressed(); m.LogLineSuppressed() }, "svidd_agent_log_lines_suppressed_total", nil, 2},
 		{"admission refusal, unknown reason", func(m *Metrics) { m.AdmissionRefused("from-the-future") }, "svidd_agent_admission_refusals_total", map[string]string{"reason": "other"}, 1},
 		{"entries", func(m *Metrics) { m.SetEntries(7); m.SetEntries(5) }, "svidd_agent_entries", nil, 5},
 		{"svids", func(m *Metrics) { m.SetSVIDs(4) }, "svidd_agent_svids", nil, 4},

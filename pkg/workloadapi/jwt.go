@@ -42,7 +42,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDReques
 	if s.jwt == nil {
 		return nil, status.Error(codes.Unimplemented, "this agent does not issue JWT-SVIDs")
 	}
-	p, log, err := s.peer(ctx, s.callLog("FetchJWTSVID"))
+	p, log, err := s.peer(ctx, s.callLog(ctx, "FetchJWTSVID"))
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +155,7 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJW
 		return nil, err
 	}
 
-	sub, log, err := s.watch(ctx, s.callLog("ValidateJWTSVID"), workload.NeedBundles)
+	sub, log, err := s.watch(ctx, s.callLog(ctx, "ValidateJWTSVID"), workload.NeedBundles)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/peercred"
 )
 
@@ -14,13 +15,16 @@ import (
 // component, rpc, pid, uid. Only the goroutine serving the call uses it.
 type callLog struct {
 	base *slog.Logger // the server's logger
+	// acct is the call's admission account: warnings and errors, which a client can make
+	// svidd write as often as it likes, go through its log budget; nil writes them all.
+	acct *admission.Account
 	rpc  string
 	peer *peercred.Peer
 	l    *slog.Logger // built on first use; reset when the caller is known
 }
 
-func (s *Server) callLog(rpc string) *callLog {
-	return &callLog{base: s.log, rpc: rpc}
+func (s *Server) callLog(ctx context.Context, rpc string) *callLog {
+	return &callLog{base: s.log, rpc: rpc, acct: admission.AccountFrom(ctx)}
 }
 
 // setPeer adds the identified caller.
@@ -50,7 +54,11 @@ func (cl *callLog) log(level slog.Level, msg string, args ...any) {
 	if !cl.Enabled(level) {
 		return
 	}
-	cl.logger().Log(context.Background(), level, msg, args...)
+	if level <= slog.LevelDebug {
+		cl.logger().Log(context.Background(), level, msg, args...)
+		return
+	}
+	cl.acct.Log(cl.logger(), level, msg, args...)
 }
 
 // Debug, Warn and Error log at their level, like slog.Logger's methods.

@@ -211,7 +211,7 @@ func serveStream[M proto.Message](s *Server, kind Kind, rpc string, stream sende
 	if partialOK {
 		need = workload.NeedBundles // answered without waiting for SVIDs to be minted
 	}
-	sub, log, err := s.watch(ctx, s.callLog(rpc), need)
+	sub, log, err := s.watch(ctx, s.callLog(ctx, rpc), need)
 	if err != nil {
 		return err
 	}

@@ -15,9 +15,10 @@ import (
 
 // Serve runs a gRPC server, set up as the agent's is for the front-ends (pre-encoded
 // responses, pkg/wire), on a Unix socket in a short temp dir, with the services register
-// adds. It returns the socket's gRPC target ("unix:///…"). At cleanup it stops the server and
-// checks that every handler closed its subscription of w.
-func Serve(t testing.TB, w *Watcher, register func(*grpc.Server)) string {
+// adds and any further server options (interceptors). It returns the socket's gRPC target
+// ("unix:///…"). At cleanup it stops the server and checks that every handler closed its
+// subscription of w.
+func Serve(t testing.TB, w *Watcher, register func(*grpc.Server), opts ...grpc.ServerOption) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "wlt") // short: a socket path is at most 108 bytes
 	if err != nil {
@@ -29,7 +30,7 @@ func Serve(t testing.TB, w *Watcher, register func(*grpc.Server)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(wire.ServerOption())
+	g := grpc.NewServer(append([]grpc.ServerOption{wire.ServerOption()}, opts...)...)
 	register(g)
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(ln) }()

@@ -4,6 +4,10 @@
 //
 //	flood -socket PATH -mode attack -names a,b [-duration D] [-raw N] [-fresh N] [-streams N] [-hold H] [-procs P]
 //	flood -socket PATH -mode probe  -names a,b [-count N] [-interval D] [-timeout D]
+//	flood -socket PATH -mode names  [-streams W] [-perStream N] [-nameLen L] [-batch B] [-hold H] [-duration D]
+//	flood -socket PATH -mode nack   -names a,b [-streams N] [-duration D]
+//
+// names and nack are issue 11's memory and log floods (names.go).
 //
 // attack, until -duration or SIGTERM, as fast as it can:
 //   - -raw workers connect, read the server's first bytes (admitted) or EOF (refused), close;
@@ -68,6 +72,10 @@ type config struct {
 	timeout  time.Duration
 	procs    int
 	nice     int
+	// names mode
+	perStream int
+	nameLen   int
+	batch     int
 }
 
 func run(ctx context.Context, args []string) error {
@@ -87,6 +95,9 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "probe: bound on one probe")
 	fs.IntVar(&c.procs, "procs", 0, "GOMAXPROCS (0: Go's default, every CPU)")
 	fs.IntVar(&c.nice, "nice", 0, "raise the process's nice value to this")
+	fs.IntVar(&c.perStream, "perStream", 1024, "names: names each stream subscribes to")
+	fs.IntVar(&c.nameLen, "nameLen", 2000, "names: bytes per name")
+	fs.IntVar(&c.batch, "batch", 100, "names: names per request")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -103,7 +114,7 @@ func run(ctx context.Context, args []string) error {
 			c.names = append(c.names, n)
 		}
 	}
-	if c.socket == "" || len(c.names) == 0 {
+	if c.socket == "" || (len(c.names) == 0 && c.mode != "names") {
 		return errors.New("-socket and -names are required")
 	}
 	switch c.mode {
@@ -111,8 +122,12 @@ func run(ctx context.Context, args []string) error {
 		return attack(ctx, c, os.Stdout)
 	case "probe":
 		return probe(ctx, c, os.Stdout)
+	case "names":
+		return namesAttack(ctx, c, os.Stdout)
+	case "nack":
+		return nackAttack(ctx, c, os.Stdout)
 	default:
-		return fmt.Errorf("unknown -mode %q (want attack or probe)", c.mode)
+		return fmt.Errorf("unknown -mode %q (want attack, probe, names or nack)", c.mode)
 	}
 }
 
