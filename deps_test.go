@@ -63,6 +63,7 @@ var allowed = map[string]struct{ use, test []string }{
 	"test/cmd/spiffeclient": {},
 	"test/load":             {use: []string{"pkg/admin", "test/envoy"}},
 	"test/load/plot":        {},
+	"test/load/floorsds":    {},
 	"test/load/profsvidd":   {use: []string{"agent", "conf"}},
 }
 

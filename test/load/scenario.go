@@ -68,6 +68,7 @@ func (s scenario) validate(root bool) error {
 // env is what every scenario of one invocation shares.
 type env struct {
 	svidd     string // svidd binary (built or given)
+	floor     string // the floor server's binary (test/load/floorsds), "" not to run it
 	profsvidd bool   // svidd is the profiling wrapper (test/load/profsvidd)
 	uidBase   int
 	root      bool
@@ -109,6 +110,9 @@ type result struct {
 
 	Churn       []time.Duration
 	ChurnFailed int
+	// Floor is the floor server's run of the same scenario (nil: not run, see floorable).
+	Floor *result
+
 	// ChurnFloor: a no-op gRPC call's latency at the churn's pace (see worker.noopFloor).
 	ChurnFloor []time.Duration
 
@@ -244,32 +248,8 @@ func (e *env) run(sc scenario) (res *result, err error) {
 		return res, err
 	}
 
-	if sc.ChurnRate > 0 && sc.ChurnFor > 0 {
-		u, err := ag.sample()
-		if err != nil {
-			return res, err
-		}
-		res.BeforeChurn = &u
-		if err := workers[0].send(command{Cmd: "churn", Rate: sc.ChurnRate, DurationMS: sc.ChurnFor.Milliseconds(), TimeoutMS: e.timeout.Milliseconds()}); err != nil {
-			return res, err
-		}
-		ce, err := workers[0].until(evChurn, 2*sc.ChurnFor+e.timeout+5*time.Second, nil)
-		if err != nil {
-			return res, err
-		}
-		for _, l := range ce.Lats {
-			res.Churn = append(res.Churn, time.Duration(l))
-		}
-		res.ChurnFailed = ce.Failed
-		for _, l := range ce.Floor {
-			res.ChurnFloor = append(res.ChurnFloor, time.Duration(l))
-		}
-		time.Sleep(e.settle)
-		after, err := ag.sample()
-		if err != nil {
-			return res, err
-		}
-		res.AfterChurn = &after
+	if err := e.churn(workers[0], sc, ag.sample, res); err != nil {
+		return res, err
 	}
 
 	if sc.Cold {
@@ -279,6 +259,40 @@ func (e *env) run(sc scenario) (res *result, err error) {
 	}
 	res.Elapsed = time.Since(begin)
 	return res, nil
+}
+
+// churn, if the scenario asks for it, has w open and close streams at the scenario's pace,
+// and samples the server (before and after) with sample.
+func (e *env) churn(w *workerProc, sc scenario, sample func() (usage, error), res *result) error {
+	if sc.ChurnRate <= 0 || sc.ChurnFor <= 0 {
+		return nil
+	}
+	u, err := sample()
+	if err != nil {
+		return err
+	}
+	res.BeforeChurn = &u
+	if err := w.send(command{Cmd: "churn", Rate: sc.ChurnRate, DurationMS: sc.ChurnFor.Milliseconds(), TimeoutMS: e.timeout.Milliseconds()}); err != nil {
+		return err
+	}
+	ce, err := w.until(evChurn, 2*sc.ChurnFor+e.timeout+5*time.Second, nil)
+	if err != nil {
+		return err
+	}
+	for _, l := range ce.Lats {
+		res.Churn = append(res.Churn, time.Duration(l))
+	}
+	res.ChurnFailed = ce.Failed
+	for _, l := range ce.Floor {
+		res.ChurnFloor = append(res.ChurnFloor, time.Duration(l))
+	}
+	time.Sleep(e.settle)
+	after, err := sample()
+	if err != nil {
+		return err
+	}
+	res.AfterChurn = &after
+	return nil
 }
 
 func (e *env) logf(format string, args ...any) {
