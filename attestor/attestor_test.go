@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/peercred"
 )
@@ -164,7 +165,7 @@ func TestAttestSelf(t *testing.T) {
 }
 
 func TestAttestOtherUser(t *testing.T) {
-	bin := helperBinary(t)
+	bin := proctest.HelperBinary(t)
 	c := startCaller(t, &syscall.Credential{Uid: 1001, Gid: 1001, Groups: []uint32{1001, 2000}})
 	defer c.exit(t)
 	a := newAttestor(t, Config{})
