@@ -41,9 +41,9 @@ var allowed = map[string]struct{ use, test []string }{
 	"pkg/workloadapi": {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
 
 	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/store", "pkg/workload"}},
-	"pkg/admission":             {use: []string{"pkg/peercred"}, test: []string{"conf"}},
+	"pkg/admission":             {use: []string{"pkg/peercred"}, test: []string{"conf", "internal/proctest"}},
 	"pkg/entry":                 {},
-	"pkg/peercred":              {},
+	"pkg/peercred":              {test: []string{"internal/proctest"}},
 	"pkg/store":                 {use: []string{"pkg/entry"}, test: []string{"pkg/store/storetest"}},
 	"pkg/store/storetest":       {use: []string{"pkg/entry", "pkg/store"}},
 	"pkg/svidfiles":             {},
@@ -56,8 +56,8 @@ var allowed = map[string]struct{ use, test []string }{
 
 	// End-to-end tests and load tools drive the binaries from outside; profsvidd is svidd's
 	// main with profiling, so it may import what cmd/svidd does.
-	"test":                  {test: []string{"conf", "pkg/admin", "pkg/svidfiles", "test/envoy"}},
-	"test/envoy":            {},
+	"test":                  {test: []string{"conf", "internal/proctest", "pkg/admin", "pkg/svidfiles", "test/envoy"}},
+	"test/envoy":            {test: []string{"internal/proctest"}},
 	"test/cmd/fakeenvoy":    {use: []string{"test/envoy"}},
 	"test/cmd/flood":        {use: []string{"test/envoy"}},
 	"test/cmd/spiffeclient": {},
