@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 )
 
@@ -44,6 +45,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	bins.dir = dir
+	defer proctest.RemoveHelperBinary()
 	for _, b := range []struct {
 		dst *string
 		pkg string
@@ -117,24 +119,10 @@ func withArgs(args ...string) agentOpt {
 	return func(a *agent) { a.extra = append(a.extra, args...) }
 }
 
-// newAgentDir makes a short temp dir every uid can traverse (the api socket lives there).
-func newAgentDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "sv-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 // startAgent starts svidd and waits until svidctl healthcheck says it is ready.
 func startAgent(t *testing.T, opts ...agentOpt) *agent {
 	t.Helper()
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	a := &agent{t: t, dir: dir, api: filepath.Join(dir, "api.sock"), admin: filepath.Join(dir, "admin.sock"), dataDir: filepath.Join(dir, "data")}
 	for _, o := range opts {
 		o(a)
