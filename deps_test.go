@@ -24,7 +24,7 @@ var allowed = map[string]struct{ use, test []string }{
 
 	// The daemon and the CLI sit on top.
 	"cmd/svidd":   {use: []string{"agent", "conf"}},
-	"cmd/svidctl": {use: []string{"pkg/admin", "pkg/svidfiles"}, test: []string{"pkg/store", "pkg/workload"}},
+	"cmd/svidctl": {use: []string{"pkg/admin", "pkg/svidfiles"}, test: []string{"internal/proctest", "pkg/store", "pkg/workload"}},
 
 	// The agent assembles everything below it.
 	"agent": {
@@ -40,7 +40,7 @@ var allowed = map[string]struct{ use, test []string }{
 	"pkg/sds":         {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
 	"pkg/workloadapi": {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
 
-	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/store", "pkg/workload"}},
+	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/store", "pkg/workload"}, test: []string{"internal/proctest"}},
 	"pkg/admission":             {use: []string{"pkg/peercred"}, test: []string{"conf", "internal/proctest"}},
 	"pkg/entry":                 {},
 	"pkg/peercred":              {test: []string{"internal/proctest"}},
@@ -58,7 +58,7 @@ var allowed = map[string]struct{ use, test []string }{
 	// main with profiling, so it may import what cmd/svidd does.
 	"test":                  {test: []string{"conf", "internal/proctest", "pkg/admin", "pkg/svidfiles", "test/envoy"}},
 	"test/envoy":            {test: []string{"internal/proctest"}},
-	"test/cmd/fakeenvoy":    {use: []string{"test/envoy"}},
+	"test/cmd/fakeenvoy":    {use: []string{"test/envoy"}, test: []string{"internal/proctest"}},
 	"test/cmd/flood":        {use: []string{"test/envoy"}},
 	"test/cmd/spiffeclient": {},
 	"test/load":             {use: []string{"pkg/admin", "test/envoy"}},

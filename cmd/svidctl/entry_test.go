@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload"
@@ -22,11 +22,8 @@ import (
 // startAdminForCLI serves the admin API over a real SQLite store on a Unix socket.
 func startAdminForCLI(t *testing.T) (sock string, st store.Store) {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "cli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := proctest.ShortDir(t)
+	var err error
 	st, err = store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)

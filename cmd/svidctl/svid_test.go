@@ -38,6 +38,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/svidfiles"
 )
 
@@ -206,11 +207,7 @@ func startFakeAPI(t *testing.T) (*fakeAPI, string) {
 		api.ca.svid(t, "spiffe://example.org/web", 0xabc001),
 		api.ca.svid(t, "spiffe://example.org/admin", 0xabc002),
 	}}
-	dir, err := os.MkdirTemp("/tmp", "svidapi-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := proctest.ShortDir(t)
 	sock := filepath.Join(dir, "api.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {

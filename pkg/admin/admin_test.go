@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload"
@@ -25,11 +25,7 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 // client and the store (to check what was, or was not, written).
 func startServer(t *testing.T, ready func(context.Context) error) (*admin.Client, store.Store, string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "adm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := proctest.ShortDir(t)
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
