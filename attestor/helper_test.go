@@ -1,9 +1,7 @@
 package attestor
 
 import (
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,14 +20,9 @@ const helperEnv = "ATTESTOR_HELPER_SOCK"
 // uids. It dials the socket, writes a byte, and exits once it reads a byte back (or EOF).
 // Without the environment variable it does nothing.
 func TestHelperDial(t *testing.T) {
-	path := os.Getenv(helperEnv)
-	if path == "" {
+	c := proctest.HelperConn(helperEnv)
+	if c == nil {
 		return
-	}
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
 	}
 	c.Write([]byte{'x'})
 	var b [1]byte

@@ -1,6 +1,8 @@
 package proctest
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,4 +140,25 @@ func StartAtPID(t testing.TB, cmd *exec.Cmd, pid int) bool {
 // at exit (the race runtime's default), which tests that start many of them would wait for.
 func NoRaceExitDelay(t *testing.T) {
 	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+}
+
+// ExitDialFailed is a helper's exit status when HelperConn cannot dial its socket (its
+// stderr says why).
+const ExitDialFailed = 2
+
+// HelperConn starts the body of a helper: a Test function that HelperBinary runs under
+// another uid (-test.run=^TestHelperX$), told by the environment variable env which socket to
+// dial. It returns the connection, or exits with ExitDialFailed when the dial fails. In an
+// ordinary test run env is unset: it returns nil, and the Test function returns at once.
+func HelperConn(env string) net.Conn {
+	path := os.Getenv(env)
+	if path == "" {
+		return nil
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(ExitDialFailed)
+	}
+	return c
 }

@@ -1,9 +1,7 @@
 package peercred_test
 
 import (
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -14,24 +12,18 @@ import (
 )
 
 // Helper child: dials PEERCRED_HELPER_SOCK, writes one byte, then waits for one byte back.
-// Exit codes tell the parent what happened.
+// Exit codes tell the parent what happened (proctest.ExitDialFailed: it could not dial).
 const (
 	helperEnv        = "PEERCRED_HELPER_SOCK"
-	exitDialFailed   = 2
 	exitClosedByPeer = 4
 )
 
 // TestHelperDial is not a test: it is the child process of the tests below, run as another
 // uid. Without the environment variable it does nothing.
 func TestHelperDial(t *testing.T) {
-	path := os.Getenv(helperEnv)
-	if path == "" {
+	c := proctest.HelperConn(helperEnv)
+	if c == nil {
 		return
-	}
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(exitDialFailed)
 	}
 	if _, err := c.Write([]byte{'x'}); err != nil {
 		os.Exit(exitClosedByPeer)

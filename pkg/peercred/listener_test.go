@@ -212,7 +212,7 @@ func TestListenModes(t *testing.T) {
 				if err != nil {
 					t.Fatalf("uid 1001 could not use the socket: %v: %s", err, stderr)
 				}
-			} else if exitCode(err) != exitDialFailed || !strings.Contains(stderr.String(), "permission denied") {
+			} else if exitCode(err) != proctest.ExitDialFailed || !strings.Contains(stderr.String(), "permission denied") {
 				t.Fatalf("uid 1001 dial on a %v socket: %v %s; want permission denied", tt.mode, err, stderr)
 			}
 		})
