@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -74,14 +73,7 @@ func (e *env) runFloor(sc scenario) (res *result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		var wg sync.WaitGroup
-		for _, w := range all {
-			wg.Add(1)
-			go func() { defer wg.Done(); w.close(5 * time.Second) }()
-		}
-		wg.Wait()
-	}()
+	defer closeWorkers(all)
 	if e.cpuProf != "" {
 		fp.signal(syscall.SIGUSR1)
 	}

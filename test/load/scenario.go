@@ -212,14 +212,7 @@ func (e *env) run(sc scenario) (res *result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		var wg sync.WaitGroup
-		for _, w := range all {
-			wg.Add(1)
-			go func() { defer wg.Done(); w.close(5 * time.Second) }()
-		}
-		wg.Wait()
-	}()
+	defer closeWorkers(all)
 
 	if e.cpuProf != "" || e.memProf != "" {
 		ag.signal(syscall.SIGUSR1)
@@ -454,6 +447,16 @@ func (e *env) startWorkers(exe, socket string, sc scenario) (clients, all []*wor
 	}
 	e.logf("%s: %d process(es) with %d connection(s) from %d uid(s) ready in %s", sc.Name, len(all), sc.Conns, sc.UIDs, time.Since(start).Round(time.Millisecond))
 	return clients, all, nil
+}
+
+// closeWorkers closes every worker process at once, each within 5 s.
+func closeWorkers(all []*workerProc) {
+	var wg sync.WaitGroup
+	for _, w := range all {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.close(5 * time.Second) }()
+	}
+	wg.Wait()
 }
 
 // eachIndex runs f(0…n-1) concurrently, at most 64 at a time, and returns the first error.
