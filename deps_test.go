@@ -37,7 +37,7 @@ var allowed = map[string]struct{ use, test []string }{
 	"conf":     {use: []string{"pkg/entry"}},
 
 	// The protocol front-ends see Views and the wire, never how Views are made.
-	"pkg/sds":         {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
+	"pkg/sds":         {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"internal/proctest", "pkg/workload/workloadtest"}},
 	"pkg/workloadapi": {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
 
 	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/store", "pkg/workload"}, test: []string{"internal/proctest"}},

@@ -91,7 +91,7 @@ func helperDonate() int {
 type donor struct {
 	cmd    *exec.Cmd
 	ctl    int
-	stderr *syncBuffer
+	stderr *proctest.Buffer
 	conns  []net.Conn
 	done   bool
 }
@@ -103,7 +103,7 @@ func donateConns(t *testing.T, uid uint32, socket string, n int) *donor {
 		t.Fatal(err)
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "donor-ctl")
-	d := &donor{ctl: fds[0], stderr: &syncBuffer{}}
+	d := &donor{ctl: fds[0], stderr: &proctest.Buffer{}}
 	d.cmd = proctest.HelperCommand(t, &syscall.Credential{Uid: uid, Gid: uid}, []string{helperModeEnv + "=donate",
 		"SVIDD_E2E_SOCKET=" + socket, "SVIDD_E2E_CONNS=" + strconv.Itoa(n), "GORACE=atexit_sleep_ms=0"})
 	d.cmd.ExtraFiles = []*os.File{theirs}

@@ -9,12 +9,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -93,7 +91,7 @@ type agent struct {
 	extra   []string
 	env     []string
 	cmd     *exec.Cmd
-	logs    *syncBuffer
+	logs    *proctest.Buffer
 	exited  chan struct{}
 }
 
@@ -184,7 +182,7 @@ func (a *agent) start() {
 	t := a.t
 	t.Helper()
 	a.isolateListeners()
-	a.logs = &syncBuffer{}
+	a.logs = &proctest.Buffer{}
 	a.cmd = exec.Command(bins.svidd, a.args()...)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = a.logs
@@ -302,7 +300,7 @@ func (a *agent) createEntry(spiffeID string, extra ...string) string {
 type child struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *syncBuffer
+	stderr *proctest.Buffer
 	done   chan struct{}
 }
 
@@ -316,7 +314,7 @@ func startAs(t *testing.T, uid, gid uint32, groups []uint32, path string, args .
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, lines: make(chan string, 1024), stderr: &syncBuffer{}, done: make(chan struct{})}
+	c := &child{cmd: cmd, lines: make(chan string, 1024), stderr: &proctest.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -368,23 +366,3 @@ func (c *child) nextOrNone(d time.Duration) (string, bool) {
 		return "", false
 	}
 }
-
-// syncBuffer is a bytes.Buffer safe for a process's writes and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-var _ io.Writer = (*syncBuffer)(nil)
