@@ -50,7 +50,7 @@ var allowed = map[string]struct{ use, test []string }{
 	"pkg/telemetry":             {use: []string{"pkg/admission", "pkg/sds", "pkg/workloadapi"}},
 	"pkg/wire":                  {},
 	"pkg/workload":              {use: []string{"pkg/peercred"}},
-	"pkg/workload/workloadtest": {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}},
+	"pkg/workload/workloadtest": {use: []string{"internal/proctest", "pkg/peercred", "pkg/wire", "pkg/workload"}},
 	"internal/proctest":         {use: []string{"pkg/peercred"}},
 	"examples":                  {test: []string{"conf", "pkg/svidfiles", "pkg/telemetry"}},
 
