@@ -48,7 +48,7 @@ bench: ## Go benchmarks for the hot paths, then the load suite (make bench-load)
 	$(MAKE) bench-load bench-plot
 
 .PHONY: bench-load
-bench-load: ## Load suite against a real svidd (~3.5 min; root for 1,000 uids) -> docs/bench.csv
+bench-load: ## Load suite against a real svidd and the floor server (~5.5 min; root for 1,000 uids) -> docs/bench.csv
 	rm -f docs/bench.csv
 	$(GO) run ./test/load -suite -waitQuiet 30s -csv docs/bench.csv
 

@@ -158,7 +158,7 @@ func TestAttestSelf(t *testing.T) {
 }
 
 func TestAttestOtherUser(t *testing.T) {
-	bin := helperBinary(t)
+	bin := proctest.HelperBinary(t)
 	c := startCaller(t, &syscall.Credential{Uid: 1001, Gid: 1001, Groups: []uint32{1001, 2000}})
 	defer c.exit(t)
 	a := newAttestor(t, Config{})

@@ -1,18 +1,16 @@
 package attestor
 
 import (
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/peercred"
 )
 
@@ -22,14 +20,9 @@ const helperEnv = "ATTESTOR_HELPER_SOCK"
 // uids. It dials the socket, writes a byte, and exits once it reads a byte back (or EOF).
 // Without the environment variable it does nothing.
 func TestHelperDial(t *testing.T) {
-	path := os.Getenv(helperEnv)
-	if path == "" {
+	c := proctest.HelperConn(helperEnv)
+	if c == nil {
 		return
-	}
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
 	}
 	c.Write([]byte{'x'})
 	var b [1]byte
@@ -37,47 +30,7 @@ func TestHelperDial(t *testing.T) {
 	os.Exit(0)
 }
 
-var (
-	helperOnce sync.Once
-	helperPath string
-	helperErr  error
-)
-
-// helperBinary copies the test binary where other uids may execute it; the path is also
-// what unix:path must say for the children.
-func helperBinary(t testing.TB) string {
-	t.Helper()
-	helperOnce.Do(func() {
-		var d, exe string
-		if d, helperErr = os.MkdirTemp("/tmp", "at-bin-"); helperErr != nil {
-			return
-		}
-		if exe, helperErr = os.Executable(); helperErr != nil {
-			return
-		}
-		var data []byte
-		if data, helperErr = os.ReadFile(exe); helperErr != nil {
-			return
-		}
-		helperPath = filepath.Join(d, "attestor.test")
-		if helperErr = os.WriteFile(helperPath, data, 0o755); helperErr != nil {
-			return
-		}
-		helperErr = os.Chmod(d, 0o755)
-	})
-	if helperErr != nil {
-		t.Fatal(helperErr)
-	}
-	return helperPath
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if helperPath != "" {
-		os.RemoveAll(filepath.Dir(helperPath))
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { proctest.Main(m) }
 
 // caller is a child process connected to a peercred listener.
 type caller struct {
@@ -99,15 +52,7 @@ func (c *caller) exit(t testing.TB) {
 // returns the accepted connection.
 func startCaller(t testing.TB, cred *syscall.Credential) *caller {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "at-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "api.sock")
+	sock := filepath.Join(proctest.ShortDir(t), "api.sock")
 	l, err := peercred.Listen(sock, 0o666)
 	if err != nil {
 		t.Fatal(err)
@@ -115,20 +60,9 @@ func startCaller(t testing.TB, cred *syscall.Credential) *caller {
 	t.Cleanup(func() { l.Close() })
 
 	c := &caller{stderr: new(strings.Builder)}
-	c.cmd = exec.Command(helperBinary(t), "-test.run=^TestHelperDial$")
-	c.cmd.Env = append(os.Environ(), helperEnv+"="+sock)
-	c.cmd.Dir = "/"
+	c.cmd = proctest.HelperCommand(t, cred, []string{helperEnv + "=" + sock}, "-test.run=^TestHelperDial$")
 	c.cmd.Stderr = c.stderr
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c.cmd.ProcessState == nil {
-			c.cmd.Process.Kill()
-			c.cmd.Wait()
-		}
-	})
+	proctest.Start(t, c.cmd)
 
 	accepted := make(chan *peercred.Conn, 1)
 	go func() {

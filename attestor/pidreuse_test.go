@@ -7,48 +7,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/peercred"
 )
-
-// nsLastPID is the pid the kernel handed out last in our pid namespace. Root may write it:
-// the next process created gets the lowest free pid above the value written (CRIU uses
-// this to restore processes at their old pids). Tests use it to make a newcomer take the
-// pid of a caller that just exited, which otherwise needs the pid space to wrap.
-const nsLastPID = "/proc/sys/kernel/ns_last_pid"
-
-// startAtPID starts cmd so that its process gets pid. It returns false (and nothing
-// running) when another process on the host forked in between and took the pid; the caller
-// retries with a fresh pid.
-func startAtPID(t testing.TB, cmd *exec.Cmd, pid int) bool {
-	t.Helper()
-	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err == nil {
-		return false // already taken by someone else
-	}
-	if err := os.WriteFile(nsLastPID, []byte(strconv.Itoa(pid-1)), 0); err != nil {
-		t.Fatalf("forcing pid reuse needs %s writable (root in the host's pid namespace): %v", nsLastPID, err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if cmd.Process.Pid == pid {
-		return true
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	return false
-}
-
-// noRaceExitDelay stops the race runtime in the helper callers (the race-built test binary)
-// from sleeping a second at exit, which each reuse scenario waits for.
-func noRaceExitDelay(t *testing.T) {
-	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-}
 
 // reusedPID is a caller that connected and exited, and the newcomer that now holds its pid.
 type reusedPID struct {
@@ -63,14 +29,14 @@ type reusedPID struct {
 // race it for the pid.
 func reusePID(t *testing.T, newcomerUID uint32) *reusedPID {
 	t.Helper()
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	for attempt := range 20 {
 		c := startCaller(t, &syscall.Credential{Uid: 1001, Gid: 1001})
 		p := c.conn.Peer()
 		c.exit(t)
 		cmd := exec.Command("/bin/sleep", "60")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: newcomerUID, Gid: newcomerUID}}
-		if !startAtPID(t, cmd, int(p.PID)) {
+		if !proctest.StartAtPID(t, cmd, int(p.PID)) {
 			t.Logf("attempt %d: pid %d was taken by another process; retrying", attempt, p.PID)
 			continue
 		}
@@ -93,7 +59,7 @@ func TestPIDReuseNeverAttestsNewcomer(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("forcing pid reuse and running callers under other uids needs root (CI runs as root)")
 	}
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := newAttestor(t, Config{})
 	sleepPath, err := filepath.EvalSymlinks("/bin/sleep")
 	if err != nil {
@@ -169,7 +135,7 @@ func TestStartAtPID(t *testing.T) {
 		}
 		want := probe.Process.Pid // free again: true exited and was reaped
 		cmd := exec.Command("/bin/true")
-		if startAtPID(t, cmd, want) {
+		if proctest.StartAtPID(t, cmd, want) {
 			if err := cmd.Wait(); err != nil {
 				t.Fatal(err)
 			}
@@ -187,7 +153,7 @@ func TestPIDReusedDuringAttestation(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("forcing pid reuse and running callers under other uids needs root (CI runs as root)")
 	}
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	for attempt := range 20 {
 		c := startCaller(t, &syscall.Credential{Uid: 1001, Gid: 1001})
 		a := newAttestor(t, Config{})
@@ -197,7 +163,7 @@ func TestPIDReusedDuringAttestation(t *testing.T) {
 			c.cmd.Wait()
 			cmd := exec.Command("/bin/sleep", "60")
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1002, Gid: 1002}}
-			if landed = startAtPID(t, cmd, int(c.conn.Peer().PID)); landed {
+			if landed = proctest.StartAtPID(t, cmd, int(c.conn.Peer().PID)); landed {
 				t.Cleanup(func() {
 					cmd.Process.Kill()
 					cmd.Wait()

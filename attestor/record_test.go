@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -129,7 +128,7 @@ func TestUnchangedAfterPIDReuse(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("forcing pid reuse and running callers under other uids needs root (CI runs as root)")
 	}
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := newAttestor(t, Config{})
 	cred := &syscall.Credential{Uid: 1001, Gid: 1001}
 	for attempt := range 20 {
@@ -146,10 +145,8 @@ func TestUnchangedAfterPIDReuse(t *testing.T) {
 
 		// The newcomer: the same helper binary, same uid, dialing a socket nobody serves (it
 		// then waits on nothing; we kill it).
-		newcomer := exec.Command(helperBinary(t), "-test.run=^TestHelperIdle$")
-		newcomer.Env = append(os.Environ(), helperIdleEnv+"=1")
-		newcomer.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		if !startAtPID(t, newcomer, int(p.PID)) {
+		newcomer := proctest.HelperCommand(t, cred, []string{helperIdleEnv + "=1"}, "-test.run=^TestHelperIdle$")
+		if !proctest.StartAtPID(t, newcomer, int(p.PID)) {
 			t.Logf("attempt %d: pid %d was taken by another process; retrying", attempt, p.PID)
 			continue
 		}
@@ -160,7 +157,7 @@ func TestUnchangedAfterPIDReuse(t *testing.T) {
 		exe := filepath.Join("/proc", strconv.Itoa(int(p.PID)), "exe")
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if got, _ := os.Readlink(exe); got == helperBinary(t) {
+			if got, _ := os.Readlink(exe); got == proctest.HelperBinary(t) {
 				break
 			}
 			if time.Now().After(deadline) {

@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -562,20 +561,6 @@ func TestHCLFiles(t *testing.T) {
 	}
 	if got, err := hclFiles(filepath.Join(dir, "missing")); err != nil || len(got) != 0 {
 		t.Errorf("missing root: %v, %v", got, err)
-	}
-}
-
-// TestDependencies holds the direction of the tree: conf is imported by cmd and agent and
-// must import neither, nor any svidd package but pkg/entry.
-func TestDependencies(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	for _, pkg := range strings.Fields(string(out)) {
-		if strings.HasPrefix(pkg, "github.com/svidd/svidd/") && pkg != "github.com/svidd/svidd/conf" && pkg != "github.com/svidd/svidd/pkg/entry" {
-			t.Errorf("conf depends on %s", pkg)
-		}
 	}
 }
 

@@ -80,7 +80,7 @@ func fetchX509(t *testing.T, cc *grpc.ClientConn) ([]string, error) {
 // is served, so the entries do work.
 func TestExecAfterConnectGetsNothing(t *testing.T) {
 	requireRoot(t)
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t)
 	sleepPath, err := filepath.EvalSymlinks("/bin/sleep")
 	if err != nil {
@@ -88,7 +88,7 @@ func TestExecAfterConnectGetsNothing(t *testing.T) {
 	}
 	const pathID, shaID, helperID = "spiffe://example.org/sleeper-path", "spiffe://example.org/sleeper-sha", "spiffe://example.org/helper"
 	a.createEntry(pathID, "-selector", "unix:path:"+sleepPath)
-	a.createEntry(helperID, "-selector", "unix:uid:1002", "-selector", "unix:path:"+helperBin(t))
+	a.createEntry(helperID, "-selector", "unix:uid:1002", "-selector", "unix:path:"+proctest.HelperBinary(t))
 	ctx := ctxFor(t, time.Minute)
 
 	ctl := donateConns(t, 1002, a.api, 1)
@@ -101,7 +101,7 @@ func TestExecAfterConnectGetsNothing(t *testing.T) {
 		t.Fatalf("control: a caller running the binary an entry names got %v, %v", r, err)
 	}
 
-	cmd := exec.Command(helperBin(t))
+	cmd := exec.Command(proctest.HelperBinary(t))
 	cmd.Env = []string{"SVIDD_E2E_EXEC=" + sleepPath}
 	d := startDonor(t, 1001, a.api, 3, cmd)
 	pid := d.cmd.Process.Pid
@@ -152,14 +152,14 @@ func TestExecAfterConnectGetsNothing(t *testing.T) {
 // same uid running the named binary for real is served (control).
 func TestBindMountedPathGetsNothing(t *testing.T) {
 	requireRoot(t)
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	if out, err := exec.Command("setpriv", "--reuid=1001", "--regid=1001", "--clear-groups", "unshare", "-Urm", "true").CombinedOutput(); err != nil {
 		t.Skipf("unprivileged user namespaces are not available here (%v: %s); attestor/binary_test.go TestPathIsTheFileInSviddsNamespace is the package-level test", err, out)
 	}
 	a := startAgent(t)
 	// The named binary: root-owned, the helper's code, so that running it for real connects.
 	named := filepath.Join(bins.dir, "e2e-named")
-	b, err := os.ReadFile(helperBin(t))
+	b, err := os.ReadFile(proctest.HelperBinary(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestBindMountedPathGetsNothing(t *testing.T) {
 	}
 
 	// The same bytes, but another file (the helper binary), mounted over the named path.
-	cmd := exec.Command("unshare", "-Urm", "/bin/sh", "-c", `mount --bind "$0" "$1" && exec "$1"`, helperBin(t), named)
+	cmd := exec.Command("unshare", "-Urm", "/bin/sh", "-c", `mount --bind "$0" "$1" && exec "$1"`, proctest.HelperBinary(t), named)
 	d := startDonor(t, 1001, a.api, 2, cmd)
 	waitExe(t, d.cmd.Process.Pid, named)
 	sdsConn, wlConn := grpcOver(t, d.conns[0]), grpcOver(t, d.conns[1])

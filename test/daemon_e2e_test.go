@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/svidd/svidd/internal/proctest"
 )
 
 // runSviddOnce runs `svidd run ARGS` expecting it to exit by itself (bad config, refused
@@ -43,7 +45,7 @@ func runSviddOnce(t *testing.T, args ...string) (int, string) {
 }
 
 func TestBadConfigExitsWithPosition(t *testing.T) {
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	for _, tc := range []struct {
 		name, hcl, want string
 	}{
@@ -158,7 +160,7 @@ func TestConfigEntriesReconciled(t *testing.T) {
 // TestSecondAgentRefuses: a live agent's sockets and data dir are never taken over.
 func TestSecondAgentRefuses(t *testing.T) {
 	a := startAgent(t)
-	other := newAgentDir(t)
+	other := proctest.ShortDir(t)
 	code, out := runSviddOnce(t, "-socketPath", a.api, "-adminSocketPath", filepath.Join(other, "admin.sock"), "-dataDir", filepath.Join(other, "data"))
 	if code == 0 || !strings.Contains(out, "another svidd is serving on "+a.api) {
 		t.Fatalf("second agent on a live api socket: exit %d\n%s", code, out)
@@ -262,7 +264,7 @@ func TestAPISocketAnswersGRPCHealth(t *testing.T) {
 // TestSystemdNotify: under a Type=notify unit svidd says READY=1 once it serves, RELOADING=1
 // then READY=1 around a SIGHUP reload, and STOPPING=1 on SIGTERM.
 func TestSystemdNotify(t *testing.T) {
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	sock := filepath.Join(dir, "notify.sock")
 	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -306,7 +308,7 @@ func TestSystemdNotify(t *testing.T) {
 // TestHealthEndpoints: svidctl healthcheck fails before svidd runs and succeeds once it is
 // ready; the HTTP health listener answers /live and /ready.
 func TestHealthEndpoints(t *testing.T) {
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	if _, err := runSvidctl("-socketPath", filepath.Join(dir, "admin.sock"), "healthcheck"); err == nil {
 		t.Fatal("healthcheck succeeded with no agent running")
 	}

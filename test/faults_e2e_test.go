@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/status"
 	_ "modernc.org/sqlite" // the test reads svidd's store file itself
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/test/envoy"
 )
@@ -89,53 +90,20 @@ func helperDonate() int {
 	return 0
 }
 
-var (
-	helperBinOnce sync.Once
-	helperBinPath string
-	helperBinErr  error
-)
-
-// helperBin copies the test binary into bins.dir, which every uid may execute.
-func helperBin(t *testing.T) string {
-	t.Helper()
-	helperBinOnce.Do(func() {
-		var exe string
-		if exe, helperBinErr = os.Executable(); helperBinErr != nil {
-			return
-		}
-		var data []byte
-		if data, helperBinErr = os.ReadFile(exe); helperBinErr != nil {
-			return
-		}
-		helperBinPath = filepath.Join(bins.dir, "e2e-helper")
-		helperBinErr = os.WriteFile(helperBinPath, data, 0o755)
-	})
-	if helperBinErr != nil {
-		t.Fatal(helperBinErr)
-	}
-	return helperBinPath
-}
-
-// noRaceExitDelay stops race-built children (svidd, svidctl, helpers) from sleeping a second
-// at exit (the race runtime's default), which tests that start many of them would wait for.
-func noRaceExitDelay(t *testing.T) {
-	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-}
-
 // donor is a process under another uid that connected to svidd's api socket and handed the
 // connections to the test: the test speaks gRPC on them, svidd sees the donor's
 // credentials (and its pid, which may meanwhile have exited or been reused).
 type donor struct {
 	cmd    *exec.Cmd
 	ctl    int
-	stderr *syncBuffer
+	stderr *proctest.Buffer
 	conns  []net.Conn
 	done   bool
 }
 
 func donateConns(t *testing.T, uid uint32, socket string, n int) *donor {
 	t.Helper()
-	return startDonor(t, uid, socket, n, exec.Command(helperBin(t)))
+	return startDonor(t, uid, socket, n, exec.Command(proctest.HelperBinary(t)))
 }
 
 // startDonor is donateConns with cmd as the donor: cmd must end up running the helper binary
@@ -147,14 +115,14 @@ func startDonor(t *testing.T, uid uint32, socket string, n int, cmd *exec.Cmd) *
 		t.Fatal(err)
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "donor-ctl")
-	d := &donor{ctl: fds[0], stderr: &syncBuffer{}}
+	d := &donor{ctl: fds[0], stderr: &proctest.Buffer{}}
 	d.cmd = cmd
 	d.cmd.Env = append(append(os.Environ(), d.cmd.Env...), helperModeEnv+"=donate", "SVIDD_E2E_SOCKET="+socket,
 		"SVIDD_E2E_CONNS="+strconv.Itoa(n), "GORACE=atexit_sleep_ms=0")
-	d.cmd.ExtraFiles = []*os.File{theirs}
 	d.cmd.Dir = "/"
-	d.cmd.Stderr = d.stderr
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	d.cmd.ExtraFiles = []*os.File{theirs}
+	d.cmd.Stderr = d.stderr
 	err = d.cmd.Start()
 	theirs.Close()
 	if err != nil {
@@ -233,28 +201,6 @@ func grpcOver(t *testing.T, c net.Conn) *grpc.ClientConn {
 	return cc
 }
 
-// startAtPID starts cmd so that its process gets pid, by writing pid-1 to ns_last_pid (root
-// only) just before the fork. It returns false, with nothing left running, when another
-// process on the host forked in between and took the pid.
-func startAtPID(t *testing.T, cmd *exec.Cmd, pid int) bool {
-	t.Helper()
-	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err == nil {
-		return false
-	}
-	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
-		t.Fatalf("forcing pid reuse needs /proc/sys/kernel/ns_last_pid writable (root): %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if cmd.Process.Pid == pid {
-		return true
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	return false
-}
-
 // TestPIDReuseNotServedToNewcomer: a process under uid 1001 connects to the api socket,
 // passes the connection on and exits; a newcomer under uid 1002 (running another binary)
 // takes its pid. Streams on the old connection, SDS and Workload API alike, get no identity:
@@ -262,7 +208,7 @@ func startAtPID(t *testing.T, cmd *exec.Cmd, pid int) bool {
 // caller's either.
 func TestPIDReuseNotServedToNewcomer(t *testing.T) {
 	requireRoot(t)
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t)
 	const goneID, newcomerID, binaryID = "spiffe://example.org/gone", "spiffe://example.org/newcomer", "spiffe://example.org/sleeper"
 	sleepPath, err := filepath.EvalSymlinks("/bin/sleep")
@@ -286,7 +232,7 @@ func TestPIDReuseNotServedToNewcomer(t *testing.T) {
 		pid := d.exit(t)
 		newcomer := exec.Command("/bin/sleep", "60")
 		newcomer.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1002, Gid: 1002}}
-		if !startAtPID(t, newcomer, pid) {
+		if !proctest.StartAtPID(t, newcomer, pid) {
 			t.Logf("attempt %d: pid %d taken by another process; retrying", attempt, pid)
 			continue
 		}
@@ -357,7 +303,7 @@ func killAfter() time.Duration {
 // 0); every tenth round and at the end the database file itself, read by the test, passes
 // SQLite's integrity check and holds them all.
 func TestKillDuringWritesLosesNothing(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t, withArgs("-logLevel", "warn"))
 
 	var (
@@ -564,7 +510,7 @@ func fillDisk(t *testing.T, dir string) string {
 // database open for writing, so a full tmpfs stands in for both.)
 func TestFullDiskKeepsServing(t *testing.T) {
 	requireRoot(t)
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t, onTmpfs("2m"))
 	const id = "spiffe://example.org/full"
 	a.createEntry(id, "-selector", "unix:uid:0", "-x509SVIDTTL", "5")
@@ -644,7 +590,7 @@ func TestFullDiskKeepsServing(t *testing.T) {
 // error naming the file, and the file is left byte for byte as it was (never replaced by a
 // fresh CA, which would silently change the trust root).
 func TestCorruptCAFileRefused(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t)
 	a.stop()
 	caPath := filepath.Join(a.dataDir, "ca.json")
@@ -763,7 +709,7 @@ func TestCorruptCAFileRefused(t *testing.T) {
 // TestDataDirPermissionsRefused: a data dir writable by group or others (anyone could swap
 // the CA file or the database) stops svidd with an error naming the dir; 0700 starts.
 func TestDataDirPermissionsRefused(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t)
 	a.stop()
 	for _, mode := range []os.FileMode{0o770, 0o707, 0o777, 0o720} {

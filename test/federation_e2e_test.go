@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/test/envoy"
 )
 
@@ -34,7 +35,7 @@ import (
 // config sends removed_resources for spiffe://b.test on a delta stream.
 func TestFederationTwoTrustDomains(t *testing.T) {
 	requireRoot(t)
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	web := newWebPKI(t, dir)
 	const (
 		caConf  = "ca {\n  ca_ttl = \"24s\"\n  svid_ttl = \"4s\"\n}\n"

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/svidfiles"
 )
 
@@ -20,7 +21,7 @@ func TestSvidWatchFilesNeverMismatch(t *testing.T) {
 	requireRoot(t)
 	a := startAgent(t)
 	a.createEntry(frontendID, "-selector", "unix:uid:1001", "-x509SVIDTTL", "5")
-	dir := filepath.Join(newAgentDir(t), "certs")
+	dir := filepath.Join(proctest.ShortDir(t), "certs")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

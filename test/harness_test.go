@@ -9,16 +9,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 )
 
@@ -44,6 +43,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	bins.dir = dir
+	defer proctest.RemoveHelperBinary()
 	for _, b := range []struct {
 		dst *string
 		pkg string
@@ -92,7 +92,7 @@ type agent struct {
 	env     []string
 	bin     string // the svidd binary; "" is bins.svidd
 	cmd     *exec.Cmd
-	logs    *syncBuffer
+	logs    *proctest.Buffer
 	exited  chan struct{}
 }
 
@@ -118,24 +118,10 @@ func withArgs(args ...string) agentOpt {
 	return func(a *agent) { a.extra = append(a.extra, args...) }
 }
 
-// newAgentDir makes a short temp dir every uid can traverse (the api socket lives there).
-func newAgentDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "sv-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 // startAgent starts svidd and waits until svidctl healthcheck says it is ready.
 func startAgent(t *testing.T, opts ...agentOpt) *agent {
 	t.Helper()
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	a := &agent{t: t, dir: dir, api: filepath.Join(dir, "api.sock"), admin: filepath.Join(dir, "admin.sock"), dataDir: filepath.Join(dir, "data")}
 	for _, o := range opts {
 		o(a)
@@ -197,7 +183,7 @@ func (a *agent) start() {
 	t := a.t
 	t.Helper()
 	a.isolateListeners()
-	a.logs = &syncBuffer{}
+	a.logs = &proctest.Buffer{}
 	bin := a.bin
 	if bin == "" {
 		bin = bins.svidd
@@ -319,7 +305,7 @@ func (a *agent) createEntry(spiffeID string, extra ...string) string {
 type child struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *syncBuffer
+	stderr *proctest.Buffer
 	done   chan struct{}
 }
 
@@ -333,7 +319,7 @@ func startAs(t *testing.T, uid, gid uint32, groups []uint32, path string, args .
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, lines: make(chan string, 1024), stderr: &syncBuffer{}, done: make(chan struct{})}
+	c := &child{cmd: cmd, lines: make(chan string, 1024), stderr: &proctest.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -385,23 +371,3 @@ func (c *child) nextOrNone(d time.Duration) (string, bool) {
 		return "", false
 	}
 }
-
-// syncBuffer is a bytes.Buffer safe for a process's writes and the test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-var _ io.Writer = (*syncBuffer)(nil)

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/svidd/svidd/conf"
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/test/envoy"
 )
 
@@ -229,7 +230,7 @@ var hygieneNode = envoy.NewNode("hygiene")
 // goroutines and fds are back to what svidd had before the first connection.
 func TestHygieneStreamCycles(t *testing.T) {
 	requireRoot(t)
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	cfg, metricsAddr := quietConfig(t)
 	a := startAgent(t, cfg, withArgs("-logLevel", "error"))
 	const id = "spiffe://example.org/hygiene"
@@ -380,7 +381,7 @@ func (c *stallConn) stall() { c.stallOnce.Do(func() { close(c.stalled) }) }
 // SVIDs, and then never reads again cannot hold up anyone else: every entry update still
 // reaches a stream on another connection promptly, and svidd keeps answering.
 func TestSlowConsumerDoesNotBlockOthers(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t, withArgs("-logLevel", "warn"))
 	const id = "spiffe://example.org/pushed"
 	entryID := a.createEntry(id, "-selector", "unix:uid:0")
@@ -452,7 +453,7 @@ func TestSlowConsumerDoesNotBlockOthers(t *testing.T) {
 // and then succeeds (busy_timeout: a lock held past 10 s makes it fail with "database is
 // locked"); after the release everything works and the write reaches the open stream.
 func TestStoreBrieflyLocked(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t, withArgs("-logLevel", "warn"))
 	const id = "spiffe://example.org/locked"
 	a.createEntry(id, "-selector", "unix:uid:0")
@@ -542,7 +543,7 @@ func TestStoreBrieflyLocked(t *testing.T) {
 // services get Unimplemented, and the admin API (HTTP) is not reachable there. (The admin
 // socket's own refusal of other uids is TestSocketPermissions in daemon_e2e_test.go.)
 func TestAPISocketServesNothingElse(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t)
 	a.createEntry("spiffe://example.org/x", "-selector", "unix:uid:0")
 	ctx := ctxFor(t, 30*time.Second)

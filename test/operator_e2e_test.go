@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 )
 
@@ -20,7 +21,7 @@ import (
 // metrics port taken) fails with the reason and creates no data dir, store or CA.
 func TestFailedStartCreatesNothing(t *testing.T) {
 	running := startAgent(t)
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -245,7 +246,7 @@ func svidctlStderr(t *testing.T, args ...string) (string, string) {
 // says why a root process has no unix:path selector.
 func TestWarnsWhenBinariesUnreadable(t *testing.T) {
 	requireRoot(t)
-	dir := newAgentDir(t)
+	dir := proctest.ShortDir(t)
 	data := filepath.Join(dir, "data")
 	if err := os.Mkdir(data, 0o700); err != nil {
 		t.Fatal(err)
@@ -261,7 +262,7 @@ func TestWarnsWhenBinariesUnreadable(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(testListeners), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &proctest.Buffer{}
 	cmd := exec.Command(bins.svidd, "run", "-socketPath", api, "-adminSocketPath", adm, "-dataDir", data, "-config", cfg)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1001, Gid: 1001}}
 	cmd.Stdout, cmd.Stderr = logs, logs

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/svidd/svidd/internal/proctest"
 )
 
 // asUID runs name args as uid/gid uid and fails the test if it fails: what another local
@@ -26,7 +28,7 @@ func asUID(t *testing.T, uid uint32, name string, args ...string) {
 // create entries in it, and only an entry's owner may rename or remove it.
 func sharedTmp(t *testing.T) string {
 	t.Helper()
-	d := newAgentDir(t)
+	d := proctest.ShortDir(t)
 	if err := os.Chmod(d, 0o777|os.ModeSticky); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +42,7 @@ func sharedTmp(t *testing.T) string {
 // svidd's own user still works, whatever its mode 0700 or 0755.
 func TestSquattedDirectoriesRefused(t *testing.T) {
 	requireRoot(t)
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 
 	t.Run("socket dir created by another user", func(t *testing.T) {
 		tmp := sharedTmp(t)
@@ -157,8 +159,8 @@ func TestSquattedDirectoriesRefused(t *testing.T) {
 // with an empty /tmp, so the host's /tmp/agent (if any) is neither used nor disturbed.
 func TestDefaultSocketDirOnFreshHost(t *testing.T) {
 	requireRoot(t)
-	noRaceExitDelay(t)
-	work := newAgentDir(t)
+	proctest.NoRaceExitDelay(t)
+	work := proctest.ShortDir(t)
 	if err := os.WriteFile(filepath.Join(work, "svidd.hcl"), []byte(testListeners), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 )
 
@@ -106,7 +107,7 @@ func TestAPICannotWriteConfigEntries(t *testing.T) {
 // (-fresh), changes nothing, and starts again once the file is back; -fresh starts on purpose,
 // keeping the half that is there.
 func TestHalfADataDirRefused(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t)
 	id := a.createEntry("spiffe://example.org/kept", "-selector", "unix:uid:1001")
 	bundle := a.mustSvidctl("bundle", "show")
@@ -216,7 +217,7 @@ func TestHalfADataDirRefused(t *testing.T) {
 // minimum named: by svidctl through the admin API (nothing is written), and by svidd for
 // ca.svid_ttl, ca.jwt_svid_ttl and an entry's x509_svid_ttl in the config file.
 func TestTTLTooShortToRotateRefused(t *testing.T) {
-	noRaceExitDelay(t)
+	proctest.NoRaceExitDelay(t)
 	a := startAgent(t)
 	for _, ttl := range []string{"1", "4"} {
 		out, err := a.svidctl("entry", "create", "-spiffeID", "spiffe://example.org/short", "-selector", "unix:uid:1001", "-x509SVIDTTL", ttl)

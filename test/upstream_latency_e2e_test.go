@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/internal/testpki"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/test/envoy"
@@ -66,7 +67,7 @@ func measureStarts(t *testing.T, name, caHCL string, starts int) (upstreamTiming
 	var colds, warms []time.Duration
 	var a *agent
 	for k := range starts {
-		dir := newAgentDir(t)
+		dir := proctest.ShortDir(t)
 		a = &agent{t: t, dir: dir, api: filepath.Join(dir, "api.sock"), admin: filepath.Join(dir, "admin.sock"), dataDir: filepath.Join(dir, "data")}
 		withConfig("ca {\n" + caHCL + "\n}\n" + latencyEntry)(a)
 		for i, d := range []*[]time.Duration{&colds, &warms} {

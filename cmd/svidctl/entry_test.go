@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/store"
@@ -25,11 +25,8 @@ import (
 // startAdminForCLI serves the admin API over a real SQLite store on a Unix socket.
 func startAdminForCLI(t *testing.T) (sock string, st store.Store) {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "cli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := proctest.ShortDir(t)
+	var err error
 	st, err = store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -39,6 +38,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/svidfiles"
 	svworkload "github.com/svidd/svidd/pkg/workload"
 )
@@ -208,11 +208,7 @@ func startFakeAPI(t *testing.T) (*fakeAPI, string) {
 		api.ca.svid(t, "spiffe://example.org/web", 0xabc001),
 		api.ca.svid(t, "spiffe://example.org/admin", 0xabc002),
 	}}
-	dir, err := os.MkdirTemp("/tmp", "svidapi-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := proctest.ShortDir(t)
 	sock := filepath.Join(dir, "api.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -226,27 +222,9 @@ func startFakeAPI(t *testing.T) (*fakeAPI, string) {
 	return api, sock
 }
 
-// lockedBuffer is an io.Writer safe for the run loop's logger and a child's output at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // svidCLI runs svidctl in-process and returns stdout, stderr and main's exit code.
 func svidCLI(ctx context.Context, args ...string) (stdout, stderr string, code int) {
-	var out, errb lockedBuffer
+	var out, errb proctest.Buffer
 	err := Run(ctx, args, Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb})
 	if err != nil {
 		code = exitCode(err)
@@ -674,14 +652,14 @@ func TestSVIDWatch(t *testing.T) {
 
 // startWatch runs svid watch in the background; stderr can be read while it runs, and stop
 // cancels it and returns its exit code.
-func startWatch(t *testing.T, args ...string) (stderr *lockedBuffer, stop func() int) {
+func startWatch(t *testing.T, args ...string) (stderr *proctest.Buffer, stop func() int) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	stderr = &lockedBuffer{}
+	stderr = &proctest.Buffer{}
 	done := make(chan int, 1)
 	go func() {
 		code := 0
-		if err := Run(ctx, append([]string{"svid", "watch"}, args...), Env{Stdin: strings.NewReader(""), Stdout: &lockedBuffer{}, Stderr: stderr}); err != nil {
+		if err := Run(ctx, append([]string{"svid", "watch"}, args...), Env{Stdin: strings.NewReader(""), Stdout: &proctest.Buffer{}, Stderr: stderr}); err != nil {
 			code = exitCode(err)
 			stderr.Write([]byte(err.Error()))
 		}

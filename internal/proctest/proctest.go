@@ -1,6 +1,9 @@
-// Package proctest starts real processes for attestation tests: a caller under the test's
-// own uid (or another) that runs a shell until told to exec another command, so a test can change what a
-// connected process runs, or end it, at a moment of its choosing.
+// Package proctest starts real processes for tests: helpers running the test binary under
+// other uids (HelperBinary, HelperCommand, Start), at a chosen pid (StartAtPID), next to
+// sockets in short directories every uid may reach (ShortDir); and, for attestation tests, a
+// caller under the test's own uid that runs a shell until told to exec another command, so
+// a test can change what a connected process runs, or end it, at a moment of its choosing
+// (ExecChild).
 package proctest
 
 import (

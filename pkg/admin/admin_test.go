@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload"
@@ -31,11 +31,7 @@ func startServer(t *testing.T, ready func(context.Context) error) (*admin.Client
 // startServerWith is startServer with mod applied to the server's Config (given the store).
 func startServerWith(t *testing.T, ready func(context.Context) error, mod func(*admin.Config, store.Store)) (*admin.Client, store.Store, string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "adm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := proctest.ShortDir(t)
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/peercred"
 )
 
@@ -38,7 +38,7 @@ func startServer(t *testing.T, cfg Config) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	ln, err := peercred.Listen(path, 0o666)
 	if err != nil {
 		t.Fatal(err)
@@ -238,14 +238,9 @@ func readSome(c net.Conn) error {
 const helperEnv = "ADMISSION_HELPER_SOCK"
 
 func TestHelperConnect(t *testing.T) {
-	path := os.Getenv(helperEnv)
-	if path == "" {
+	c := proctest.HelperConn(helperEnv)
+	if c == nil {
 		return
-	}
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(3)
 	}
 	if err := readSome(c); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -256,12 +251,9 @@ func TestHelperConnect(t *testing.T) {
 
 func connectAs(t *testing.T, sock string, uid uint32) int {
 	t.Helper()
-	cmd := exec.Command(helperBinary(t), "-test.run=^TestHelperConnect$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+sock)
-	cmd.Dir = "/"
+	cmd := proctest.HelperCommand(t, &syscall.Credential{Uid: uid, Gid: uid}, []string{helperEnv + "=" + sock}, "-test.run=^TestHelperConnect$")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	err := cmd.Run()
 	var ee *exec.ExitError
 	switch {
@@ -276,57 +268,4 @@ func connectAs(t *testing.T, sock string, uid uint32) int {
 	}
 }
 
-// shortDir returns a fresh directory under /tmp (short socket paths) every uid may traverse.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("/tmp", "adm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(d, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-var (
-	helperOnce sync.Once
-	helperPath string
-	helperErr  error
-)
-
-// helperBinary copies the test binary where another uid may execute it.
-func helperBinary(t *testing.T) string {
-	t.Helper()
-	helperOnce.Do(func() {
-		var d, exe string
-		var data []byte
-		if d, helperErr = os.MkdirTemp("/tmp", "adm-bin-"); helperErr != nil {
-			return
-		}
-		helperPath = filepath.Join(d, "admission.test") // TestMain removes d
-		if helperErr = os.Chmod(d, 0o755); helperErr != nil {
-			return
-		}
-		if exe, helperErr = os.Executable(); helperErr != nil {
-			return
-		}
-		if data, helperErr = os.ReadFile(exe); helperErr != nil {
-			return
-		}
-		helperErr = os.WriteFile(helperPath, data, 0o755)
-	})
-	if helperErr != nil {
-		t.Fatal(helperErr)
-	}
-	return helperPath
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if helperPath != "" {
-		os.RemoveAll(filepath.Dir(helperPath))
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { proctest.Main(m) }

@@ -1,4 +1,4 @@
-package peercred
+package peercred_test
 
 import (
 	"context"
@@ -16,11 +16,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/svidd/svidd/internal/proctest"
+	"github.com/svidd/svidd/pkg/peercred"
 )
 
-func listen(t *testing.T, path string, mode os.FileMode) *Listener {
+func listen(t *testing.T, path string, mode os.FileMode) *peercred.Listener {
 	t.Helper()
-	l, err := Listen(path, mode)
+	l, err := peercred.Listen(path, mode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,10 +32,10 @@ func listen(t *testing.T, path string, mode os.FileMode) *Listener {
 }
 
 // acceptOne accepts in the background so a failing dial cannot hang the test.
-func acceptOne(t *testing.T, l *Listener) *Conn {
+func acceptOne(t *testing.T, l *peercred.Listener) *peercred.Conn {
 	t.Helper()
 	type res struct {
-		c   *Conn
+		c   *peercred.Conn
 		err error
 	}
 	ch := make(chan res, 1)
@@ -85,9 +88,9 @@ func TestPeerInProcess(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(shortDir(t), "api.sock")
+			path := filepath.Join(proctest.ShortDir(t), "api.sock")
 			l := listen(t, path, 0o666)
-			l.noPeerPIDFD, l.noPidfdOpen = tt.noPeerPIDFD, tt.noPidfdOpen
+			peercred.SetNoPIDFD(l, tt.noPeerPIDFD, tt.noPidfdOpen)
 
 			client, err := net.Dial("unix", path)
 			if err != nil {
@@ -129,7 +132,7 @@ func TestPeerInProcess(t *testing.T) {
 }
 
 func TestPeerOtherUID(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	l := listen(t, path, 0o666)
 	cmd, stderr := startHelper(t, path, 1001, 1001)
 	c := acceptOne(t, l)
@@ -161,10 +164,10 @@ func TestListenModes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// The parent directory does not exist yet: Listen creates it 0755 despite the umask.
-			dir := filepath.Join(shortDir(t), "agent")
+			dir := filepath.Join(proctest.ShortDir(t), "agent")
 			path := filepath.Join(dir, "s.sock")
 			old := syscall.Umask(0o077)
-			l, err := Listen(path, tt.mode)
+			l, err := peercred.Listen(path, tt.mode)
 			syscall.Umask(old)
 			if err != nil {
 				t.Fatal(err)
@@ -181,8 +184,8 @@ func TestListenModes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if di.Mode().Perm() != DefaultDirMode {
-				t.Fatalf("dir mode = %v; want %v", di.Mode().Perm(), DefaultDirMode)
+			if di.Mode().Perm() != peercred.DefaultDirMode {
+				t.Fatalf("dir mode = %v; want %v", di.Mode().Perm(), peercred.DefaultDirMode)
 			}
 			// No temporary directory is left behind.
 			ents, _ := os.ReadDir(dir)
@@ -209,7 +212,7 @@ func TestListenModes(t *testing.T) {
 				if err != nil {
 					t.Fatalf("uid 1001 could not use the socket: %v: %s", err, stderr)
 				}
-			} else if exitCode(err) != exitDialFailed || !strings.Contains(stderr.String(), "permission denied") {
+			} else if exitCode(err) != proctest.ExitDialFailed || !strings.Contains(stderr.String(), "permission denied") {
 				t.Fatalf("uid 1001 dial on a %v socket: %v %s; want permission denied", tt.mode, err, stderr)
 			}
 		})
@@ -217,7 +220,7 @@ func TestListenModes(t *testing.T) {
 }
 
 func TestListenRefusals(t *testing.T) {
-	dir := shortDir(t)
+	dir := proctest.ShortDir(t)
 
 	live := filepath.Join(dir, "live.sock")
 	l := listen(t, live, 0o666)
@@ -230,7 +233,7 @@ func TestListenRefusals(t *testing.T) {
 	if err := os.Mkdir(subdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	long := "/tmp/" + strings.Repeat("x", MaxPathLen-4)
+	long := "/tmp/" + strings.Repeat("x", peercred.MaxPathLen-4)
 
 	tests := []struct {
 		name    string
@@ -238,7 +241,7 @@ func TestListenRefusals(t *testing.T) {
 		want    string
 		wantErr error
 	}{
-		{"live socket", live, "another svidd is serving on " + live, ErrInUse},
+		{"live socket", live, "another svidd is serving on " + live, peercred.ErrInUse},
 		{"regular file", regular, regular + " exists and is not a socket", nil},
 		{"directory", subdir, subdir + " exists and is not a socket", nil},
 		{"path too long", long, "at most 107", nil},
@@ -246,7 +249,7 @@ func TestListenRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l2, err := Listen(tt.path, 0o666)
+			l2, err := peercred.Listen(tt.path, 0o666)
 			if err == nil {
 				l2.Close()
 				t.Fatal("Listen succeeded")
@@ -276,7 +279,7 @@ func TestListenRefusals(t *testing.T) {
 }
 
 func TestListenReplacesStaleSocket(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	// A crashed agent leaves its socket file behind.
 	old, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -300,8 +303,8 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 }
 
 func TestCloseRemovesOnlyOwnSocket(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
-	l, err := Listen(path, 0o666)
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
+	l, err := peercred.Listen(path, 0o666)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +322,7 @@ func TestCloseRemovesOnlyOwnSocket(t *testing.T) {
 	}
 
 	// An agent whose socket was replaced by a successor's must not delete the successor's.
-	first, err := Listen(path, 0o666)
+	first, err := peercred.Listen(path, 0o666)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,10 +342,10 @@ func TestCloseRemovesOnlyOwnSocket(t *testing.T) {
 }
 
 func TestAdmit(t *testing.T) {
-	path := filepath.Join(shortDir(t), "admin.sock")
+	path := filepath.Join(proctest.ShortDir(t), "admin.sock")
 	l := listen(t, path, 0o666)
-	l.Admit = func(p *Peer) bool { return p.UID == 0 }
-	accepted := make(chan *Conn, 2)
+	l.Admit = func(p *peercred.Peer) bool { return p.UID == 0 }
+	accepted := make(chan *peercred.Conn, 2)
 	go func() {
 		for {
 			c, err := l.AcceptPeer()
@@ -381,11 +384,11 @@ func TestAdmit(t *testing.T) {
 
 type healthServer struct {
 	healthpb.UnimplementedHealthServer
-	peers chan *Peer
+	peers chan *peercred.Peer
 }
 
 func (h *healthServer) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	p, ok := FromContext(ctx)
+	p, ok := peercred.FromContext(ctx)
 	if !ok {
 		p = nil
 	}
@@ -394,10 +397,10 @@ func (h *healthServer) Check(ctx context.Context, _ *healthpb.HealthCheckRequest
 }
 
 func TestGRPCFromContext(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	l := listen(t, path, 0o666)
-	srv := grpc.NewServer(grpc.Creds(TransportCredentials()))
-	hs := &healthServer{peers: make(chan *Peer, 4)}
+	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()))
+	hs := &healthServer{peers: make(chan *peercred.Peer, 4)}
 	healthpb.RegisterHealthServer(srv, hs)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
@@ -410,7 +413,7 @@ func TestGRPCFromContext(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			creds := insecure.NewCredentials()
 			if name == "peercred client" {
-				creds = TransportCredentials()
+				creds = peercred.TransportCredentials()
 			}
 			cc, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(creds))
 			if err != nil {
@@ -446,13 +449,13 @@ func TestServerHandshakeRefusesForeignConn(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if _, _, err := TransportCredentials().ServerHandshake(a); err == nil {
+	if _, _, err := peercred.TransportCredentials().ServerHandshake(a); err == nil {
 		t.Fatal("handshake on a non-peercred connection succeeded")
 	}
-	if _, ok := FromContext(context.Background()); ok {
+	if _, ok := peercred.FromContext(context.Background()); ok {
 		t.Fatal("FromContext found a peer in an empty context")
 	}
-	tc := TransportCredentials()
+	tc := peercred.TransportCredentials()
 	if tc.Info().SecurityProtocol != "peercred" || tc.Clone().Info() != tc.Info() || tc.OverrideServerName("x") != nil {
 		t.Fatal("Info/Clone/OverrideServerName")
 	}
@@ -462,7 +465,7 @@ func TestServerHandshakeRefusesForeignConn(t *testing.T) {
 // the accepted one (Close releases the peer's pidfd), and offers no SyscallConn, so gRPC does
 // not probe socket options for channelz at every accept.
 func TestServerHandshakeConn(t *testing.T) {
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	l := listen(t, path, 0o666)
 	client, err := net.Dial("unix", path)
 	if err != nil {
@@ -470,11 +473,11 @@ func TestServerHandshakeConn(t *testing.T) {
 	}
 	defer client.Close()
 	c := acceptOne(t, l)
-	hc, ai, err := TransportCredentials().ServerHandshake(c)
+	hc, ai, err := peercred.TransportCredentials().ServerHandshake(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ai.(AuthInfo).Peer != c.Peer() {
+	if ai.(peercred.AuthInfo).Peer != c.Peer() {
 		t.Fatal("AuthInfo does not carry the connection's Peer")
 	}
 	if _, ok := hc.(syscall.Conn); ok {

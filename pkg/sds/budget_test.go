@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/workload"
 	"github.com/svidd/svidd/pkg/workload/workloadtest"
@@ -222,7 +223,7 @@ func TestNACKLogLimited(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	var suppressed sync.WaitGroup
 	var dropped int
-	var buf lockedBuffer
+	var buf proctest.Buffer
 	c, err := admission.New(admission.Config{Now: clock, OnLogSuppressed: func() { mu.Lock(); dropped++; mu.Unlock(); suppressed.Done() }})
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +244,7 @@ func TestNACKLogLimited(t *testing.T) {
 	suppressed.Wait() // the stream's burst is 5 lines
 	count := func(msg string) int {
 		n := 0
-		for _, l := range buf.lines() {
+		for _, l := range buf.Lines() {
 			if strings.Contains(l, msg) {
 				n++
 			}
@@ -263,7 +264,7 @@ func TestNACKLogLimited(t *testing.T) {
 			t.Fatal("no warning after the budget refilled")
 		}
 	}
-	lines := buf.lines()
+	lines := buf.Lines()
 	summary := lines[len(lines)-2]
 	if !strings.Contains(summary, "suppressed similar log lines") || !strings.Contains(summary, fmt.Sprintf("suppressed=%d", nacks-5)) ||
 		!strings.Contains(summary, "uid=1000") {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/workload"
 	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
@@ -42,31 +43,13 @@ func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
 	return h.Handler.Handle(ctx, r)
 }
 
-// lockedBuffer is a log sink safe for the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Split(strings.TrimSpace(l.b.String()), "\n")
-}
-
 // TestStreamLoggerIsLazy: at a level where a healthy stream logs nothing, serving streams
 // derives no logger at all; when Envoy NACKs (a warning), the record carries the stream's
 // attributes.
 func TestStreamLoggerIsLazy(t *testing.T) {
 	f := newFixture(t)
 	var withs, handled atomic.Int64
-	var buf lockedBuffer
+	var buf proctest.Buffer
 	h := countingHandler{slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}), &withs, &handled}
 	w := workloadtest.NewWatcher(f.View())
 	client := startServer(t, w, func(c *Config) { c.Logger = slog.New(h) })
@@ -90,7 +73,7 @@ func TestStreamLoggerIsLazy(t *testing.T) {
 	c.send(&discoveryv3.DiscoveryRequest{VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce, ResourceNames: []string{idWeb},
 		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "bad certificate"}})
 	c.none()
-	lines := buf.lines()
+	lines := buf.Lines()
 	if len(lines) != 1 {
 		t.Fatalf("log after a NACK: %q, want one line", lines)
 	}
@@ -101,7 +84,7 @@ func TestStreamLoggerIsLazy(t *testing.T) {
 // same attributes, in the same order, as the eager slog.With chain did.
 func TestStreamLoggerAttributes(t *testing.T) {
 	f := newFixture(t)
-	var buf lockedBuffer
+	var buf proctest.Buffer
 	w := workloadtest.NewWatcher(f.View())
 	client := startServer(t, w, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -113,7 +96,7 @@ func TestStreamLoggerAttributes(t *testing.T) {
 	c.err()
 
 	var msgs []string
-	for _, l := range buf.lines() {
+	for _, l := range buf.Lines() {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(l), &rec); err != nil {
 			t.Fatal(err)

@@ -1,7 +1,6 @@
 package sds
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
@@ -51,27 +51,10 @@ func (m *recordingMetrics) FirstResponse(k Kind, d time.Duration) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestStreamMetricsAndLogs(t *testing.T) {
 	f := newFixture(t)
 	m := &recordingMetrics{}
-	logs := &syncBuffer{}
+	logs := &proctest.Buffer{}
 	w := workloadtest.NewWatcher(f.View())
 	client := startServer(t, w, func(c *Config) {
 		c.Metrics = m

@@ -85,14 +85,13 @@ type Delta struct {
 	stream grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 	pump   *pump[discoveryv3.DeltaDiscoveryResponse]
 	closer closer
-	opts   options
+	// answers ACKs and NACKs (its methods ACK, NACK and NACKLast are the stream's).
+	answers[DeltaResponse]
 
 	mu         sync.Mutex // guards the fields below and serialises Send
 	subscribed map[string]bool
 	versions   map[string]string // accepted resource versions, what a new stream would send
 	nonce      string
-	nackNext   string
-	pending    *DeltaResponse
 }
 
 // NewDelta opens a DeltaSecrets stream and sends the first request: node, type_url, the names
@@ -110,10 +109,12 @@ func NewDelta(ctx context.Context, conn grpc.ClientConnInterface, node *corev3.N
 	d := &Delta{
 		stream:     stream,
 		closer:     closer{cancel: cancel, stop: make(chan struct{})},
-		opts:       buildOptions(opts),
 		subscribed: make(map[string]bool),
 		versions:   maps.Clone(initialVersions),
 	}
+	d.answers = answers[DeltaResponse]{mu: &d.mu, manual: buildOptions(opts).manualACK,
+		ack:  func(r *DeltaResponse) error { d.apply(r); return d.sendACK() },
+		nack: d.sendNACK}
 	if d.versions == nil {
 		d.versions = make(map[string]string)
 	}
@@ -144,31 +145,7 @@ func (d *Delta) Recv(ctx context.Context) (*DeltaResponse, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.nonce = m.GetNonce()
-	resp, verr := decodeDelta(m)
-	if verr != nil {
-		if !d.opts.manualACK {
-			if err := d.sendNACK(verr.Error()); err != nil {
-				return nil, fmt.Errorf("%w (and NACK failed: %w)", verr, err)
-			}
-		}
-		return nil, verr
-	}
-	switch {
-	case d.opts.manualACK:
-		d.pending = resp
-	case d.nackNext != "":
-		detail := d.nackNext
-		d.nackNext = ""
-		if err := d.sendNACK(detail); err != nil {
-			return nil, fmt.Errorf("sending NACK: %w", err)
-		}
-	default:
-		d.apply(resp)
-		if err := d.sendACK(); err != nil {
-			return nil, fmt.Errorf("sending ACK: %w", err)
-		}
-	}
-	return resp, nil
+	return d.answer(decodeDelta(m))
 }
 
 // RecvWithin is Recv with a deadline d; it returns (nil, nil) if nothing arrived in time.
@@ -195,36 +172,6 @@ func (d *Delta) sendNACK(detail string) error {
 		ResponseNonce: d.nonce,
 		ErrorDetail:   &status.Status{Code: int32(codes.Internal), Message: detail},
 	})
-}
-
-// NACK arms a NACK with errDetail for the next response Recv returns.
-func (d *Delta) NACK(errDetail string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.nackNext = errDetail
-}
-
-// ACK accepts the last response Recv returned (ManualACK streams).
-func (d *Delta) ACK() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.pending == nil {
-		return fmt.Errorf("no response to ACK")
-	}
-	d.apply(d.pending)
-	d.pending = nil
-	return d.sendACK()
-}
-
-// NACKLast rejects the last response Recv returned (ManualACK streams).
-func (d *Delta) NACKLast(errDetail string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.pending == nil {
-		return fmt.Errorf("no response to NACK")
-	}
-	d.pending = nil
-	return d.sendNACK(errDetail)
 }
 
 // Subscribe adds names to the subscription.

@@ -15,6 +15,8 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/svidd/svidd/internal/proctest"
 )
 
 const frontend = "spiffe://example.org/frontend"
@@ -219,7 +221,7 @@ func TestSotWManualACK(t *testing.T) {
 
 func TestStreamEndIsReported(t *testing.T) {
 	f := newFakeSDS()
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	stop := serve(t, path, f)
 	s := openSotW(t, path, []string{frontend})
 	nextReq(t, f)
@@ -233,7 +235,7 @@ func TestStreamEndIsReported(t *testing.T) {
 func TestFetch(t *testing.T) {
 	pki := newPKI(t, frontend)
 	f := &fetchSDS{resp: response(t, "v1", "", pki.tlsSecret(frontend))}
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	serveFetch(t, path, f)
 	conn, err := Dial(testCtx(t), path)
 	if err != nil {
@@ -353,7 +355,7 @@ func TestDelta(t *testing.T) {
 
 func TestReconnectingCarriesVersionNonceAndNode(t *testing.T) {
 	pki := newPKI(t, frontend)
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	f1 := newFakeSDS()
 	stop1 := serve(t, path, f1)
 

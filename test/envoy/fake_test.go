@@ -12,7 +12,6 @@ import (
 	"math/big"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -25,6 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/svidd/svidd/internal/proctest"
 )
 
 // fakeSDS is a minimal SDS server: it hands every request it receives to the test and sends
@@ -98,17 +99,6 @@ func (f *fakeSDS) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.Delta
 	}
 }
 
-// shortDir returns a temp dir under /tmp short enough for a Unix socket path.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "xx-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // serve runs f on a real Unix socket at path until the returned stop is called (or cleanup).
 func serve(t *testing.T, path string, f *fakeSDS) (stop func()) {
 	t.Helper()
@@ -133,7 +123,7 @@ func serve(t *testing.T, path string, f *fakeSDS) (stop func()) {
 
 func startFake(t *testing.T) (*fakeSDS, string) {
 	t.Helper()
-	path := filepath.Join(shortDir(t), "api.sock")
+	path := filepath.Join(proctest.ShortDir(t), "api.sock")
 	f := newFakeSDS()
 	serve(t, path, f)
 	return f, path

@@ -98,14 +98,13 @@ type SotW struct {
 	stream grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
 	pump   *pump[discoveryv3.DiscoveryResponse]
 	closer closer
-	opts   options
+	// answers ACKs and NACKs (its methods ACK, NACK and NACKLast are the stream's).
+	answers[Response]
 
 	mu       sync.Mutex // guards the fields below and serialises Send
 	names    []string
 	accepted string // version_info of the last ACKed response: what a NACK carries
 	nonce    string // nonce of the last received response
-	nackNext string // error_detail for the next response, if armed
-	pending  *Response
 	sent     int
 }
 
@@ -130,11 +129,13 @@ func newSotW(ctx context.Context, conn grpc.ClientConnInterface, node *corev3.No
 	s := &SotW{
 		stream:   stream,
 		closer:   closer{cancel: cancel, stop: make(chan struct{})},
-		opts:     buildOptions(opts),
 		names:    slices.Clone(names),
 		accepted: version,
 		nonce:    nonce,
 	}
+	s.answers = answers[Response]{mu: &s.mu, manual: buildOptions(opts).manualACK,
+		ack:  func(r *Response) error { return s.sendACK(r.VersionInfo) },
+		nack: s.sendNACK}
 	first := &discoveryv3.DiscoveryRequest{
 		VersionInfo:   version,
 		Node:          node,
@@ -168,66 +169,12 @@ func (s *SotW) Recv(ctx context.Context) (*Response, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nonce = m.GetNonce()
-	resp, verr := decodeResponse(m, s.names)
-	if verr != nil {
-		if !s.opts.manualACK {
-			if err := s.sendNACK(verr.Error()); err != nil {
-				return nil, fmt.Errorf("%w (and NACK failed: %w)", verr, err)
-			}
-		}
-		return nil, verr
-	}
-	switch {
-	case s.opts.manualACK:
-		s.pending = resp
-	case s.nackNext != "":
-		detail := s.nackNext
-		s.nackNext = ""
-		if err := s.sendNACK(detail); err != nil {
-			return nil, fmt.Errorf("sending NACK: %w", err)
-		}
-	default:
-		if err := s.sendACK(resp.VersionInfo); err != nil {
-			return nil, fmt.Errorf("sending ACK: %w", err)
-		}
-	}
-	return resp, nil
+	return s.answer(decodeResponse(m, s.names))
 }
 
 // RecvWithin is Recv with a deadline d; it returns (nil, nil) if nothing arrived in time.
 func (s *SotW) RecvWithin(ctx context.Context, d time.Duration) (*Response, error) {
 	return within(ctx, d, s.Recv)
-}
-
-// NACK arms a NACK for the next response Recv returns: it is answered with the previously
-// accepted version_info, its nonce and errDetail, instead of an ACK.
-func (s *SotW) NACK(errDetail string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.nackNext = errDetail
-}
-
-// ACK acknowledges the last response Recv returned (ManualACK streams).
-func (s *SotW) ACK() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pending == nil {
-		return fmt.Errorf("no response to ACK")
-	}
-	v := s.pending.VersionInfo
-	s.pending = nil
-	return s.sendACK(v)
-}
-
-// NACKLast rejects the last response Recv returned (ManualACK streams).
-func (s *SotW) NACKLast(errDetail string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pending == nil {
-		return fmt.Errorf("no response to NACK")
-	}
-	s.pending = nil
-	return s.sendNACK(errDetail)
 }
 
 func (s *SotW) sendACK(version string) error {

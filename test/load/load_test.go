@@ -161,6 +161,9 @@ func TestAppendCSV(t *testing.T) {
 		Open:   usage{RSSKiB: 10100, Goroutines: 40, HeapKiB: 3000, CPU: time.Second},
 		After:  usage{CPU: 2 * time.Second},
 		Served: 10}
+	// The floor: half svidd's first-secret p99, a quarter of its CPU; no per-stream RSS.
+	r.Floor = &result{scenario: r.scenario, First: []time.Duration{ms(1)}, Served: 10,
+		Idle: usage{RSSKiB: 5000, CPU: time.Second}, Open: usage{CPU: 1250 * time.Millisecond}}
 	for range 2 {
 		if err := appendCSV(path, []*result{r}); err != nil {
 			t.Fatal(err)
@@ -175,15 +178,17 @@ func TestAppendCSV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 3 || strings.Join(recs[0], ",") != strings.Join(csvHeader, ",") {
+	if len(recs) != 3 || strings.Join(recs[0], ",") != strings.Join(csvColumns(), ",") || len(recs[2]) != len(recs[0]) {
 		t.Fatalf("want header + 2 rows, got %q", recs)
 	}
 	got := map[string]string{}
-	for i, h := range csvHeader {
+	for i, h := range recs[0] {
 		got[h] = recs[2][i]
 	}
 	want := map[string]string{"scenario": "s10", "first_p99_ms": "2.000", "rss_per_stream_kib": "10.00", "heap_kib": "3000",
-		"goroutines": "40", "cpu_s": "2.00", "cold_start_ms": "", "fresh_caller_ms": "1.500", "push_p50_ms": ""}
+		"goroutines": "40", "cpu_s": "2.00", "cold_start_ms": "", "fresh_caller_ms": "1.500", "push_p50_ms": "",
+		"floor_first_p99": "1.000", "ratio_first_p99": "2.00", "floor_rss_idle": "4.883", "ratio_rss_idle": "2.00",
+		"floor_cpu_burst": "0.250", "ratio_cpu_burst": "4.00", "floor_rss_per_stream": "", "ratio_rss_per_stream": ""}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s = %q, want %q", k, got[k], v)
@@ -224,6 +229,13 @@ func TestRunEndToEnd(t *testing.T) {
 			regexp.MustCompile(`(?m)^churn streams ok/failed\s+\d+/0$`),
 			regexp.MustCompile(`(?m)^cold start ms\s+\d`),
 			regexp.MustCompile(`(?m)^fresh caller ms\s+\d`),
+		}},
+		{"one entry, against the floor", []string{"-streams", "10", "-entries", "1", "-change", "none", "-nocold", "-churn", "20", "-duration", "300ms"}, []*regexp.Regexp{
+			regexp.MustCompile(`(?m)^served\s+10/10$`),
+			regexp.MustCompile(`(?m)^floor: served\s+10/10$`),
+			regexp.MustCompile(`(?m)^svidd/floor first secret p99\s+\d+\.\d\d$`),
+			regexp.MustCompile(`(?m)^svidd/floor RSS idle\s+\d+\.\d\d$`),
+			regexp.MustCompile(`(?m)^svidd/floor churn first p50\s+\d+\.\d\d$`),
 		}},
 		{"rotation, a process per uid", []string{"-streams", "5", "-conns", "2", "-uids", uids, "-entries", "2", "-change", "rotate", "-ttl", "5s", "-nocold", "-procPerUID"}, []*regexp.Regexp{
 			regexp.MustCompile(`(?m)^served\s+5/5$`),

@@ -87,6 +87,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		only     = fs.String("only", "", "with -suite: comma-separated scenario names to run")
 		sviddBin = fs.String("svidd", "", "svidd binary to test (default: go build ./cmd/svidd)")
 		noCold   = fs.Bool("nocold", false, "skip the cold-start measurement")
+		noFloor  = fs.Bool("nofloor", false, "do not run the floor server (test/load/floorsds) after each one-entry scenario")
 	)
 	fs.IntVar(&sc.Streams, "streams", 1, "SDS streams to open at once")
 	fs.IntVar(&sc.Conns, "conns", 1, "connections the streams are spread over")
@@ -181,6 +182,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
+	if !*noFloor {
+		if e.floor, err = build(binDir, "./test/load/floorsds"); err != nil {
+			return err
+		}
+	}
+
 	var results []*result
 	var runErr error
 	for _, s := range scenarios {
@@ -190,6 +197,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 			e.logf("%v", runErr)
 			if r == nil {
 				break
+			}
+		}
+		if err == nil && e.floor != "" && s.floorable() {
+			e.waitQuiet(s.Name + " floor")
+			if r.Floor, err = e.runFloor(s); err != nil {
+				runErr = fmt.Errorf("%s floor: %w", s.Name, err)
+				e.logf("%v", runErr)
+				r.Floor = nil
 			}
 		}
 		results = append(results, r)

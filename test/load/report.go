@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,9 @@ var csvHeader = []string{
 	"rss_idle_kib", "rss_per_stream_kib", "heap_kib", "goroutines", "cpu_s",
 	"cold_start_ms", "fresh_caller_ms",
 }
+
+// csvColumns is the CSV's header: csvHeader, then the floor's columns.
+func csvColumns() []string { return append(slices.Clone(csvHeader), floorCSVHeader()...) }
 
 // perStreamKiB is the RSS the open streams added, per stream.
 func (r *result) perStreamKiB() float64 {
@@ -47,14 +51,14 @@ func (r *result) csvRow() []string {
 	if v := r.perStreamKiB(); v >= 0 {
 		per = strconv.FormatFloat(v, 'f', 2, 64)
 	}
-	return []string{
+	return append([]string{
 		r.Name, strconv.Itoa(r.Streams), strconv.Itoa(r.Conns), strconv.Itoa(r.UIDs), strconv.Itoa(r.Entries + r.Extra),
 		ms(percentile(r.First, 50)), ms(percentile(r.First, 99)), ms(percentile(r.First, 100)),
 		ms(percentile(r.Push, 50)), ms(percentile(r.Push, 99)), ms(percentile(r.Push, 100)),
 		num(r.Idle.RSSKiB), per, num(r.Open.HeapKiB), num(r.Open.Goroutines),
 		strconv.FormatFloat(r.cpu().Seconds(), 'f', 2, 64),
 		ms(r.Cold), ms(r.Fresh),
-	}
+	}, floorCSV(r)...)
 }
 
 // appendCSV appends rows to path, writing the header first if the file is new or empty.
@@ -65,7 +69,7 @@ func appendCSV(path string, rs []*result) error {
 	}
 	w := csv.NewWriter(f)
 	if fi, err := f.Stat(); err == nil && fi.Size() == 0 {
-		w.Write(csvHeader)
+		w.Write(csvColumns())
 	}
 	for _, r := range rs {
 		w.Write(r.csvRow())
@@ -99,12 +103,14 @@ func fmtMiB(kib int64) string {
 	return fmt.Sprintf("%.1f", float64(kib)/1024)
 }
 
+// tableRow is one row of the table: a label and its cell for each scenario.
+type tableRow struct {
+	label string
+	cell  func(r *result) string
+}
+
 // printTable writes one fixed-width table: a row per figure, a column per scenario.
 func printTable(w io.Writer, rs []*result) {
-	type row struct {
-		label string
-		cell  func(r *result) string
-	}
 	pct := func(ds []time.Duration, p float64) string { return fmtMS(percentile(ds, p)) }
 	optMS := func(d time.Duration, errs string) string {
 		if errs != "" {
@@ -112,7 +118,7 @@ func printTable(w io.Writer, rs []*result) {
 		}
 		return fmtMS(d)
 	}
-	rows := []row{
+	rows := []tableRow{
 		{"streams", func(r *result) string { return strconv.Itoa(r.Streams) }},
 		{"connections", func(r *result) string { return strconv.Itoa(r.Conns) }},
 		{"uids (callers)", func(r *result) string { return strconv.Itoa(r.UIDs) }},
@@ -199,11 +205,14 @@ func printTable(w io.Writer, rs []*result) {
 			}
 			return optMS(r.Cold, r.ColdErr)
 		}},
+	}
+	rows = append(rows, floorRows()...)
+	rows = append(rows, []tableRow{
 		{"load client CPU s", func(r *result) string { return fmt.Sprintf("%.2f", r.ClientCPU.Seconds()) }},
 		{"run took s", func(r *result) string { return fmt.Sprintf("%.1f", r.Elapsed.Seconds()) }},
 		{"host load avg at start", func(r *result) string { return r.LoadAvg }},
 		{"host runnable at start", func(r *result) string { return r.Runnable }},
-	}
+	}...)
 	labelW := 0
 	for _, rw := range rows {
 		labelW = max(labelW, len(rw.label))

@@ -68,6 +68,7 @@ func (s scenario) validate(root bool) error {
 // env is what every scenario of one invocation shares.
 type env struct {
 	svidd     string // svidd binary (built or given)
+	floor     string // the floor server's binary (test/load/floorsds), "" not to run it
 	profsvidd bool   // svidd is the profiling wrapper (test/load/profsvidd)
 	uidBase   int
 	root      bool
@@ -109,6 +110,9 @@ type result struct {
 
 	Churn       []time.Duration
 	ChurnFailed int
+	// Floor is the floor server's run of the same scenario (nil: not run, see floorable).
+	Floor *result
+
 	// ChurnFloor: a no-op gRPC call's latency at the churn's pace (see worker.noopFloor).
 	ChurnFloor []time.Duration
 
@@ -208,14 +212,7 @@ func (e *env) run(sc scenario) (res *result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		var wg sync.WaitGroup
-		for _, w := range all {
-			wg.Add(1)
-			go func() { defer wg.Done(); w.close(5 * time.Second) }()
-		}
-		wg.Wait()
-	}()
+	defer closeWorkers(all)
 
 	if e.cpuProf != "" || e.memProf != "" {
 		ag.signal(syscall.SIGUSR1)
@@ -244,32 +241,8 @@ func (e *env) run(sc scenario) (res *result, err error) {
 		return res, err
 	}
 
-	if sc.ChurnRate > 0 && sc.ChurnFor > 0 {
-		u, err := ag.sample()
-		if err != nil {
-			return res, err
-		}
-		res.BeforeChurn = &u
-		if err := workers[0].send(command{Cmd: "churn", Rate: sc.ChurnRate, DurationMS: sc.ChurnFor.Milliseconds(), TimeoutMS: e.timeout.Milliseconds()}); err != nil {
-			return res, err
-		}
-		ce, err := workers[0].until(evChurn, 2*sc.ChurnFor+e.timeout+5*time.Second, nil)
-		if err != nil {
-			return res, err
-		}
-		for _, l := range ce.Lats {
-			res.Churn = append(res.Churn, time.Duration(l))
-		}
-		res.ChurnFailed = ce.Failed
-		for _, l := range ce.Floor {
-			res.ChurnFloor = append(res.ChurnFloor, time.Duration(l))
-		}
-		time.Sleep(e.settle)
-		after, err := ag.sample()
-		if err != nil {
-			return res, err
-		}
-		res.AfterChurn = &after
+	if err := e.churn(workers[0], sc, ag.sample, res); err != nil {
+		return res, err
 	}
 
 	if sc.Cold {
@@ -279,6 +252,40 @@ func (e *env) run(sc scenario) (res *result, err error) {
 	}
 	res.Elapsed = time.Since(begin)
 	return res, nil
+}
+
+// churn, if the scenario asks for it, has w open and close streams at the scenario's pace,
+// and samples the server (before and after) with sample.
+func (e *env) churn(w *workerProc, sc scenario, sample func() (usage, error), res *result) error {
+	if sc.ChurnRate <= 0 || sc.ChurnFor <= 0 {
+		return nil
+	}
+	u, err := sample()
+	if err != nil {
+		return err
+	}
+	res.BeforeChurn = &u
+	if err := w.send(command{Cmd: "churn", Rate: sc.ChurnRate, DurationMS: sc.ChurnFor.Milliseconds(), TimeoutMS: e.timeout.Milliseconds()}); err != nil {
+		return err
+	}
+	ce, err := w.until(evChurn, 2*sc.ChurnFor+e.timeout+5*time.Second, nil)
+	if err != nil {
+		return err
+	}
+	for _, l := range ce.Lats {
+		res.Churn = append(res.Churn, time.Duration(l))
+	}
+	res.ChurnFailed = ce.Failed
+	for _, l := range ce.Floor {
+		res.ChurnFloor = append(res.ChurnFloor, time.Duration(l))
+	}
+	time.Sleep(e.settle)
+	after, err := sample()
+	if err != nil {
+		return err
+	}
+	res.AfterChurn = &after
+	return nil
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -440,6 +447,16 @@ func (e *env) startWorkers(exe, socket string, sc scenario) (clients, all []*wor
 	}
 	e.logf("%s: %d process(es) with %d connection(s) from %d uid(s) ready in %s", sc.Name, len(all), sc.Conns, sc.UIDs, time.Since(start).Round(time.Millisecond))
 	return clients, all, nil
+}
+
+// closeWorkers closes every worker process at once, each within 5 s.
+func closeWorkers(all []*workerProc) {
+	var wg sync.WaitGroup
+	for _, w := range all {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.close(5 * time.Second) }()
+	}
+	wg.Wait()
 }
 
 // eachIndex runs f(0…n-1) concurrently, at most 64 at a time, and returns the first error.

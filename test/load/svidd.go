@@ -23,8 +23,65 @@ import (
 // supports (the kernel converts to it whatever its internal HZ).
 const clkTck = 100
 
+// proc is a process the tool started: svidd, or the floor server.
+type proc struct {
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	startedAt time.Time
+}
+
+// startCmd starts bin with args and env added to the tool's, output to logPath; it does not
+// wait for the process to be ready.
+func (p *proc) startCmd(bin string, args, env []string, logPath string) error {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	// If the tool dies, so does the process: nothing is left running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.startedAt = time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", filepath.Base(bin), err)
+	}
+	p.cmd = cmd
+	p.exited = make(chan struct{})
+	go func() { cmd.Wait(); close(p.exited) }()
+	return nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// stop sends SIGTERM and waits, then SIGKILL.
+func (p *proc) stop(timeout time.Duration) error {
+	if p.cmd == nil {
+		return nil
+	}
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		return nil
+	case <-time.After(timeout):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		return fmt.Errorf("%s did not stop within %s of SIGTERM (killed)", filepath.Base(p.cmd.Path), timeout)
+	}
+}
+
+func (p *proc) signal(sig syscall.Signal) { _ = p.cmd.Process.Signal(sig) }
+
 // agentProc is one svidd process under test.
 type agentProc struct {
+	proc
+
 	bin     string
 	dir     string // short: the sockets live here
 	api     string
@@ -36,10 +93,7 @@ type agentProc struct {
 	// metrics is the 127.0.0.1 address svidd is told to serve Prometheus metrics on ("" none).
 	metrics string
 
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	startedAt time.Time
-	client    *admin.Client
+	client *admin.Client
 }
 
 func newAgentProc(bin, dir, metrics, logLevel string, ttl time.Duration, env []string) (*agentProc, error) {
@@ -70,27 +124,8 @@ func newAgentProc(bin, dir, metrics, logLevel string, ttl time.Duration, env []s
 
 // start starts svidd; it does not wait for it to be ready.
 func (a *agentProc) start() error {
-	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(a.bin, "run", "-config", a.config, "-socketPath", a.api, "-adminSocketPath", a.admin, "-dataDir", a.data)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), a.env...)
-	// If the tool dies, so does the agent: nothing is left running.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	a.startedAt = time.Now()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting svidd: %w", err)
-	}
-	a.cmd = cmd
-	a.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(a.exited) }()
-	return nil
+	return a.startCmd(a.bin, []string{"run", "-config", a.config, "-socketPath", a.api, "-adminSocketPath", a.admin, "-dataDir", a.data}, a.env, a.logPath)
 }
-
-func (a *agentProc) pid() int { return a.cmd.Process.Pid }
 
 // waitReady polls the admin Health endpoint until svidd says it is ready.
 func (a *agentProc) waitReady(timeout time.Duration) error {
@@ -113,29 +148,6 @@ func (a *agentProc) waitReady(timeout time.Duration) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-
-// stop sends SIGTERM and waits, then SIGKILL.
-func (a *agentProc) stop(timeout time.Duration) error {
-	if a.cmd == nil {
-		return nil
-	}
-	select {
-	case <-a.exited:
-		return nil
-	default:
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.exited:
-		return nil
-	case <-time.After(timeout):
-		_ = a.cmd.Process.Kill()
-		<-a.exited
-		return fmt.Errorf("svidd did not stop within %s of SIGTERM (killed)", timeout)
-	}
-}
-
-func (a *agentProc) signal(sig syscall.Signal) { _ = a.cmd.Process.Signal(sig) }
 
 // usage is a sample of the agent's resource use.
 type usage struct {
@@ -165,28 +177,10 @@ func meanFirst(a, b usage) time.Duration {
 	return time.Duration((b.FirstSum - a.FirstSum) / float64(b.FirstCount-a.FirstCount) * float64(time.Second))
 }
 
-// sample reads VmRSS from /proc/PID/status, utime+stime from /proc/PID/stat and, if svidd
-// serves metrics, go_goroutines and go_memstats_heap_inuse_bytes.
+// sample is procUsage and, if svidd serves metrics, go_goroutines,
+// go_memstats_heap_inuse_bytes and svidd's mint and first-response counters.
 func (a *agentProc) sample() (usage, error) {
-	u := usage{Goroutines: -1, HeapKiB: -1, Mints: -1, FirstCount: -1}
-	pid := a.pid()
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return u, fmt.Errorf("reading svidd status: %w", err)
-	}
-	for line := range strings.Lines(string(st)) {
-		for _, m := range []struct {
-			prefix string
-			dst    *int64
-		}{{"VmRSS:", &u.RSSKiB}, {"RssAnon:", &u.AnonKiB}} {
-			if v, ok := strings.CutPrefix(line, m.prefix); ok {
-				if f := strings.Fields(v); len(f) > 0 {
-					*m.dst, _ = strconv.ParseInt(f[0], 10, 64)
-				}
-			}
-		}
-	}
-	u.CPU, err = procCPU(pid)
+	u, err := procUsage(a.pid())
 	if err != nil {
 		return u, err
 	}
@@ -210,11 +204,38 @@ func (a *agentProc) sample() (usage, error) {
 	return u, nil
 }
 
+// procUsage reads VmRSS and RssAnon from /proc/PID/status and utime+stime from /proc/PID/stat;
+// the fields only metrics give are -1.
+func procUsage(pid int) (usage, error) {
+	u := usage{Goroutines: -1, HeapKiB: -1, Mints: -1, FirstCount: -1}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return u, fmt.Errorf("reading status of pid %d: %w", pid, err)
+	}
+	for line := range strings.Lines(string(st)) {
+		for _, m := range []struct {
+			prefix string
+			dst    *int64
+		}{{"VmRSS:", &u.RSSKiB}, {"RssAnon:", &u.AnonKiB}} {
+			if v, ok := strings.CutPrefix(line, m.prefix); ok {
+				if f := strings.Fields(v); len(f) > 0 {
+					*m.dst, _ = strconv.ParseInt(f[0], 10, 64)
+				}
+			}
+		}
+	}
+	u.CPU, err = procCPU(pid)
+	if err != nil {
+		return u, err
+	}
+	return u, nil
+}
+
 // procCPU is a process's user+system CPU time from /proc/PID/stat.
 func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("reading svidd stat: %w", err)
+		return 0, fmt.Errorf("reading stat of pid %d: %w", pid, err)
 	}
 	// The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
 	i := strings.LastIndexByte(string(b), ')')
@@ -235,7 +256,9 @@ func procCPU(pid int) (time.Duration, error) {
 
 // scrape reads un-labelled samples from a Prometheus text endpoint.
 func scrape(addr string) (map[string]float64, error) {
-	c := http.Client{Timeout: 2 * time.Second}
+	// Uncompressed: gzip of the answer is CPU the agent would spend on the tool's behalf,
+	// within the windows the tool measures (the floor serves no metrics).
+	c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableCompression: true}}
 	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return nil, err

@@ -3,13 +3,13 @@ package workloadtest
 import (
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/wire"
 )
 
@@ -20,12 +20,7 @@ import (
 // subscription of w.
 func Serve(t testing.TB, w *Watcher, register func(*grpc.Server), opts ...grpc.ServerOption) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "wlt") // short: a socket path is at most 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "api.sock")
+	sock := filepath.Join(proctest.ShortDir(t), "api.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)

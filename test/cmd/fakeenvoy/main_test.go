@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/test/envoy"
 )
 
@@ -92,11 +93,7 @@ func (c *cannedSDS) FetchSecrets(context.Context, *discoveryv3.DiscoveryRequest)
 
 func serve(t *testing.T, c *cannedSDS) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "fe-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := proctest.ShortDir(t)
 	path := filepath.Join(dir, "api.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
