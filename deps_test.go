@@ -24,26 +24,30 @@ var allowed = map[string]struct{ use, test []string }{
 
 	// The daemon and the CLI sit on top.
 	"cmd/svidd":   {use: []string{"agent", "conf"}},
-	"cmd/svidctl": {use: []string{"pkg/admin", "pkg/svidfiles"}, test: []string{"internal/proctest", "pkg/store", "pkg/workload"}},
+	"cmd/svidctl": {use: []string{"pkg/admin", "pkg/svidfiles", "pkg/workload"}, test: []string{"internal/proctest", "pkg/entry", "pkg/store"}},
 
 	// The agent assembles everything below it.
 	"agent": {
-		use: []string{"attestor", "ca", "conf", "pkg/admin", "pkg/admission", "pkg/entry", "pkg/peercred",
-			"pkg/sds", "pkg/store", "pkg/telemetry", "pkg/wire", "pkg/workload", "pkg/workloadapi"},
+		use: []string{"attestor", "ca", "conf", "pkg/admin", "pkg/admission", "pkg/entry", "pkg/federation",
+			"pkg/ownership", "pkg/peercred", "pkg/sds", "pkg/store", "pkg/telemetry", "pkg/wire", "pkg/workload",
+			"pkg/workloadapi"},
 		test: []string{"internal/proctest"},
 	},
 	"attestor": {use: []string{"pkg/entry", "pkg/peercred"}, test: []string{"internal/proctest"}},
-	"ca":       {use: []string{"pkg/workload"}},
+	"ca":       {use: []string{"pkg/entry", "pkg/ownership", "pkg/workload"}, test: []string{"internal/testpki"}},
 	"conf":     {use: []string{"pkg/entry"}},
 
-	// The protocol front-ends see Views and the wire, never how Views are made.
-	"pkg/sds":         {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"internal/proctest", "pkg/workload/workloadtest"}},
-	"pkg/workloadapi": {use: []string{"pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
+	// The protocol front-ends see Views and the wire, never how Views are made; they charge
+	// what a stream holds to its uid's budget (pkg/admission).
+	"pkg/sds":         {use: []string{"pkg/admission", "pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"internal/proctest", "pkg/workload/workloadtest"}},
+	"pkg/workloadapi": {use: []string{"pkg/admission", "pkg/peercred", "pkg/wire", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
 
-	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/store", "pkg/workload"}, test: []string{"internal/proctest"}},
+	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/federation", "pkg/store", "pkg/workload"}, test: []string{"internal/proctest", "pkg/workload/workloadtest"}},
+	"pkg/federation":            {use: []string{"pkg/store", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
+	"pkg/ownership":             {},
 	"pkg/admission":             {use: []string{"pkg/peercred"}, test: []string{"conf", "internal/proctest"}},
 	"pkg/entry":                 {},
-	"pkg/peercred":              {test: []string{"internal/proctest"}},
+	"pkg/peercred":              {use: []string{"pkg/ownership"}, test: []string{"internal/proctest"}},
 	"pkg/store":                 {use: []string{"pkg/entry"}, test: []string{"pkg/store/storetest"}},
 	"pkg/store/storetest":       {use: []string{"pkg/entry", "pkg/store"}},
 	"pkg/svidfiles":             {},
@@ -52,11 +56,12 @@ var allowed = map[string]struct{ use, test []string }{
 	"pkg/workload":              {use: []string{"pkg/peercred"}},
 	"pkg/workload/workloadtest": {use: []string{"internal/proctest", "pkg/peercred", "pkg/wire", "pkg/workload"}},
 	"internal/proctest":         {use: []string{"pkg/peercred"}},
+	"internal/testpki":          {},
 	"examples":                  {test: []string{"conf", "pkg/svidfiles", "pkg/telemetry"}},
 
 	// End-to-end tests and load tools drive the binaries from outside; profsvidd is svidd's
 	// main with profiling, so it may import what cmd/svidd does.
-	"test":                  {test: []string{"conf", "internal/proctest", "pkg/admin", "pkg/svidfiles", "test/envoy"}},
+	"test":                  {test: []string{"conf", "internal/proctest", "internal/testpki", "pkg/admin", "pkg/svidfiles", "test/envoy"}},
 	"test/envoy":            {test: []string{"internal/proctest"}},
 	"test/cmd/fakeenvoy":    {use: []string{"test/envoy"}, test: []string{"internal/proctest"}},
 	"test/cmd/flood":        {use: []string{"test/envoy"}},
@@ -186,14 +191,14 @@ func TestLayers(t *testing.T) {
 	}
 	not := func(f func(string) bool) func(string) bool { return func(n string) bool { return !f(n) } }
 	testOnly := func(name string) bool {
-		// test/..., internal/proctest, and fixtures named after their package (pkg/store/storetest).
-		return under("test", "internal/proctest")(name) || path.Base(name) == path.Base(path.Dir(name))+"test"
+		// test/..., internal/proctest and testpki, and fixtures named after their package (pkg/store/storetest).
+		return under("test", "internal/proctest", "internal/testpki")(name) || path.Base(name) == path.Base(path.Dir(name))+"test"
 	}
 
 	forbid("the agent sits under cmd only", not(is("cmd/svidd", "test/load/profsvidd")), under("agent", "cmd"))
 	forbid("pkg/* is the library the agent assembles; it never reaches up", under("pkg"), under("agent", "attestor", "ca", "conf", "cmd"))
 	forbid("the protocol front-ends translate Views; they never mint, attest or read the store",
-		is("pkg/sds", "pkg/workloadapi"), not(is("pkg/workload", "pkg/wire", "pkg/peercred")))
+		is("pkg/sds", "pkg/workloadapi"), not(is("pkg/workload", "pkg/wire", "pkg/peercred", "pkg/ownership", "pkg/admission")))
 	forbid("attestor, ca and conf are siblings under the agent", is("attestor", "ca", "conf"), under("attestor", "ca", "conf", "pkg/store", "pkg/admin", "pkg/sds", "pkg/workloadapi"))
 	forbid("pkg/entry is pure: it depends on nothing of ours", is("pkg/entry"), func(string) bool { return true })
 	forbid("test helpers stay out of what ships", not(testOnly), testOnly)
