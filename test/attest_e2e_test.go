@@ -322,8 +322,10 @@ func TestHashingFloodDoesNotStarveAnother(t *testing.T) {
 	}
 	// The budget allows 1 GiB at once plus 1 GiB per 10 minutes: about two hashes of this
 	// binary in the whole test (~1 s of CPU each on this machine). Without the budget, one
-	// every connection: a core and more, all the time.
-	if cpu > wall/4 {
+	// every connection: a core and more, all the time (measured 18.4 s in 18.4 s). Refusing
+	// ~800 connections costs CPU too, more under the race detector on a busy machine
+	// (measured up to 28% of the wall time), hence half, not a quarter.
+	if cpu > wall/2 {
 		t.Errorf("svidd used %v of CPU in %v of hashing flood", cpu, wall)
 	}
 	if served > 4 {

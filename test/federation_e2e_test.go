@@ -30,7 +30,7 @@ import (
 // serves https_web (with a certificate of a web CA the test makes for 127.0.0.1, trusted by
 // a.test through SSL_CERT_FILE). Entries that federate with a trust domain whose bundle has
 // not arrived yet are accepted and get it when it comes. go-spiffe workloads complete mTLS
-// across the trust domains; both CAs rotate (24s lifetime) and each side holds the other's
+// across the trust domains; both CAs rotate (30s lifetime) and each side holds the other's
 // new CA before the first SVID it signs is served; dropping the federation from a.test's
 // config sends removed_resources for spiffe://b.test on a delta stream.
 func TestFederationTwoTrustDomains(t *testing.T) {
@@ -38,7 +38,7 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 	dir := proctest.ShortDir(t)
 	web := newWebPKI(t, dir)
 	const (
-		caConf  = "ca {\n  ca_ttl = \"24s\"\n  svid_ttl = \"4s\"\n}\n"
+		caConf  = "ca {\n  ca_ttl = \"30s\"\n  svid_ttl = \"5s\"\n}\n"
 		serverA = "spiffe://a.test/server"
 		clientB = "spiffe://b.test/client"
 		watchA  = "spiffe://a.test/watcher"
@@ -87,10 +87,10 @@ func TestFederationTwoTrustDomains(t *testing.T) {
 	federatedAt := time.Now()
 	crossDomainMTLS(t, a, b, serverA, clientB)
 
-	// Both CAs rotate (prepared at 12s, active at 20s of their 24s life). Wait until each side
+	// Both CAs rotate (prepared at 15s, active at 25s of their 30s life). Wait until each side
 	// has served SVIDs from a CA first seen after the federation was up.
 	for _, o := range []*fedObserver{obsA, obsB} {
-		o.waitFor(t, errc, 45*time.Second, "an SVID from a rotated CA", func() bool {
+		o.waitFor(t, errc, 60*time.Second, "an SVID from a rotated CA", func() bool {
 			for _, at := range o.issuers {
 				if at.After(federatedAt) {
 					return true

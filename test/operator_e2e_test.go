@@ -254,7 +254,9 @@ func TestWarnsWhenBinariesUnreadable(t *testing.T) {
 	if err := os.Chown(data, 1001, 1001); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(dir, 0o777); err != nil { // the sockets are created here by uid 1001
+	// The sockets are created here by uid 1001, whose directory it must be (svidd refuses a
+	// socket directory others can write).
+	if err := os.Chown(dir, 1001, 1001); err != nil {
 		t.Fatal(err)
 	}
 	api, adm := filepath.Join(dir, "api.sock"), filepath.Join(dir, "admin.sock")

@@ -170,8 +170,8 @@ func TestFleetDiskUpstream(t *testing.T) {
 	testpki.Write(t, filepath.Join(dir, "up.pem"), testpki.CertPEM(inter.Cert), 0o644)
 	testpki.Write(t, filepath.Join(dir, "up.key"), inter.KeyPEM(t), 0o600)
 	testpki.Write(t, filepath.Join(dir, "roots.pem"), testpki.CertPEM(root.Cert), 0o644)
-	hosts := startFleet(t, 3, fmt.Sprintf(`  ca_ttl   = "21s"
-  svid_ttl = "3s"
+	hosts := startFleet(t, 3, fmt.Sprintf(`  ca_ttl   = "30s"
+  svid_ttl = "5s"
   upstream "disk" {
     cert_file   = %q
     key_file    = %q
@@ -182,7 +182,7 @@ func TestFleetDiskUpstream(t *testing.T) {
 	checkChainsServed(t, hosts[0].a, inter.Cert)
 	startClients(t, hosts)
 	for range 2 {
-		waitActivations(t, hosts, activations(hosts[len(hosts)-1].a)+1, 40*time.Second)
+		waitActivations(t, hosts, activations(hosts[len(hosts)-1].a)+1, 60*time.Second)
 		sameBundles(t, hosts, want)
 	}
 	time.Sleep(2 * time.Second) // traffic on the newest CAs
@@ -199,8 +199,8 @@ func TestFleetDiskUpstream(t *testing.T) {
 func TestFleetStepCAUpstream(t *testing.T) {
 	requireRoot(t)
 	s := testpki.StartStepCA(t, t.TempDir(), 5*time.Second)
-	hosts := startFleet(t, 3, fmt.Sprintf(`  ca_ttl   = "24s"
-  svid_ttl = "3s"
+	hosts := startFleet(t, 3, fmt.Sprintf(`  ca_ttl   = "30s"
+  svid_ttl = "5s"
   upstream "step_ca" {
     url                  = %q
     root_file            = %q
@@ -217,11 +217,11 @@ func TestFleetStepCAUpstream(t *testing.T) {
 		}
 	}
 	startClients(t, hosts)
-	waitActivations(t, hosts, 1, 40*time.Second)
+	waitActivations(t, hosts, 1, 60*time.Second)
 
 	// The earliest next prepare time among the hosts; step-ca goes down just before it and
-	// stays down 6 s (plus its start-up), while that host's active CA has 12 s left at its
-	// prepare time.
+	// stays down 6 s (plus its start-up), while that host's active CA has half its life (15 s)
+	// left at its prepare time.
 	var earliest time.Time
 	for _, h := range hosts {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -241,7 +241,8 @@ func TestFleetStepCAUpstream(t *testing.T) {
 		next := active.NotBefore.Add(active.NotAfter.Sub(active.NotBefore) / 2)
 		if prepared || next.Before(time.Now().Add(2*time.Second)) {
 			// Already prepared (or about to be): its next prepare is a life later.
-			next = active.NotAfter.Add(-active.NotAfter.Sub(active.NotBefore) / 6).Add(12 * time.Second)
+			life := active.NotAfter.Sub(active.NotBefore)
+			next = active.NotAfter.Add(-life / 6).Add(life / 2)
 		}
 		if earliest.IsZero() || next.Before(earliest) {
 			earliest = next
@@ -281,7 +282,7 @@ func TestFleetStepCAUpstream(t *testing.T) {
 	// Every host rotates again with step-ca back; the ones that failed first retry with
 	// backoff and succeed.
 	for _, h := range hosts {
-		for deadline := time.Now().Add(40 * time.Second); activations(h.a) <= before[h.name]+1; {
+		for deadline := time.Now().Add(60 * time.Second); activations(h.a) <= before[h.name]+1; {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s did not resume rotating after step-ca came back at %s:\n%s", h.name, restarted.Format(time.TimeOnly), h.a.logs.String())
 			}
