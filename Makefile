@@ -25,8 +25,12 @@ build: ## Build bin/svidd and bin/svidctl
 run: build ## Build, then run svidd in the foreground with the built-in defaults
 	./$(BIN)/svidd run $(ARGS)
 
+.PHONY: etcd
+etcd: ## Build the test etcd server into ~/.cache/svidd-tools (once per version; the registry tests run it)
+	@test/tools/etcd/build.sh >/dev/null
+
 .PHONY: test
-test: ## Vet, then every test with the race detector (what CI runs)
+test: etcd ## Vet, then every test with the race detector (what CI runs)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 9m $(PKGS)
