@@ -45,8 +45,13 @@ func TestThreeMembersTLS(t *testing.T) {
 	}
 
 	c.Kill(0)
-	if err := put(cli, "k", "2", 10*time.Second); err != nil {
-		t.Fatalf("put with one of three members killed: %v", err)
+	// A write in flight while a new leader is elected may time out (etcd does not retry a
+	// write it cannot prove unapplied); the cluster must take writes again within seconds.
+	deadline := time.Now().Add(15 * time.Second)
+	for err := put(cli, "k", "2", 5*time.Second); err != nil; err = put(cli, "k", "2", 5*time.Second) {
+		if time.Now().After(deadline) {
+			t.Fatalf("put with one of three members killed: %v", err)
+		}
 	}
 	c.Restart(0)
 
