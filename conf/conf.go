@@ -45,6 +45,7 @@ type Config struct {
 	Telemetry TelemetryConfig
 	Health    HealthConfig
 	Limits    LimitsConfig
+	Store     StoreConfig // the zero value is SQLite in the data dir
 
 	// Entries are the config-declared registration entries, in file order. Name is the
 	// block label; Selectors are normalized; ID, Revision and timestamps are zero (the store
