@@ -26,6 +26,7 @@ import (
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/store/mirror"
 	"github.com/svidd/svidd/pkg/telemetry"
 	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
@@ -54,6 +55,9 @@ type Agent struct {
 	metrics *telemetry.Metrics
 	// admission holds the per-uid limits of the api socket.
 	admission *admission.Controller
+
+	// registry follows the fleet registry into the SQLite copy (store "etcd"), else nil.
+	registry *mirror.Mirror
 
 	serving atomic.Bool
 	started time.Time
@@ -97,7 +101,10 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
-	a.store = st
+	if a.store, err = a.openStore(st); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
 	a.ca, err = ca.New(ca.Config{
 		TrustDomain: cfg.TrustDomain,
 		Dir:         cfg.DataDir,
@@ -300,6 +307,9 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 	run("ca", func() error { return a.ca.Run(ctx) })
 	run("bundle watcher", func() error { a.watchBundle(ctx); return nil })
 	run("admin", func() error { return adminSrv.Serve(ctx, ls.Admin) })
+	if a.registry != nil {
+		run("registry", func() error { return a.registry.Run(ctx) })
+	}
 	run("api", func() error { return gs.Serve(preattestListener{Listener: apiLn, ctx: ctx, a: a}) })
 	if ls.Metrics != nil {
 		a.log.Info("metrics serving", "address", ls.Metrics.Addr().String(), "path", "/metrics")

@@ -31,6 +31,7 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		{"telemetry", old.Telemetry, cfg.Telemetry},
 		{"health", old.Health, cfg.Health},
 		{"limits", old.Limits, cfg.Limits},
+		{"store", old.Store, cfg.Store},
 	} {
 		if fmt.Sprint(d.old) != fmt.Sprint(d.new) {
 			a.log.Warn("config change needs a restart to take effect; ignored until then", "setting", d.name)
@@ -62,6 +63,9 @@ func (a *Agent) reconcile(ctx context.Context) error {
 
 // reconcileWith is reconcile given the store's entries; it reports whether it wrote anything.
 func (a *Agent) reconcileWith(ctx context.Context, existing []entry.Entry) (changed bool, err error) {
+	if a.registry != nil {
+		return false, fleetEntries(a.cfg.Entries) // see errFleetConfigEntries
+	}
 	byName := make(map[string]entry.Entry)
 	for _, e := range existing {
 		if e.Name != "" {

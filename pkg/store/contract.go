@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"time"
 
 	"github.com/svidd/svidd/pkg/entry"
@@ -8,6 +9,11 @@ import (
 
 // The rules every Store implementation applies the same way, exported for the stores outside
 // this package (etcdstore) so that no store disagrees with SQLite about what an entry is.
+
+// ErrUnavailable is returned by a write the store cannot take now (a shared registry that is
+// unreachable); nothing was written and the caller may retry later. The admin API answers
+// 503 with the error's text, which says why.
+var ErrUnavailable = errors.New("store unavailable for writes")
 
 // Prepare normalizes e for storing and refuses what no store may hold (no SPIFFE ID, no
 // selectors, a malformed selector). Errors wrap entry.ErrInvalid.

@@ -19,13 +19,13 @@ import (
 
 var _ store.Store = (*Mirror)(nil)
 
-// ErrUnreachable is returned by writes while the registry cannot be reached; the admin API
-// answers Unavailable. Nothing was written.
-var ErrUnreachable = errors.New("the registry (etcd) is unreachable; entries are served from this host's copy and writes are refused until it is back")
+// ErrUnreachable is returned by writes while the registry cannot be reached, together with
+// store.ErrUnavailable (the admin API answers 503). Nothing was written.
+var ErrUnreachable = errors.New("the registry (etcd) is unreachable")
 
 // Config configures New.
 type Config struct {
-	// Local is this host's copy; the Mirror does not close it.
+	// Local is this host's copy; Close closes it.
 	Local *store.SQLite
 	// Open connects to the registry; Run retries it until it succeeds. The registry's Watch
 	// must report every write by any instance (etcdstore does).
@@ -221,7 +221,8 @@ func (m *Mirror) writable() (store.Store, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.remote == nil || !m.reachable {
-		return nil, fmt.Errorf("%w (since %s)", ErrUnreachable, m.since.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("%w since %s; this host serves its copy of the entries and refuses writes until it is back (%w)",
+			ErrUnreachable, m.since.UTC().Format(time.RFC3339), store.ErrUnavailable)
 	}
 	return m.remote, nil
 }
@@ -238,7 +239,7 @@ func (m *Mirror) write(ctx context.Context, fn func(ctx context.Context, r store
 	e, err := fn(wctx, r)
 	if err != nil && ctx.Err() == nil && errors.Is(wctx.Err(), context.DeadlineExceeded) {
 		m.setReachable(false)
-		return entry.Entry{}, fmt.Errorf("%w: %v", ErrUnreachable, err)
+		return entry.Entry{}, fmt.Errorf("%w; the write may not have been applied (%w): %v", ErrUnreachable, store.ErrUnavailable, err)
 	}
 	return e, err
 }
@@ -274,5 +275,5 @@ func (m *Mirror) Watch(fn func(store.Change)) (cancel func()) { return m.cfg.Loc
 // Ping checks this host's copy: a host serves while the registry is away.
 func (m *Mirror) Ping(ctx context.Context) error { return m.cfg.Local.Ping(ctx) }
 
-// Close does nothing: Run owns the registry connection and the caller owns Local.
-func (m *Mirror) Close() error { return nil }
+// Close closes the local copy (Run owns the registry connection and ends with its ctx).
+func (m *Mirror) Close() error { return m.cfg.Local.Close() }
