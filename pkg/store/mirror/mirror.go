@@ -90,19 +90,34 @@ func (m *Mirror) setReachable(ok bool) {
 }
 
 // Run connects to the registry (retrying), brings the copy up to date, follows changes and
-// probes reachability until ctx ends. It returns nil on a clean stop.
+// probes reachability until ctx ends. It returns nil on a clean stop; a failure to connect or
+// to bring the copy up to date is retried, never fatal: the host serves its copy meanwhile.
 func (m *Mirror) Run(ctx context.Context) error {
-	remote, err := m.connect(ctx)
-	if err != nil {
-		return nil // ctx ended
-	}
-	defer remote.Close()
-	cancel := remote.Watch(m.apply)
-	defer cancel()
-	if err := m.sync(ctx, remote); err != nil {
+	for {
+		remote, err := m.connect(ctx)
+		if err != nil {
+			return nil // ctx ended
+		}
+		err = m.follow(ctx, remote)
+		remote.Close()
 		if ctx.Err() != nil {
 			return nil
 		}
+		m.log.Warn("bringing the registry copy up to date; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(m.cfg.CheckEvery):
+		}
+	}
+}
+
+// follow syncs the copy with remote, then keeps it current (remote's Watch) and probes
+// reachability until ctx ends (nil) or the sync fails.
+func (m *Mirror) follow(ctx context.Context, remote store.Store) error {
+	cancel := remote.Watch(m.apply)
+	defer cancel()
+	if err := m.sync(ctx, remote); err != nil {
 		return err
 	}
 	m.mu.Lock()
