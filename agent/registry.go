@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/svidd/svidd/conf"
+	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/store/etcdstore"
@@ -52,6 +53,21 @@ func (a *Agent) openStore(local *store.SQLite) (store.Store, error) {
 	}
 	a.registry = m
 	return m, nil
+}
+
+// registryStatus is the registry's state for svidctl status; nil without a registry.
+func (a *Agent) registryStatus() *admin.Registry {
+	if a.registry == nil {
+		return nil
+	}
+	ok, since := a.registry.Status()
+	return &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()}
+}
+
+func (a *Agent) registryMetrics() {
+	if a.registry != nil {
+		a.metrics.SetRegistry(a.registry.Status())
+	}
 }
 
 func fleetEntries(entries []entry.Entry) error {

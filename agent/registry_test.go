@@ -107,6 +107,9 @@ func TestRegistryHost(t *testing.T) {
 		return errors.As(werr, &se) && se.Code == http.StatusServiceUnavailable && time.Since(start) < time.Second
 	})
 	t.Logf("write while etcd is unreachable: %v", werr)
+	if st, err := cli.Status(context.Background()); err != nil || st.Registry == nil || st.Registry.Reachable || st.Registry.Kind != "etcd" {
+		t.Fatalf("status while etcd is unreachable: registry %+v, %v", st.Registry, err)
+	}
 	h, err := cli.Health(context.Background())
 	if err != nil || !h.Ready {
 		t.Fatalf("health while etcd is unreachable = %+v, %v; want ready", h, err)
@@ -121,6 +124,10 @@ func TestRegistryHost(t *testing.T) {
 	eventually(t, "the agent catches up with a delete made while it was cut off", func() bool {
 		_, err := cli.GetEntry(context.Background(), fromOther.ID)
 		return admin.IsNotFound(err)
+	})
+	eventually(t, "status shows the registry reachable again", func() bool {
+		st, err := cli.Status(context.Background())
+		return err == nil && st.Registry != nil && st.Registry.Reachable
 	})
 }
 

@@ -17,6 +17,7 @@ func (a *Agent) status() admin.Status {
 		Entries:     st.Entries,
 		Streams:     st.Streams,
 		Authorities: caAdmin{a.ca}.Authorities(),
+		Registry:    a.registryStatus(),
 	}
 	for _, h := range a.cache.identities() {
 		out.Identities = append(out.Identities, admin.Identity{
@@ -58,6 +59,7 @@ func (x caAdmin) Activate() error { return x.c.Activate() }
 func (a *Agent) gaugeMetrics() {
 	st := a.cache.stats()
 	a.metrics.SetEntries(st.Entries)
+	a.registryMetrics()
 	a.metrics.SetSVIDs(st.SVIDs)
 	var soonest time.Time
 	for _, h := range a.cache.identities() {

@@ -127,4 +127,13 @@ type Status struct {
 	Streams     int         `json:"streams"`
 	Authorities []Authority `json:"authorities"`
 	Identities  []Identity  `json:"identities"`
+	// Registry is the fleet registry's state; nil without one (store "sqlite").
+	Registry *Registry `json:"registry,omitempty"`
+}
+
+// Registry is the state of a fleet registry (store "etcd") seen from this host.
+type Registry struct {
+	Kind      string    `json:"kind"`
+	Reachable bool      `json:"reachable"`
+	Since     time.Time `json:"since"` // when Reachable last changed (or svidd started)
 }

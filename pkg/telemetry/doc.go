@@ -44,6 +44,11 @@
 //	svidd_ca_rotations_total              counter  CA rotation steps applied; label step = prepare | activate | prune | replace-expired | other
 //	svidd_bundle_changes_total            counter  trust bundle changes published to workloads
 //
+// Fleet registry (only with store "etcd"):
+//
+//	svidd_registry_reachable                      gauge  1 when etcd answers, 0 while the host serves its local copy
+//	svidd_registry_state_since_timestamp_seconds  gauge  when reachable last changed (Unix seconds)
+//
 // Process and runtime (standard collectors): go_* (Go runtime: goroutines, GC, memory),
 // process_* (CPU, resident memory, open file descriptors, start time) and go_build_info.
 //
