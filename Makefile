@@ -26,8 +26,13 @@ run: build ## Build, then run svidd in the foreground with the built-in defaults
 	./$(BIN)/svidd run $(ARGS)
 
 .PHONY: tools
-tools: ## Build the pinned step-ca the upstream tests run, into a cache outside the repo (first run only, ~7 min)
+tools: ## Build the pinned step-ca and etcd the fleet tests run, into a cache outside the repo (first run only, ~7 min each)
 	@./test/tools/stepca.sh >/dev/null
+	@test/tools/etcd/build.sh >/dev/null
+
+.PHONY: etcd
+etcd: ## Build the test etcd server into ~/.cache/svidd-tools (once per version; the registry tests run it)
+	@test/tools/etcd/build.sh >/dev/null
 
 .PHONY: test
 test: tools ## Vet, then every test with the race detector (what CI runs)

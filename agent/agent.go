@@ -29,6 +29,7 @@ import (
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/sds"
 	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/store/mirror"
 	"github.com/svidd/svidd/pkg/telemetry"
 	"github.com/svidd/svidd/pkg/wire"
 	"github.com/svidd/svidd/pkg/workload"
@@ -63,6 +64,9 @@ type Agent struct {
 	admission *admission.Controller
 	// fed owns the federated bundles (federation.go).
 	fed *federation.Manager
+
+	// registry follows the fleet registry into the SQLite copy (store "etcd"), else nil.
+	registry *mirror.Mirror
 
 	serving atomic.Bool
 	started time.Time
@@ -111,7 +115,10 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
-	a.store = st
+	if a.store, err = a.openStore(st); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("opening store: %w", err)
+	}
 	upstream, err := newUpstream(cfg.CA.Upstream, a.log)
 	if err != nil {
 		return nil, err
@@ -406,6 +413,9 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 		return err
 	}
 	run("admin", func() error { return adminSrv.Serve(ctx, ls.Admin) })
+	if a.registry != nil {
+		run("registry", func() error { return a.registry.Run(ctx) })
+	}
 	run("api", func() error { return gs.Serve(preattestListener{Listener: apiLn, ctx: ctx, a: a}) })
 	if ls.Metrics != nil {
 		a.log.Info("metrics serving", "address", ls.Metrics.Addr().String(), "path", "/metrics")

@@ -35,6 +35,7 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		{"limits", old.Limits, cfg.Limits},
 		{"federation.bundle_endpoint", endpointOf(old), endpointOf(cfg)},
 		{"federation.min_refresh_interval", old.Federation.MinRefreshInterval, cfg.Federation.MinRefreshInterval},
+		{"store", old.Store, cfg.Store},
 	} {
 		if fmt.Sprint(d.old) != fmt.Sprint(d.new) {
 			a.log.Warn("config change needs a restart to take effect; ignored until then", "setting", d.name)
@@ -73,6 +74,9 @@ func (a *Agent) reconcile(ctx context.Context) error {
 
 // reconcileWith is reconcile given the store's entries; it reports whether it wrote anything.
 func (a *Agent) reconcileWith(ctx context.Context, existing []entry.Entry) (changed bool, err error) {
+	if a.registry != nil {
+		return false, fleetEntries(a.cfg.Entries) // see errFleetConfigEntries
+	}
 	byName := make(map[string]entry.Entry)
 	for _, e := range existing {
 		if e.Name != "" {

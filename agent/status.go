@@ -17,6 +17,7 @@ func (a *Agent) status() admin.Status {
 		Entries:     st.Entries,
 		Streams:     st.Streams,
 		Authorities: caAdmin{a.ca}.Authorities(),
+		Registry:    a.registryStatus(),
 	}
 	if u, ok := a.ca.UpstreamStatus(); ok {
 		out.Upstream = &admin.Upstream{Name: u.Name, LastSuccess: u.LastSuccess.UTC(), Failures: u.Failures,
@@ -62,6 +63,7 @@ func (x caAdmin) Activate() error { return x.c.Activate() }
 func (a *Agent) gaugeMetrics() {
 	st := a.cache.stats()
 	a.metrics.SetEntries(st.Entries)
+	a.registryMetrics()
 	a.metrics.SetSVIDs(st.SVIDs)
 	var soonest time.Time
 	for _, h := range a.cache.identities() {

@@ -46,6 +46,7 @@ type Config struct {
 	Limits    LimitsConfig
 	// Federation is the federation {} block and the federates_with blocks (federation.go).
 	Federation FederationConfig
+	Store      StoreConfig // the zero value is SQLite in the data dir
 
 	// Entries are the config-declared registration entries, in file order. Name is the
 	// block label; Selectors are normalized; ID, Revision and timestamps are zero (the store

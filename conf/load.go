@@ -28,6 +28,7 @@ type fileRoot struct {
 	Telemetry *fileTelemetry `hcl:"telemetry,block"`
 	Health    *fileHealth    `hcl:"health,block"`
 	Limits    *fileLimits    `hcl:"limits,block"`
+	Store     *fileStore     `hcl:"store,block"`
 	Entries   []fileEntry    `hcl:"entry,block"`
 	// Federation: see federation.go.
 	Federation    *fileFederation     `hcl:"federation,block"`
@@ -339,6 +340,7 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		p := t.Prometheus
 		l.str("telemetry.prometheus.address", l.file("telemetry.prometheus.address", p.Address, p.AddressRange), &cfg.Telemetry.PrometheusAddress)
 	}
+	l.store(cfg, f.Store)
 	if h := f.Health; h != nil {
 		l.str("health.address", l.file("health.address", h.Address, h.AddressRange), &cfg.Health.Address)
 		l.str("health.live_path", l.file("health.live_path", h.LivePath, h.LivePathRange), &cfg.Health.LivePath)

@@ -89,6 +89,7 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 	}
 
 	v.address("telemetry.prometheus.address", c.Telemetry.PrometheusAddress)
+	v.store(c.Store)
 	v.address("health.address", c.Health.Address)
 	// Port 0 asks the kernel for a free port, so two ":0" listeners never collide.
 	if c.Health.Address != "" && c.Health.Address == c.Telemetry.PrometheusAddress && !strings.HasSuffix(c.Health.Address, ":0") {

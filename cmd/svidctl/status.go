@@ -38,6 +38,13 @@ func renderStatus(w io.Writer, st admin.Status) error {
 	now := st.Now
 	fmt.Fprintf(w, "Trust domain: %s    up %s    entries %d    streams %d\n\n",
 		st.TrustDomain, roundDur(now.Sub(st.StartedAt)), st.Entries, st.Streams)
+	if r := st.Registry; r != nil {
+		if r.Reachable {
+			fmt.Fprintf(w, "Registry: %s reachable since %s (%s)\n\n", r.Kind, stamp(r.Since), roundDur(now.Sub(r.Since)))
+		} else {
+			fmt.Fprintf(w, "Registry: %s UNREACHABLE since %s (%s); serving this host's copy, writes refused\n\n", r.Kind, stamp(r.Since), roundDur(now.Sub(r.Since)))
+		}
+	}
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CA\tSKI\tNOT BEFORE\tNOT AFTER\tLIFETIME LEFT")

@@ -317,6 +317,8 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrAlreadyExists), errors.Is(err, errConfigOwned):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrUnavailable):
+		writeJSON(w, http.StatusServiceUnavailable, Error{Error: err.Error()})
 	default:
 		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 		msg := "internal error: " + err.Error()

@@ -190,6 +190,8 @@ type Status struct {
 	Identities  []Identity  `json:"identities"`
 	// Upstream is set when an upstream signs the host's CA.
 	Upstream *Upstream `json:"upstream,omitempty"`
+	// Registry is the fleet registry's state; nil without one (store "sqlite").
+	Registry *Registry `json:"registry,omitempty"`
 }
 
 // Upstream is the state of the PKI that signs the host's CA.
@@ -202,4 +204,11 @@ type Upstream struct {
 	Failures    int       `json:"failures"`
 	LastError   string    `json:"last_error,omitempty"`
 	LastFailure time.Time `json:"last_failure,omitzero"`
+}
+
+// Registry is the state of a fleet registry (store "etcd") seen from this host.
+type Registry struct {
+	Kind      string    `json:"kind"`
+	Reachable bool      `json:"reachable"`
+	Since     time.Time `json:"since"` // when Reachable last changed (or svidd started)
 }

@@ -47,6 +47,11 @@
 //	svidd_ca_upstream_failures_total      counter  failed upstream signings of a CA (retried with backoff)
 //	svidd_federation_bundle_refreshes_total counter fetches of foreign bundles from their bundle endpoints; label result = ok | error
 //
+// Fleet registry (only with store "etcd"):
+//
+//	svidd_registry_reachable                      gauge  1 when etcd answers, 0 while the host serves its local copy
+//	svidd_registry_state_since_timestamp_seconds  gauge  when reachable last changed (Unix seconds)
+//
 // Process and runtime (standard collectors): go_* (Go runtime: goroutines, GC, memory),
 // process_* (CPU, resident memory, open file descriptors, start time) and go_build_info.
 //

@@ -58,6 +58,7 @@ type Metrics struct {
 	log      *slog.Logger
 	reg      *prometheus.Registry
 	onGather atomic.Pointer[func()]
+	registry registryMetrics // registry.go
 
 	// Front-ends (SDS, Workload API), labelled service, kind.
 	streamsOpen      *prometheus.GaugeVec

@@ -1,0 +1,112 @@
+package etcdtest
+
+import (
+	"io"
+	"net"
+	"sync"
+	"testing"
+)
+
+// Proxy forwards TCP connections from a loopback port to one etcd member, so a test can cut
+// one client off from the cluster (a partitioned host) while other clients keep writing. TLS
+// passes through untouched: the member's certificate names 127.0.0.1.
+type Proxy struct {
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// NewProxy listens on a free loopback port and forwards to target (host:port). It is closed
+// when the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Go(p.accept)
+	t.Cleanup(p.Close)
+	return p
+}
+
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Cut closes every forwarded connection and refuses new ones until Restore.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	p.cut = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+}
+
+// Restore forwards new connections again.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	p.cut = false
+	p.mu.Unlock()
+}
+
+// Close stops the proxy and waits for its goroutines.
+func (p *Proxy) Close() {
+	p.ln.Close()
+	p.Cut()
+	p.wg.Wait()
+}
+
+func (p *Proxy) accept() {
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.mu.Unlock()
+			in.Close()
+			continue
+		}
+		p.conns[in] = struct{}{}
+		p.mu.Unlock()
+		p.wg.Go(func() { p.forward(in) })
+	}
+}
+
+func (p *Proxy) forward(in net.Conn) {
+	defer func() {
+		in.Close()
+		p.mu.Lock()
+		delete(p.conns, in)
+		p.mu.Unlock()
+	}()
+	out, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	if p.cut {
+		p.mu.Unlock()
+		out.Close()
+		return
+	}
+	p.conns[out] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		out.Close()
+		p.mu.Lock()
+		delete(p.conns, out)
+		p.mu.Unlock()
+	}()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(out, in); out.Close(); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(in, out); in.Close(); done <- struct{}{} }()
+	<-done
+	<-done
+}

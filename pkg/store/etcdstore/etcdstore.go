@@ -1,0 +1,356 @@
+// Package etcdstore is the Store a fleet shares: registration entries in etcd, one key per
+// entry (the entry's JSON) under a prefix, written with transactions that keep the Store's
+// contract (unique (SPIFFE ID, selector set), per-entry revisions, ErrNotFound), and a Watch
+// that follows etcd's own change history, so it reports writes made by every instance in the
+// cluster's one total order.
+//
+// Layout under Prefix:
+//
+//	entries/<id>                  the entry, JSON (entry.Entry's own encoding)
+//	unique/<sha256 of id+selectors>  the ID of the entry holding that (SPIFFE ID, selector set)
+//
+// An entry's Revision is its etcd key version: 1 when created, +1 per update.
+package etcdstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/store"
+)
+
+var _ store.Store = (*Store)(nil)
+
+// DefaultPrefix is where entries live when Config.Prefix is empty.
+const DefaultPrefix = "/svidd/"
+
+// deliveryWait bounds how long a write waits for its own change to come back through the
+// watch before returning (see Store.Watch).
+const deliveryWait = 5 * time.Second
+
+// Config configures Open.
+type Config struct {
+	// Endpoints are the members' client URLs (http://host:port or https://host:port).
+	Endpoints []string
+	// TLS is the client TLS configuration (CA, client certificate), nil for plain HTTP.
+	TLS *tls.Config
+	// Prefix is the key prefix of this registry, ending in "/" (default DefaultPrefix).
+	Prefix string
+	// Logger defaults to a discard handler.
+	Logger *slog.Logger
+	// Now is the clock for CreatedAt and UpdatedAt (default time.Now).
+	Now func() time.Time
+}
+
+// Store is a store.Store on etcd. It is safe for concurrent use.
+type Store struct {
+	cli     *clientv3.Client
+	entries string // Prefix + "entries/"
+	unique  string // Prefix + "unique/"
+	bundles string // Prefix + "bundles/": one key per federated trust domain
+	log     *slog.Logger
+	now     func() time.Time
+
+	mu sync.Mutex
+	// mirror is every entry as of revision delivered: the watch turns etcd's events into
+	// Changes with it (Old of an update) and diffs a full reload against it.
+	mirror    map[string]mirrored
+	delivered int64
+	progress  chan struct{} // closed and replaced whenever delivered advances
+	watchers  map[uint64]func(store.Change)
+	nextWatch uint64
+
+	stop      context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type mirrored struct {
+	e           entry.Entry
+	modRevision int64
+}
+
+// Open connects to etcd, loads the current entries and starts following changes. It fails if
+// etcd does not answer before ctx ends.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("opening etcd store: no endpoints")
+	}
+	prefix := cfg.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		return nil, fmt.Errorf("opening etcd store: prefix %q must end with /", prefix)
+	}
+	s := &Store{
+		entries:  prefix + "entries/",
+		unique:   prefix + "unique/",
+		bundles:  prefix + "bundles/",
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		mirror:   map[string]mirrored{},
+		progress: make(chan struct{}),
+		watchers: map[uint64]func(store.Change){},
+		done:     make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: cfg.Endpoints,
+		TLS:       cfg.TLS,
+		Logger:    zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 2 minutes; a host must catch up soon
+		// after etcd is back, not minutes later.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening etcd store: %w", err)
+	}
+	s.cli = cli
+	rev, err := s.load(ctx)
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("opening etcd store at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	s.delivered = rev
+	wctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	go s.follow(wctx)
+	return s, nil
+}
+
+func (s *Store) entryKey(id string) string { return s.entries + id }
+
+// uniqueKey names the (SPIFFE ID, selector set) of e, which at most one entry may hold.
+func (s *Store) uniqueKey(e entry.Entry) string {
+	h := sha256.Sum256([]byte(e.SPIFFEID.String() + "\n" + entry.SelectorKey(e.Selectors)))
+	return s.unique + hex.EncodeToString(h[:])
+}
+
+func decode(key, value []byte, version int64) (entry.Entry, error) {
+	var e entry.Entry
+	if err := json.Unmarshal(value, &e); err != nil {
+		return entry.Entry{}, fmt.Errorf("stored entry %s: %w", key, err)
+	}
+	e.Revision = version
+	e.CreatedAt, e.UpdatedAt = e.CreatedAt.UTC(), e.UpdatedAt.UTC()
+	return e, nil
+}
+
+// load reads every entry into the mirror (without telling watchers) and returns the revision
+// it read at.
+func (s *Store) load(ctx context.Context) (int64, error) {
+	m, rev, err := s.readAll(ctx)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	s.mirror = m
+	s.mu.Unlock()
+	return rev, nil
+}
+
+func (s *Store) readAll(ctx context.Context) (map[string]mirrored, int64, error) {
+	resp, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading entries: %w", err)
+	}
+	m := make(map[string]mirrored, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		e, err := decode(kv.Key, kv.Value, kv.Version)
+		if err != nil {
+			return nil, 0, err
+		}
+		m[e.ID] = mirrored{e: e, modRevision: kv.ModRevision}
+	}
+	return m, resp.Header.Revision, nil
+}
+
+// CreateEntry stores e with a new ID (unless e.ID is set), Revision 1 and the current time.
+func (s *Store) CreateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error) {
+	e, err := store.Prepare(e)
+	if err != nil {
+		return entry.Entry{}, fmt.Errorf("creating entry: %w", err)
+	}
+	if e.ID == "" {
+		e.ID = store.NewID()
+	}
+	now := store.Timestamp(s.now())
+	e.Revision, e.CreatedAt, e.UpdatedAt = 1, now, now
+	val, err := json.Marshal(e)
+	if err != nil {
+		return entry.Entry{}, fmt.Errorf("creating entry for %s: encoding: %w", e.SPIFFEID, err)
+	}
+	ek, uk := s.entryKey(e.ID), s.uniqueKey(e)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(ek), "=", 0), clientv3.Compare(clientv3.CreateRevision(uk), "=", 0)).
+		Then(clientv3.OpPut(ek, string(val)), clientv3.OpPut(uk, e.ID)).
+		Else(clientv3.OpGet(ek, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return entry.Entry{}, fmt.Errorf("creating entry for %s: %w", e.SPIFFEID, err)
+	}
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().Count > 0 {
+			return entry.Entry{}, fmt.Errorf("creating entry for %s: entry ID is already in use: %w", e.SPIFFEID, store.ErrAlreadyExists)
+		}
+		return entry.Entry{}, fmt.Errorf("creating entry for %s: %w", e.SPIFFEID, store.ErrAlreadyExists)
+	}
+	s.awaitDelivery(ctx, resp.Header.Revision)
+	return store.Clone(e), nil
+}
+
+// UpdateEntry replaces every field of the entry with e.ID but CreatedAt, and bumps Revision.
+// Concurrent updates of one entry are serialized by compare-and-swap on its etcd revision.
+func (s *Store) UpdateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error) {
+	e, err := store.Prepare(e)
+	if err != nil {
+		return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, err)
+	}
+	ek := s.entryKey(e.ID)
+	for {
+		old, modRev, err := s.get(ctx, e.ID)
+		if err != nil {
+			return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, err)
+		}
+		e.Revision, e.CreatedAt, e.UpdatedAt = old.Revision+1, old.CreatedAt, store.Timestamp(s.now())
+		val, err := json.Marshal(e)
+		if err != nil {
+			return entry.Entry{}, fmt.Errorf("updating entry %s: encoding: %w", e.ID, err)
+		}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ek), "=", modRev)}
+		ops := []clientv3.Op{clientv3.OpPut(ek, string(val))}
+		if oldU, newU := s.uniqueKey(old), s.uniqueKey(e); oldU != newU {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(newU), "=", 0))
+			ops = append(ops, clientv3.OpDelete(oldU), clientv3.OpPut(newU, e.ID))
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(ek, clientv3.WithKeysOnly())).Commit()
+		if err != nil {
+			return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, err)
+		}
+		if resp.Succeeded {
+			s.awaitDelivery(ctx, resp.Header.Revision)
+			return store.Clone(e), nil
+		}
+		// The entry is as we read it, so the other comparison failed: another entry holds
+		// the new (SPIFFE ID, selector set). Otherwise someone else wrote first: read again.
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && kvs[0].ModRevision == modRev {
+			return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, store.ErrAlreadyExists)
+		}
+	}
+}
+
+// DeleteEntry removes the entry and returns it as it was.
+func (s *Store) DeleteEntry(ctx context.Context, id string) (entry.Entry, error) {
+	ek := s.entryKey(id)
+	for {
+		old, modRev, err := s.get(ctx, id)
+		if err != nil {
+			return entry.Entry{}, fmt.Errorf("deleting entry %s: %w", id, err)
+		}
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(ek), "=", modRev)).
+			Then(clientv3.OpDelete(ek), clientv3.OpDelete(s.uniqueKey(old))).
+			Commit()
+		if err != nil {
+			return entry.Entry{}, fmt.Errorf("deleting entry %s: %w", id, err)
+		}
+		if resp.Succeeded {
+			s.awaitDelivery(ctx, resp.Header.Revision)
+			return old, nil
+		}
+	}
+}
+
+func (s *Store) get(ctx context.Context, id string) (entry.Entry, int64, error) {
+	resp, err := s.cli.Get(ctx, s.entryKey(id))
+	if err != nil {
+		return entry.Entry{}, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return entry.Entry{}, 0, fmt.Errorf("%w: %s", store.ErrNotFound, id)
+	}
+	kv := resp.Kvs[0]
+	e, err := decode(kv.Key, kv.Value, kv.Version)
+	return e, kv.ModRevision, err
+}
+
+// GetEntry returns the entry with the given ID, or ErrNotFound. Reads are linearizable: they
+// see every write acknowledged by any instance before the call.
+func (s *Store) GetEntry(ctx context.Context, id string) (entry.Entry, error) {
+	e, _, err := s.get(ctx, id)
+	if err != nil {
+		return entry.Entry{}, fmt.Errorf("getting entry: %w", err)
+	}
+	return e, nil
+}
+
+// ListEntries returns the entries matching f, ordered by SPIFFE ID then ID.
+func (s *Store) ListEntries(ctx context.Context, f store.Filter) ([]entry.Entry, error) {
+	resp, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("listing entries: %w", err)
+	}
+	var out []entry.Entry
+	for _, kv := range resp.Kvs {
+		e, err := decode(kv.Key, kv.Value, kv.Version)
+		if err != nil {
+			return nil, fmt.Errorf("listing entries: %w", err)
+		}
+		if f.Matches(e) {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b entry.Entry) int {
+		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// Ping checks that etcd answers a linearizable read (a quorum is reachable).
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly()); err != nil {
+		return fmt.Errorf("pinging etcd store: %w", err)
+	}
+	return nil
+}
+
+// Close stops following changes and closes the client. It is idempotent.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.stop()
+		<-s.done
+		if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+			s.closeErr = fmt.Errorf("closing etcd store: %w", err)
+		}
+	})
+	return s.closeErr
+}

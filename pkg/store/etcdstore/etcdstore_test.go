@@ -1,0 +1,114 @@
+package etcdstore_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/svidd/svidd/internal/etcdtest"
+	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/store/etcdstore"
+	"github.com/svidd/svidd/pkg/store/storetest"
+)
+
+// Each top-level test runs one TLS cluster (client certificates, as a fleet runs it); every
+// case has its own key prefix, so cases never see each other's entries.
+var prefixes atomic.Int64
+
+func testCluster(t *testing.T) (*etcdtest.Cluster, *tls.Config) {
+	t.Helper()
+	c := etcdtest.Start(t, etcdtest.Options{TLS: true})
+	tc, err := c.ClientTLS("root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, tc
+}
+
+func newPrefix() string { return fmt.Sprintf("/svidd-test/%d/", prefixes.Add(1)) }
+
+func open(t *testing.T, endpoints []string, tc *tls.Config, prefix string) *etcdstore.Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: endpoints, TLS: tc, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	c, tc := testCluster(t)
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return open(t, c.Endpoints(), tc, newPrefix())
+	})
+}
+
+// backend is one prefix on the test cluster; each instance reaches etcd through its own
+// proxy, so one instance can be cut off while the others write.
+type backend struct {
+	c       *etcdtest.Cluster
+	tls     *tls.Config
+	prefix  string
+	mu      sync.Mutex
+	proxies map[store.Store]*etcdtest.Proxy
+}
+
+func (b *backend) Open(t *testing.T) store.Store {
+	u, err := url.Parse(b.c.Endpoints()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := etcdtest.NewProxy(t, u.Host)
+	s := open(t, []string{"https://" + p.Addr()}, b.tls, b.prefix)
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	b.mu.Lock()
+	b.proxies[s] = p
+	b.mu.Unlock()
+	return s
+}
+
+func (b *backend) Disconnect(t *testing.T, s store.Store) func() {
+	b.mu.Lock()
+	p := b.proxies[s]
+	b.mu.Unlock()
+	p.Cut()
+	return p.Restore
+}
+
+func (b *backend) Compact(t *testing.T) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: b.c.Endpoints(), TLS: b.tls, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "compact-probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compacting: %v", err)
+	}
+}
+
+func TestShared(t *testing.T) {
+	c, tc := testCluster(t)
+	storetest.RunShared(t, func(t *testing.T) storetest.Shared {
+		return &backend{c: c, tls: tc, prefix: newPrefix(), proxies: map[store.Store]*etcdtest.Proxy{}}
+	})
+}

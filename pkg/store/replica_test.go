@@ -1,0 +1,54 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/store/storetest"
+)
+
+// TestSQLitePut: a copied entry keeps its ID, Revision and timestamps; a stale local entry
+// holding the same (SPIFFE ID, selectors) under another ID gives way, and watchers hear both.
+func TestSQLitePut(t *testing.T) {
+	s, _ := openTemp(t)
+	defer s.Close()
+	ctx := context.Background()
+	var heard []store.Change
+	defer s.Watch(func(c store.Change) { heard = append(heard, c) })()
+
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	e := entry.Entry{ID: "remote-1", SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/p"),
+		Selectors: []entry.Selector{{Type: "unix", Value: "uid:1"}}, Revision: 7, CreatedAt: at, UpdatedAt: at.Add(time.Hour)}
+	if err := s.Put(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetEntry(ctx, "remote-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := storetest.Equal(got, e); d != "" {
+		t.Fatalf("copied entry: %s", d)
+	}
+	e2 := e
+	e2.ID, e2.Revision = "remote-2", 1
+	if err := s.Put(ctx, e2); err != nil {
+		t.Fatalf("Put over a stale duplicate: %v", err)
+	}
+	if _, err := s.GetEntry(ctx, "remote-1"); err == nil {
+		t.Fatal("stale duplicate kept")
+	}
+	if len(heard) != 3 || heard[0].Op != store.OpCreate || heard[1].Op != store.OpDelete || heard[2].Op != store.OpCreate {
+		t.Fatalf("watchers heard %+v", heard)
+	}
+	if err := s.Remove(ctx, "never-there"); err != nil {
+		t.Fatalf("Remove of an absent entry: %v", err)
+	}
+	if err := s.Remove(ctx, "remote-2"); err != nil || len(heard) != 4 || heard[3].Op != store.OpDelete {
+		t.Fatalf("Remove = %v, heard %d changes", err, len(heard))
+	}
+}
