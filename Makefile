@@ -38,7 +38,7 @@ etcd: ## Build the test etcd server into ~/.cache/svidd-tools (once per version;
 test: tools ## Vet, then every test with the race detector (what CI runs)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 9m $(PKGS)
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m $(PKGS)
 	@# Under -race the two long-haul tests run scaled down; run them at full size too
 	@# (100,000 stream cycles, 200 SIGKILL rounds), without the race detector.
 	$(GO) test -count=1 -timeout 5m -run 'TestHygieneStreamCycles|TestKillDuringWritesLosesNothing' ./test

@@ -40,12 +40,12 @@ func (s *SQLite) Put(ctx context.Context, e entry.Entry) error {
 		switch {
 		case err == nil:
 			_, err = tx.ExecContext(ctx, `UPDATE entries SET name = ?, spiffe_id = ?, selectors = ?, x509_svid_ttl_ns = ?,
-				dns_names = ?, revision = ?, created_at = ?, updated_at = ? WHERE id = ?`,
-				r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.revision, r.createdAt, r.updatedAt, r.id)
+				dns_names = ?, federates_with = ?, revision = ?, created_at = ?, updated_at = ? WHERE id = ?`,
+				r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.federatesWith, r.revision, r.createdAt, r.updatedAt, r.id)
 			changes = append(changes, Change{Op: OpUpdate, Entry: e, Old: old})
 		case errors.Is(err, ErrNotFound):
-			_, err = tx.ExecContext(ctx, "INSERT INTO entries ("+columns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-				r.id, r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.revision, r.createdAt, r.updatedAt)
+			_, err = tx.ExecContext(ctx, "INSERT INTO entries ("+columns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+				r.id, r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.federatesWith, r.revision, r.createdAt, r.updatedAt)
 			changes = append(changes, Change{Op: OpCreate, Entry: e})
 		}
 		if err != nil {

@@ -23,7 +23,8 @@ func TestSQLitePut(t *testing.T) {
 
 	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	e := entry.Entry{ID: "remote-1", SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/p"),
-		Selectors: []entry.Selector{{Type: "unix", Value: "uid:1"}}, Revision: 7, CreatedAt: at, UpdatedAt: at.Add(time.Hour)}
+		Selectors: []entry.Selector{{Type: "unix", Value: "uid:1"}}, Revision: 7, CreatedAt: at, UpdatedAt: at.Add(time.Hour),
+		FederatesWith: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("other.org")}}
 	if err := s.Put(ctx, e); err != nil {
 		t.Fatal(err)
 	}
