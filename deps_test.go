@@ -29,9 +29,9 @@ var allowed = map[string]struct{ use, test []string }{
 	// The agent assembles everything below it.
 	"agent": {
 		use: []string{"attestor", "ca", "conf", "pkg/admin", "pkg/admission", "pkg/entry", "pkg/federation",
-			"pkg/ownership", "pkg/peercred", "pkg/sds", "pkg/store", "pkg/telemetry", "pkg/wire", "pkg/workload",
-			"pkg/workloadapi"},
-		test: []string{"internal/proctest"},
+			"pkg/ownership", "pkg/peercred", "pkg/sds", "pkg/store", "pkg/store/etcdstore", "pkg/store/mirror",
+			"pkg/telemetry", "pkg/wire", "pkg/workload", "pkg/workloadapi"},
+		test: []string{"internal/etcdtest", "internal/proctest"},
 	},
 	"attestor": {use: []string{"pkg/entry", "pkg/peercred"}, test: []string{"internal/proctest"}},
 	"ca":       {use: []string{"pkg/entry", "pkg/ownership", "pkg/workload"}, test: []string{"internal/testpki"}},
@@ -50,6 +50,8 @@ var allowed = map[string]struct{ use, test []string }{
 	"pkg/peercred":              {use: []string{"pkg/ownership"}, test: []string{"internal/proctest"}},
 	"pkg/store":                 {use: []string{"pkg/entry"}, test: []string{"pkg/store/storetest"}},
 	"pkg/store/storetest":       {use: []string{"pkg/entry", "pkg/store"}},
+	"pkg/store/etcdstore":       {use: []string{"pkg/entry", "pkg/store"}, test: []string{"internal/etcdtest", "pkg/store/storetest"}},
+	"pkg/store/mirror":          {use: []string{"pkg/entry", "pkg/store"}, test: []string{"internal/etcdtest", "pkg/store/etcdstore"}},
 	"pkg/svidfiles":             {},
 	"pkg/telemetry":             {use: []string{"pkg/admission", "pkg/sds", "pkg/workloadapi"}},
 	"pkg/wire":                  {},
@@ -57,6 +59,7 @@ var allowed = map[string]struct{ use, test []string }{
 	"pkg/workload/workloadtest": {use: []string{"internal/proctest", "pkg/peercred", "pkg/wire", "pkg/workload"}},
 	"internal/proctest":         {use: []string{"pkg/peercred"}},
 	"internal/testpki":          {},
+	"internal/etcdtest":         {},
 	"examples":                  {test: []string{"conf", "pkg/svidfiles", "pkg/telemetry"}},
 
 	// End-to-end tests and load tools drive the binaries from outside; profsvidd is svidd's
@@ -191,8 +194,8 @@ func TestLayers(t *testing.T) {
 	}
 	not := func(f func(string) bool) func(string) bool { return func(n string) bool { return !f(n) } }
 	testOnly := func(name string) bool {
-		// test/..., internal/proctest and testpki, and fixtures named after their package (pkg/store/storetest).
-		return under("test", "internal/proctest", "internal/testpki")(name) || path.Base(name) == path.Base(path.Dir(name))+"test"
+		// test/..., internal/proctest, testpki and etcdtest, and fixtures named after their package (pkg/store/storetest).
+		return under("test", "internal/proctest", "internal/testpki", "internal/etcdtest")(name) || path.Base(name) == path.Base(path.Dir(name))+"test"
 	}
 
 	forbid("the agent sits under cmd only", not(is("cmd/svidd", "test/load/profsvidd")), under("agent", "cmd"))
