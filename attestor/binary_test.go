@@ -26,20 +26,6 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// sharedDir makes a directory under /tmp every uid may traverse, for binaries other uids run.
-func sharedDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("/tmp", "at-bin-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	if err := os.Chmod(d, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 // copyShared copies src into dir as name, executable by all.
 func copyShared(t *testing.T, src, dir, name string) string {
 	t.Helper()
@@ -61,7 +47,7 @@ func copyShared(t *testing.T, src, dir, name string) string {
 // The callers run under uid 1001.
 func TestBoundRefusesAnotherBinary(t *testing.T) {
 	requireRoot(t)
-	dir := sharedDir(t)
+	dir := proctest.ShortDir(t)
 	sh := copyShared(t, "/bin/sh", dir, "sh")
 	sleep := copyShared(t, "/bin/sleep", dir, "sleep")
 	ctx := context.Background()
@@ -127,7 +113,7 @@ func TestBoundRefusesAnotherBinary(t *testing.T) {
 // deleted since it was started does not.
 func TestPathIsTheFileInSviddsNamespace(t *testing.T) {
 	requireRoot(t)
-	dir := sharedDir(t)
+	dir := proctest.ShortDir(t)
 	legit := copyShared(t, "/bin/sleep", dir, "legit")
 	evil := copyShared(t, "/bin/sh", dir, "evil")
 	a := newAttestor(t, Config{})

@@ -1,7 +1,6 @@
 package conf
 
 import (
-	"errors"
 	"reflect"
 	"testing"
 )
@@ -42,10 +41,14 @@ func TestStoreEtcd(t *testing.T) {
 	}
 }
 
-func TestStoreErrors(t *testing.T) {
-	for _, tc := range []struct {
-		name, src, want string
-		line            int
+// The store block's mistakes join conf_test.go's table (TestLoadErrors: positioned, one
+// diagnostic each).
+func init() {
+	badConfigs = append(badConfigs, []struct {
+		name string
+		src  string
+		want string
+		line int
 	}{
 		{"unknown kind", "store \"consul\" {\n}", `store "consul" is not one of sqlite, etcd`, 1},
 		{"two stores", "store \"etcd\" {\n  endpoints = [\"http://a:1\"]\n}\nstore \"sqlite\" {}\n", "Duplicate store block", 4},
@@ -59,23 +62,5 @@ func TestStoreErrors(t *testing.T) {
 		{"cert without key", "store \"etcd\" {\n  endpoints = [\"https://a:1\"]\n  tls {\n    cert_file = \"/c.pem\"\n  }\n}", "cert_file and key_file go together", 4},
 		{"sqlite with endpoints", "store \"sqlite\" {\n  endpoints = [\"http://a:1\"]\n}", `store "sqlite" takes no settings`, 2},
 		{"unknown tls key", "store \"etcd\" {\n  endpoints = [\"https://a:1\"]\n  tls {\n    ca = \"/c.pem\"\n  }\n}", `An argument named "ca"`, 4},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := Load("test.hcl", []byte(tc.src), Overrides{})
-			var de *DiagError
-			if !errors.As(err, &de) {
-				t.Fatalf("Load error = %v (%T), want *DiagError", err, err)
-			}
-			d := findDiag(de.Diags, tc.want)
-			if d == nil {
-				t.Fatalf("no diagnostic contains %q; got:\n%s", tc.want, err)
-			}
-			if d.Subject == nil || d.Subject.Start.Line != tc.line {
-				t.Fatalf("diagnostic %q at %v, want line %d", d.Summary, d.Subject, tc.line)
-			}
-			if n := len(de.Diags); n != 1 {
-				t.Errorf("got %d diagnostics, want 1:\n%s", n, err)
-			}
-		})
-	}
+	}...)
 }
