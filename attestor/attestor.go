@@ -99,6 +99,7 @@ type Attestor struct {
 	budget    *hashBudget
 	hashSlots chan struct{} // a semaphore: one token per hash in progress
 	names     *nameCache
+	warns     *warnLimiter
 
 	// hashes counts binaries actually read and hashed (cache misses); hashing is how many are
 	// being hashed now, maxHashing the most there ever were at once.
@@ -118,6 +119,7 @@ func New(cfg Config) (*Attestor, error) {
 		maxBin:  cfg.MaxBinarySize,
 		digests: newDigestCache(digestCacheSize, digestCachePerUID),
 		names:   newNameCache(time.Minute),
+		warns:   newWarnLimiter(time.Now),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -350,7 +352,7 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options) (*At
 				"pid", pid, "path", exeKey.path)
 		}
 	case isPermission(err):
-		a.log.Warn("cannot read caller's binary path; svidd needs root or CAP_SYS_PTRACE", "pid", pid, "error", err)
+		a.warns.warn(a.log, "cannot read caller's binary path; svidd needs root or CAP_SYS_PTRACE", "pid", pid, "error", err)
 	default:
 		return nil, a.readErr(pid, "reading binary path", dir.err("readlink", "exe", err))
 	}
@@ -367,7 +369,7 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options) (*At
 			add(entry.TypeUnix, "sha256", sum)
 		case err == nil:
 		case isPermission(err):
-			a.log.Warn("cannot read caller's binary; svidd needs root or CAP_SYS_PTRACE", "pid", pid, "error", err)
+			a.warns.warn(a.log, "cannot read caller's binary; svidd needs root or CAP_SYS_PTRACE", "pid", pid, "error", err)
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
 		case errors.Is(err, ErrHashBudget):
@@ -392,7 +394,7 @@ func (a *Attestor) attest(ctx context.Context, p *peercred.Peer, o Options) (*At
 	case err == nil:
 		add(entry.TypeUnix, "namespace", ns)
 	case isPermission(err):
-		a.log.Warn("cannot read caller's namespaces", "pid", pid, "error", err)
+		a.warns.warn(a.log, "cannot read caller's namespaces", "pid", pid, "error", err)
 	default:
 		return nil, a.readErr(pid, "reading namespaces", err)
 	}

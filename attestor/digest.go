@@ -66,7 +66,7 @@ func (a *Attestor) fileDigest(ctx context.Context, f *os.File, pid int, uid uint
 		return "", digestKey{}, err
 	}
 	if fi.Size() > a.maxBin {
-		a.log.Warn("caller's binary is larger than max_binary_size; no sha256 selector",
+		a.warns.warn(a.log, "caller's binary is larger than max_binary_size; no sha256 selector",
 			"pid", pid, "size", fi.Size(), "max", a.maxBin)
 		return "", key, nil
 	}
