@@ -51,15 +51,7 @@ func budgetServer(t *testing.T, w *workloadtest.Watcher, c *admission.Controller
 // err waits for the stream to end and returns why.
 func (c *deltaClient) err() error {
 	c.t.Helper()
-	select {
-	case err := <-c.done:
-		return err
-	case r := <-c.resps:
-		c.t.Fatalf("response instead of an error: %v", r)
-	case <-time.After(waitLong):
-		c.t.Fatal("stream did not end")
-	}
-	return nil
+	return streamEnd(c.t, c.done, c.resps)
 }
 
 type ctxStream struct {

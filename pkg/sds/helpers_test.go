@@ -154,13 +154,20 @@ func (c *sotwClient) none() {
 // err waits for the stream to end and returns why.
 func (c *sotwClient) err() error {
 	c.t.Helper()
+	return streamEnd(c.t, c.done, c.resps)
+}
+
+// streamEnd waits for a test stream (SotW or Delta) to end and returns why; a response
+// instead fails the test.
+func streamEnd[R any](t *testing.T, done <-chan error, resps <-chan R) error {
+	t.Helper()
 	select {
-	case err := <-c.done:
+	case err := <-done:
 		return err
-	case r := <-c.resps:
-		c.t.Fatalf("response instead of an error: %v", r)
+	case r := <-resps:
+		t.Fatalf("response instead of an error: %v", r)
 	case <-time.After(waitLong):
-		c.t.Fatal("stream did not end")
+		t.Fatal("stream did not end")
 	}
 	return nil
 }
