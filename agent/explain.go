@@ -56,6 +56,9 @@ type seenCaller struct {
 	rpc      string
 	sel      []entry.Selector // shared with the attestation; never modified
 	ids      []spiffeid.ID
+	// partial: the caller was served a Partial View, entitled to something; which identities
+	// is looked up from sel when the callers are listed, not on the stream's hot path.
+	partial bool
 }
 
 type callerKey struct {
@@ -63,14 +66,15 @@ type callerKey struct {
 	uid uint32
 }
 
-// sawCaller records a caller and what it was entitled to; one that got nothing is logged at
-// Info, once per caller and within the rate limit, with its selectors and the nearest entry's
-// missing ones: the first place an operator looks.
-func (a *Agent) sawCaller(p *peercred.Peer, sel []entry.Selector, rpc string, ids []spiffeid.ID) {
+// sawCaller records a caller and what it was entitled to (ids, or partial: something, to be
+// looked up when listed); one that got nothing is logged at Info, once per caller and within
+// the rate limit, with its selectors and the nearest entry's missing ones: the first place an
+// operator looks.
+func (a *Agent) sawCaller(p *peercred.Peer, sel []entry.Selector, rpc string, ids []spiffeid.ID, partial bool) {
 	now := time.Now()
 	l := &a.callers
 	l.mu.Lock()
-	rec := seenCaller{at: now, pid: p.PID, uid: p.UID, gid: p.GID, rpc: rpc, sel: sel, ids: ids}
+	rec := seenCaller{at: now, pid: p.PID, uid: p.UID, gid: p.GID, rpc: rpc, sel: sel, ids: ids, partial: partial}
 	if last := &l.ring[(l.next-1+recentCallers)%recentCallers]; l.n > 0 && last.pid == p.PID && last.uid == p.UID && last.rpc == rpc {
 		*last = rec // the same caller retrying: one line, the latest
 	} else {
@@ -79,7 +83,7 @@ func (a *Agent) sawCaller(p *peercred.Peer, sel []entry.Selector, rpc string, id
 		l.n = min(l.n+1, recentCallers)
 	}
 	logIt := false
-	if len(ids) == 0 {
+	if len(ids) == 0 && !partial {
 		k := callerKey{p.PID, p.UID}
 		if _, done := l.logged[k]; !done {
 			if now.Sub(l.second) >= time.Second {
@@ -109,16 +113,13 @@ func (a *Agent) sawCaller(p *peercred.Peer, sel []entry.Selector, rpc string, id
 	a.log.Info("caller got no identity (svidctl explain -pid PID tells why)", args...)
 }
 
-// viewIDs are the identities a subscription serves; an empty or partial View asks the index.
-func (a *Agent) viewIDs(v *workload.View, sel []entry.Selector) []spiffeid.ID {
-	if v != nil && len(v.SVIDs) > 0 && !v.Partial {
-		ids := make([]spiffeid.ID, 0, len(v.SVIDs))
-		for _, s := range v.SVIDs {
-			ids = append(ids, s.ID)
-		}
-		return ids
+// viewIDs are the identities a complete View serves (none for an empty one).
+func viewIDs(v *workload.View) []spiffeid.ID {
+	ids := make([]spiffeid.ID, 0, len(v.SVIDs))
+	for _, s := range v.SVIDs {
+		ids = append(ids, s.ID)
 	}
-	return a.cache.entitledIDs(sel)
+	return ids
 }
 
 func selectorList(sel []entry.Selector) string {
@@ -200,7 +201,11 @@ func (a *Agent) Callers() []admin.Caller {
 		for _, sl := range s.sel {
 			c.Selectors = append(c.Selectors, sl.String())
 		}
-		for _, id := range s.ids {
+		ids := s.ids
+		if s.partial {
+			ids = a.cache.entitledIDs(s.sel)
+		}
+		for _, id := range ids {
 			c.SPIFFEIDs = append(c.SPIFFEIDs, id.String())
 		}
 		out = append(out, c)

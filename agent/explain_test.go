@@ -43,7 +43,7 @@ func TestNoIdentityLog(t *testing.T) {
 
 	p := peercred.NewPeer(4242, 1000, 1000, -1)
 	for range 3 {
-		a.sawCaller(p, sel, "StreamSecrets", nil)
+		a.sawCaller(p, sel, "StreamSecrets", nil, false)
 	}
 	if n := logs.count("caller got no identity"); n != 1 {
 		t.Fatalf("logged %d times for one caller, want once:\n%s", n, logs.b.String())
@@ -57,13 +57,13 @@ func TestNoIdentityLog(t *testing.T) {
 		}
 	}
 	// A caller that gets an identity is not logged.
-	a.sawCaller(peercred.NewPeer(4343, 1000, 1000, -1), sel, "StreamSecrets", []spiffeid.ID{spiffeid.RequireFromString("spiffe://example.org/web")})
+	a.sawCaller(peercred.NewPeer(4343, 1000, 1000, -1), sel, "StreamSecrets", []spiffeid.ID{spiffeid.RequireFromString("spiffe://example.org/web")}, false)
 	if n := logs.count("caller got no identity"); n != 1 {
 		t.Fatalf("a served caller was logged")
 	}
 	// A flood of distinct callers: at most noIdentityPerSecond lines in a second.
 	for pid := range int32(200) {
-		a.sawCaller(peercred.NewPeer(10000+pid, 1000, 1000, -1), sel, "StreamSecrets", nil)
+		a.sawCaller(peercred.NewPeer(10000+pid, 1000, 1000, -1), sel, "StreamSecrets", nil, false)
 	}
 	if n := logs.count("caller got no identity"); n > 1+noIdentityPerSecond {
 		t.Errorf("200 callers logged %d lines, want at most %d", n, 1+noIdentityPerSecond)

@@ -52,7 +52,11 @@ func (a *Agent) Watch(ctx context.Context, p *peercred.Peer, need workload.Need)
 	if err != nil {
 		return nil, err
 	}
-	a.sawCaller(p, sel, method, a.viewIDs(sub.Latest(), sel))
+	if v := sub.Latest(); v.Partial {
+		a.sawCaller(p, sel, method, nil, true) // no index lookup per stream: done when listed
+	} else {
+		a.sawCaller(p, sel, method, viewIDs(v), false)
+	}
 	if a.log.Enabled(ctx, slog.LevelInfo) { // a hot path: build the ID list only if it is logged
 		v := sub.Latest()
 		for i, s := range v.SVIDs {
@@ -93,7 +97,7 @@ func (a *Agent) FetchJWTSVIDs(ctx context.Context, p *peercred.Peer, id spiffeid
 		return nil, err
 	}
 	ids := a.cache.entitledIDs(sel)
-	a.sawCaller(p, sel, "FetchJWTSVID", ids)
+	a.sawCaller(p, sel, "FetchJWTSVID", ids, false)
 	if !id.IsZero() {
 		if !slices.Contains(ids, id) {
 			return nil, workload.ErrNotEntitled
