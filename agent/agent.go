@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -67,6 +68,8 @@ type Agent struct {
 
 	// registry follows the fleet registry into the SQLite copy (store "etcd"), else nil.
 	registry *mirror.Mirror
+	// etcd is the host's one connection to the fleet registry (store "etcd"), else nil.
+	etcd *clientv3.Client
 
 	serving atomic.Bool
 	started time.Time
@@ -277,6 +280,9 @@ func (a *Agent) closeResources() {
 		if err := a.store.Close(); err != nil {
 			a.log.Error("closing store", "error", err)
 		}
+	}
+	if a.etcd != nil {
+		a.etcd.Close()
 	}
 	if a.lock != nil {
 		a.lock.Close()

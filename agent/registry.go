@@ -41,10 +41,16 @@ func (a *Agent) openStore(local *store.SQLite) (store.Store, error) {
 		tc = &tls.Config{MinVersion: tls.VersionTLS12} // the system roots
 	}
 	log := a.log.With("component", "registry")
+	// One connection per host, shared by everything that talks to the registry.
+	cli, err := etcdstore.NewClient(etcdstore.Config{Endpoints: ec.Endpoints, TLS: tc})
+	if err != nil {
+		return nil, err
+	}
+	a.etcd = cli
 	m, err := mirror.New(mirror.Config{
 		Local: local,
 		Open: func(ctx context.Context) (store.Store, error) {
-			return etcdstore.Open(ctx, etcdstore.Config{Endpoints: ec.Endpoints, TLS: tc, Prefix: ec.Prefix, Logger: log})
+			return etcdstore.Open(ctx, etcdstore.Config{Client: cli, Prefix: ec.Prefix, Logger: log})
 		},
 		Logger: log,
 	})

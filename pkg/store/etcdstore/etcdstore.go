@@ -8,6 +8,10 @@
 //
 //	entries/<id>                  the entry, JSON (entry.Entry's own encoding)
 //	unique/<sha256 of id+selectors>  the ID of the entry holding that (SPIFFE ID, selector set)
+//	bundles/<trust domain>        a federated bundle, shared by every host
+//	hosts/<node name>/...         what one host publishes about itself (its JWT keys under
+//	                              leases, its node record); a host's etcd role may write
+//	                              there and nowhere else (README "Running a fleet")
 //
 // An entry's Revision is its etcd key version: 1 when created, +1 per update.
 package etcdstore
@@ -56,11 +60,39 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock for CreatedAt and UpdatedAt (default time.Now).
 	Now func() time.Time
+	// Client, when set, is the connection to use (one per host: the registry mirror, the
+	// JWT key publisher and the node record share it); Close leaves it open. Endpoints and
+	// TLS are then unused. Without it Open makes its own with NewClient.
+	Client *clientv3.Client
+}
+
+// NewClient returns a client for cfg's endpoints and TLS. It does not wait for etcd: the
+// first call that needs a member waits for one (bounded by that call's context).
+func NewClient(cfg Config) (*clientv3.Client, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcd client: no endpoints")
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: cfg.Endpoints,
+		TLS:       cfg.TLS,
+		Logger:    zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 2 minutes; a host must catch up soon
+		// after etcd is back, not minutes later.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client: %w", err)
+	}
+	return cli, nil
 }
 
 // Store is a store.Store on etcd. It is safe for concurrent use.
 type Store struct {
 	cli     *clientv3.Client
+	ownCli  bool   // Close closes cli (Open made it)
 	entries string // Prefix + "entries/"
 	unique  string // Prefix + "unique/"
 	bundles string // Prefix + "bundles/": one key per federated trust domain
@@ -90,7 +122,7 @@ type mirrored struct {
 // Open connects to etcd, loads the current entries and starts following changes. It fails if
 // etcd does not answer before ctx ends.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
-	if len(cfg.Endpoints) == 0 {
+	if len(cfg.Endpoints) == 0 && cfg.Client == nil {
 		return nil, errors.New("opening etcd store: no endpoints")
 	}
 	prefix := cfg.Prefix
@@ -117,25 +149,21 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: cfg.Endpoints,
-		TLS:       cfg.TLS,
-		Logger:    zap.NewNop(),
-		// gRPC's default reconnect backoff grows to 2 minutes; a host must catch up soon
-		// after etcd is back, not minutes later.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
-			MinConnectTimeout: 2 * time.Second,
-		})},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("opening etcd store: %w", err)
+	s.cli = cfg.Client
+	if s.cli == nil {
+		cli, err := NewClient(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("opening etcd store: %w", err)
+		}
+		s.cli, s.ownCli = cli, true
 	}
-	s.cli = cli
+	endpoints := s.cli.Endpoints()
 	rev, err := s.load(ctx)
 	if err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("opening etcd store at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		if s.ownCli {
+			s.cli.Close()
+		}
+		return nil, fmt.Errorf("opening etcd store at %s: %w", strings.Join(endpoints, ","), err)
 	}
 	s.delivered = rev
 	wctx, stop := context.WithCancel(context.Background())
@@ -348,6 +376,9 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.stop()
 		<-s.done
+		if !s.ownCli {
+			return
+		}
 		if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			s.closeErr = fmt.Errorf("closing etcd store: %w", err)
 		}
