@@ -12,6 +12,7 @@ import (
 const (
 	TypeUnix    = "unix"
 	TypeSystemd = "systemd"
+	// TypeNode (node.go) is svidd's own, not the attestor's: the host's name and groups.
 )
 
 // MaxSelectorLen bounds one selector so a request cannot make the agent hold arbitrarily
@@ -69,11 +70,14 @@ func ParseSelectors(ss []string) ([]Selector, error) {
 	return Normalize(out), nil
 }
 
-// ValidateSelector checks that the selector is one the attestors produce and that its value
-// has the right form for its kind.
+// ValidateSelector checks that the selector is one the attestors produce, or a node selector
+// (node.go), and that its value has the right form for its kind.
 func ValidateSelector(s Selector) error {
 	if len(s.Type)+1+len(s.Value) > MaxSelectorLen {
 		return fmt.Errorf("%w: selector is longer than %d bytes", ErrInvalid, MaxSelectorLen)
+	}
+	if s.Type == TypeNode {
+		return validateNodeSelector(s)
 	}
 	kind, value, ok := strings.Cut(s.Value, ":")
 	if !ok {
@@ -124,5 +128,5 @@ func ValidateSelector(s Selector) error {
 }
 
 func knownSelectors() string {
-	return "unix:uid, unix:user, unix:gid, unix:group, unix:supplementary_gid, unix:path, unix:sha256, unix:cgroup, unix:namespace, systemd:unit"
+	return "unix:uid, unix:user, unix:gid, unix:group, unix:supplementary_gid, unix:path, unix:sha256, unix:cgroup, unix:namespace, systemd:unit, node:name, node:group"
 }
