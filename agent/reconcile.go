@@ -27,7 +27,10 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 		{"agent.admin_socket_path", old.AdminSocketPath, cfg.AdminSocketPath},
 		{"agent.data_dir", old.DataDir, cfg.DataDir},
 		{"agent.log_format", old.LogFormat, cfg.LogFormat},
+		// The host's node selectors are part of every open stream's selector set and decide
+		// what the registry copy holds: a restart re-attests and re-mirrors (README).
 		{"agent.node_name", old.NodeName, cfg.NodeName},
+		{"agent.node_groups", old.NodeGroups, cfg.NodeGroups},
 		{"ca", old.CA, cfg.CA},
 		{"sds", old.SDS, cfg.SDS},
 		{"telemetry", old.Telemetry, cfg.Telemetry},

@@ -38,6 +38,10 @@ type Config struct {
 	// NodeName names this host: in the subject of the CA certificates it asks an upstream
 	// for (so the upstream's logs say which host asked). Default: the hostname.
 	NodeName string
+	// NodeGroups are the host's groups (agent.node_groups), in file order, without
+	// duplicates. Every caller on the host has node:name:NodeName and node:group:G for each
+	// (entry.NodeSelectors), so an entry can be scoped to a host or a group of hosts.
+	NodeGroups []string
 
 	CA        CAConfig
 	SDS       SDSConfig

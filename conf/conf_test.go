@@ -57,6 +57,14 @@ var badConfigs = []struct {
 	{"ca ttl below minimum", "ca {\n  ca_ttl = \"29s\"\n}", "ca_ttl 29s is shorter than the minimum 30s", 2},
 	{"entry ttl too short to rotate", "entry \"a\" {\n  spiffe_id = \"spiffe://example.org/a\"\n  selectors = [\"unix:uid:1\"]\n  x509_svid_ttl = \"1s\"\n}", "x509_svid_ttl 1s is shorter than the minimum 5s", 4},
 	{"bad jwt duration", "ca {\n  jwt_svid_ttl = \"5\"\n}", `Invalid ca.jwt_svid_ttl; invalid duration "5"`, 2},
+	{"node name with a space", "agent {\n  node_name = \"web 1\"\n}", `Invalid agent.node_name; node name "web 1" contains whitespace or a control character`, 2},
+	{"node name with a slash", "agent {\n  node_name = \"eu/web-1\"\n}", `node name "eu/web-1" contains "/"`, 2},
+	{"node groups not a list", "agent {\n  node_groups = \"web\"\n}", "list of string required", 2},
+	{"empty node group", "agent {\n  node_groups = [\n    \"web\",\n    \"\",\n  ]\n}", "Invalid agent.node_groups; node group is empty", 4},
+	{"node group with a newline", "agent {\n  node_groups = [\"web\", \"e\\nu\"]\n}", `node group "e\nu" contains whitespace or a control character`, 2},
+	{"node group too long", "agent {\n  node_groups = [\"" + strings.Repeat("g", 254) + "\"]\n}", "longer than 253 bytes", 2},
+	{"node group twice", "agent {\n  node_groups = [\n    \"web\",\n    \"eu\",\n    \"web\",\n  ]\n}", `node group "web" is listed twice (elements 1 and 3)`, 5},
+	{"malformed node selector", "entry \"a\" {\n  spiffe_id = \"spiffe://example.org/a\"\n  selectors = [\"node:web-1\"]\n}", "node selectors are node:name:NAME or node:group:GROUP", 3},
 	{"zero jwt svid ttl", "ca {\n\n  jwt_svid_ttl = \"0s\"\n}", "jwt_svid_ttl must be positive, got 0s", 3},
 	{"jwt svid ttl below minimum", "ca { jwt_svid_ttl = \"10ms\" }", "jwt_svid_ttl 10ms is shorter than the minimum 5s", 1},
 	{"jwt ttl rule", "ca {\n  svid_ttl     = \"1h\"\n  jwt_svid_ttl = \"4h1s\"\n}", "jwt_svid_ttl 4h0m1s is longer than a sixth of ca_ttl 24h (4h): the CA could not rotate with overlap", 3},
@@ -244,6 +252,7 @@ agent {
   log_level         = "debug"
   log_format        = "json"
   node_name         = "web-1"
+  node_groups       = ["web", "eu"]
 }
 ca {
   key_type = "ec-p384"
@@ -301,6 +310,7 @@ entry "frontend" {
 		LogLevel:        slog.LevelDebug,
 		LogFormat:       LogFormatJSON,
 		NodeName:        "web-1",
+		NodeGroups:      []string{"web", "eu"},
 		CA:              CAConfig{KeyType: KeyTypeECP384, CATTL: 168 * time.Hour, SVIDTTL: 90 * time.Minute, JWTSVIDTTL: 2 * time.Minute},
 		SDS:             SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle", DefaultAllBundlesName: "all"},
 		Telemetry:       TelemetryConfig{PrometheusAddress: ""},

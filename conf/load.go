@@ -36,20 +36,22 @@ type fileRoot struct {
 }
 
 type fileAgent struct {
-	TrustDomain          *string   `hcl:"trust_domain,optional"`
-	TrustDomainRange     hcl.Range `hcl:"trust_domain,attr_range"`
-	SocketPath           *string   `hcl:"socket_path,optional"`
-	SocketPathRange      hcl.Range `hcl:"socket_path,attr_range"`
-	AdminSocketPath      *string   `hcl:"admin_socket_path,optional"`
-	AdminSocketPathRange hcl.Range `hcl:"admin_socket_path,attr_range"`
-	DataDir              *string   `hcl:"data_dir,optional"`
-	DataDirRange         hcl.Range `hcl:"data_dir,attr_range"`
-	LogLevel             *string   `hcl:"log_level,optional"`
-	LogLevelRange        hcl.Range `hcl:"log_level,attr_range"`
-	LogFormat            *string   `hcl:"log_format,optional"`
-	LogFormatRange       hcl.Range `hcl:"log_format,attr_range"`
-	NodeName             *string   `hcl:"node_name,optional"`
-	NodeNameRange        hcl.Range `hcl:"node_name,attr_range"`
+	TrustDomain          *string        `hcl:"trust_domain,optional"`
+	TrustDomainRange     hcl.Range      `hcl:"trust_domain,attr_range"`
+	SocketPath           *string        `hcl:"socket_path,optional"`
+	SocketPathRange      hcl.Range      `hcl:"socket_path,attr_range"`
+	AdminSocketPath      *string        `hcl:"admin_socket_path,optional"`
+	AdminSocketPathRange hcl.Range      `hcl:"admin_socket_path,attr_range"`
+	DataDir              *string        `hcl:"data_dir,optional"`
+	DataDirRange         hcl.Range      `hcl:"data_dir,attr_range"`
+	LogLevel             *string        `hcl:"log_level,optional"`
+	LogLevelRange        hcl.Range      `hcl:"log_level,attr_range"`
+	LogFormat            *string        `hcl:"log_format,optional"`
+	LogFormatRange       hcl.Range      `hcl:"log_format,attr_range"`
+	NodeName             *string        `hcl:"node_name,optional"`
+	NodeNameRange        hcl.Range      `hcl:"node_name,attr_range"`
+	NodeGroups           hcl.Expression `hcl:"node_groups,optional"`
+	NodeGroupsRange      hcl.Range      `hcl:"node_groups,attr_range"`
 }
 
 type fileCA struct {
@@ -312,6 +314,9 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		l.logLevel("agent.log_level", l.file("agent.log_level", a.LogLevel, a.LogLevelRange), &cfg.LogLevel)
 		l.str("agent.log_format", l.file("agent.log_format", a.LogFormat, a.LogFormatRange), &cfg.LogFormat)
 		l.str("agent.node_name", l.file("agent.node_name", a.NodeName, a.NodeNameRange), &cfg.NodeName)
+		if groups, ok := l.stringList("agent.node_groups", a.NodeGroups, a.NodeGroupsRange); ok {
+			cfg.NodeGroups = groups
+		}
 	}
 	if c := f.CA; c != nil {
 		l.str("ca.key_type", l.file("ca.key_type", c.KeyType, c.KeyTypeRange), &cfg.CA.KeyType)

@@ -22,8 +22,12 @@ agent {
   log_format = "text" # text | json
 
   # This host's name, in the subject of the CA certificates it asks an upstream for (so the
-  # upstream's logs say which host asked). Default: the hostname.
-  # node_name = "web-1"
+  # upstream's logs say which host asked). Default: the hostname. Every caller on this host
+  # also has the selector node:name:<node_name>, and node:group:<g> for each of node_groups,
+  # so an entry can be scoped to one host or a group of hosts (no "/" in a name; no
+  # whitespace in either). Both take effect at start only.
+  # node_name   = "web-1"
+  # node_groups = ["web", "eu"]
 }
 
 ca {

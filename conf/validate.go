@@ -63,9 +63,7 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 	v.svidTTL(c, "ca.svid_ttl", "svid_ttl", c.CA.SVIDTTL, caOK)
 	v.svidTTL(c, "ca.jwt_svid_ttl", "jwt_svid_ttl", c.CA.JWTSVIDTTL, caOK)
 
-	if c.NodeName == "" {
-		v.errf("agent.node_name", "node_name must not be empty (default: the hostname)")
-	}
+	v.node(c)
 	v.validateUpstream(c.CA.Upstream)
 
 	sdsNames := []struct{ key, value string }{
