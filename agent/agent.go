@@ -25,6 +25,7 @@ import (
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/admission"
+	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/federation"
 	"github.com/svidd/svidd/pkg/ownership"
 	"github.com/svidd/svidd/pkg/peercred"
@@ -70,6 +71,9 @@ type Agent struct {
 	registry *mirror.Mirror
 	// etcd is the host's one connection to the fleet registry (store "etcd"), else nil.
 	etcd *clientv3.Client
+	// node is the host's node selectors (entry.NodeSelectors of agent.node_name and
+	// node_groups), added to every caller's selectors (record).
+	node []entry.Selector
 
 	serving atomic.Bool
 	started time.Time
@@ -94,7 +98,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, qready: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: cfg.Logger, qready: make(chan struct{}, 1), node: entry.NodeSelectors(cfg.NodeName, cfg.NodeGroups)}
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}

@@ -75,11 +75,18 @@ func (a *Agent) attest(ctx context.Context, p *peercred.Peer, digest bool) ([]en
 	}
 }
 
-// record runs one attestation and counts it.
+// record runs one attestation and counts it. The caller's selectors are the attestor's plus
+// the host's node selectors (a.node): added here, where an attestation becomes the caller's
+// selector set, so SDS, the Workload API, the digest decision, svidctl callers and the "no
+// identity" log all see them. Only svidd's config makes them: the attestor derives no
+// selector of type node, whatever the caller does.
 func (a *Agent) record(ctx context.Context, p *peercred.Peer, digest bool, bound *attestor.Attestation) (*attestor.Attestation, error) {
 	start := time.Now()
 	at, err := a.att.Record(ctx, p, attestor.Options{Digest: digest, Bound: bound})
 	a.metrics.AttestationDone(time.Since(start), err)
+	if err == nil {
+		at.Selectors = entry.WithNode(at.Selectors, a.node)
+	}
 	return at, err
 }
 

@@ -311,3 +311,56 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// TestNodeSelectorsFromConfigOnly: every caller gets the host's node selectors, from svidd's
+// config, and nothing a process does gives it another: a binary whose path spells node
+// selectors yields a unix:path selector, never one of type node, so an entry scoped to
+// another host or group never matches here.
+func TestNodeSelectorsFromConfigOnly(t *testing.T) {
+	a := newAttestAgent(t)
+	a.node = entry.NodeSelectors("host-1", []string{"web"})
+	dir := filepath.Join(proctest.ShortDir(t), "node:name:host-2")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "node:group:db")
+	src, err := os.ReadFile("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, pidfd := range []bool{true, false} {
+		c := proctest.StartExecChild(t, bin, "/bin/sleep 60", pidfd)
+		a.preattest(context.Background(), c.Peer)
+		sel, err := a.attestCaller(context.Background(), c.Peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var node []string
+		for _, s := range sel {
+			if s.Type == entry.TypeNode {
+				node = append(node, s.String())
+			}
+		}
+		if want := []string{"node:group:web", "node:name:host-1"}; !slices.Equal(node, want) {
+			t.Fatalf("pidfd %v: node selectors %v, want exactly the config's %v", pidfd, node, want)
+		}
+		if got := pathOf(sel); got != bin {
+			t.Fatalf("pidfd %v: unix:path %q, want %q", pidfd, got, bin)
+		}
+		if !slices.IsSortedFunc(sel, entry.Selector.Compare) {
+			t.Fatalf("selectors not normalized: %v", sel)
+		}
+		for _, spec := range [][]string{{"node:name:host-2"}, {"node:group:db"}, {"node:name:host-1", "node:group:db"}} {
+			e := entry.Entry{Selectors: sels(t, spec...)}
+			if entry.Matches(e, sel) {
+				t.Fatalf("an entry for %v matches a caller on host-1 (selectors %v)", spec, sel)
+			}
+		}
+		if e := (entry.Entry{Selectors: sels(t, "node:name:host-1", "node:group:web")}); !entry.Matches(e, sel) {
+			t.Fatalf("an entry for host-1's name and group does not match its caller (selectors %v)", sel)
+		}
+	}
+}

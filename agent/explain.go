@@ -146,12 +146,13 @@ func (a *Agent) ExplainPID(ctx context.Context, pid int) (admin.Explanation, err
 	}
 	defer p.Close()
 	sel, err := a.att.Attest(ctx, p, attestor.Options{})
-	if err == nil && a.cache.needsDigest(sel) {
+	if err == nil && a.cache.needsDigest(entry.WithNode(sel, a.node)) {
 		sel, err = a.att.Attest(ctx, p, attestor.Options{Digest: true})
 	}
 	if err != nil {
 		return admin.Explanation{}, err
 	}
+	sel = entry.WithNode(sel, a.node) // as record does for a connection
 	matched, near := a.cache.explain(sel, maxNearMisses)
 	x := admin.ExplanationFrom(sel, matched, near)
 	x.PID, x.UID, x.GID = p.PID, p.UID, p.GID
@@ -179,6 +180,7 @@ func (a *Agent) ExplainUID(ctx context.Context, uid uint32) (admin.Explanation, 
 			}
 		}
 	}
+	sel = append(sel, a.node...) // as record does for a connection; Explain normalizes
 	matched, near := a.cache.explain(sel, maxNearMisses)
 	out := admin.ExplanationFrom(sel, matched, near)
 	out.UID, out.GID = x.UID, x.GID
@@ -213,7 +215,9 @@ func (a *Agent) Callers() []admin.Caller {
 	return out
 }
 
-// Warnings implements admin.Explainer: selectors svidd can never derive on this host.
+// Warnings implements admin.Explainer: selectors svidd can never derive on this host. Node
+// selectors are never warned about: entries are fleet-wide, and one naming another host or a
+// group this host is not in is meant for the hosts that have it.
 func (a *Agent) Warnings(e entry.Entry) []string {
 	var out []string
 	for _, s := range e.Selectors {
