@@ -12,9 +12,16 @@ import (
 // The writes of a local copy of a shared registry (pkg/store/mirror): entries arrive already
 // stored elsewhere, with their ID, Revision and timestamps, and are kept as they are.
 
+// ErrOwnEntry is Put refusing a registry entry because one of this host's own entries (one
+// with a Name: the config file's) has the same (SPIFFE ID, selector set), or the same ID. The
+// host's own entry wins; nothing was written.
+var ErrOwnEntry = errors.New("one of this host's own (config file) entries has the same SPIFFE ID and selectors")
+
 // Put stores e exactly as given, replacing the entry with its ID. The registry is the
 // authority: a local entry with the same (SPIFFE ID, selector set) under another ID is stale
-// (its deletion has not arrived yet) and is removed. Watchers hear every change made.
+// (its deletion has not arrived yet) and is removed, unless it is one of the host's own
+// (Name set) and e is not: then Put returns ErrOwnEntry and writes nothing. Watchers hear
+// every change made.
 func (s *SQLite) Put(ctx context.Context, e entry.Entry) error {
 	e, err := prepare(e)
 	if err != nil {
@@ -28,6 +35,8 @@ func (s *SQLite) Put(ctx context.Context, e entry.Entry) error {
 		var changes []Change
 		stale, err := scanEntry(tx.QueryRowContext(ctx, "SELECT "+columns+" FROM entries WHERE spiffe_id = ? AND selectors = ? AND id != ?", r.spiffeID, r.selectors, r.id))
 		switch {
+		case err == nil && stale.Name != "" && e.Name == "":
+			return nil, fmt.Errorf("copying entry %s: %w (entry %s, %q)", e.ID, ErrOwnEntry, stale.ID, stale.Name)
 		case err == nil:
 			if _, err := tx.ExecContext(ctx, "DELETE FROM entries WHERE id = ?", stale.ID); err != nil {
 				return nil, err
@@ -38,6 +47,8 @@ func (s *SQLite) Put(ctx context.Context, e entry.Entry) error {
 		}
 		old, err := getTx(ctx, tx, e.ID)
 		switch {
+		case err == nil && old.Name != "" && e.Name == "":
+			return nil, fmt.Errorf("copying entry %s: %w (the same ID, %q)", e.ID, ErrOwnEntry, old.Name)
 		case err == nil:
 			_, err = tx.ExecContext(ctx, `UPDATE entries SET name = ?, spiffe_id = ?, selectors = ?, x509_svid_ttl_ns = ?,
 				dns_names = ?, federates_with = ?, revision = ?, created_at = ?, updated_at = ? WHERE id = ?`,

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -51,5 +52,37 @@ func TestSQLitePut(t *testing.T) {
 	}
 	if err := s.Remove(ctx, "remote-2"); err != nil || len(heard) != 4 || heard[3].Op != store.OpDelete {
 		t.Fatalf("Remove = %v, heard %d changes", err, len(heard))
+	}
+}
+
+// TestSQLitePutOwnEntryWins: a copied registry entry never replaces one of the host's own
+// (a config entry, Name set), neither by (SPIFFE ID, selectors) nor by ID: ErrOwnEntry, and
+// nothing changes.
+func TestSQLitePutOwnEntryWins(t *testing.T) {
+	s, _ := openTemp(t)
+	defer s.Close()
+	ctx := context.Background()
+	own, err := s.CreateEntry(ctx, entry.Entry{Name: "web", SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/web"),
+		Selectors: []entry.Selector{{Type: "unix", Value: "uid:1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var heard []store.Change
+	defer s.Watch(func(c store.Change) { heard = append(heard, c) })()
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	for _, e := range []entry.Entry{
+		{ID: "remote-1", SPIFFEID: own.SPIFFEID, Selectors: own.Selectors, Revision: 3, CreatedAt: at, UpdatedAt: at},
+		{ID: own.ID, SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/other"), Selectors: own.Selectors, Revision: 3, CreatedAt: at, UpdatedAt: at},
+	} {
+		if err := s.Put(ctx, e); !errors.Is(err, store.ErrOwnEntry) {
+			t.Fatalf("Put(%s %s) over the host's own entry = %v, want ErrOwnEntry", e.ID, e.SPIFFEID, err)
+		}
+	}
+	got, err := s.GetEntry(ctx, own.ID)
+	if err != nil || storetest.Equal(got, own) != "" || len(heard) != 0 {
+		t.Fatalf("own entry after refused Puts = %+v, %v; heard %+v", got, err, heard)
+	}
+	if es, _ := s.ListEntries(ctx, store.Filter{}); len(es) != 1 {
+		t.Fatalf("%d entries, want only the own one", len(es))
 	}
 }

@@ -3,13 +3,22 @@
 // writes go to the registry and fail at once, saying so, while it is not. When the registry
 // is back the copy catches up (the registry store resumes from its revision, or reloads after
 // a compaction) without a restart.
+//
+// A host copies only the registry's entries that can match on it (entry.CanMatchNode with
+// its node name and groups), and keeps its own entries (the config file's, Name set) beside
+// them: those are never written to the registry, and the copy's sync never removes or
+// replaces them. A registry entry with the same (SPIFFE ID, selector set) as one of the
+// host's own is not copied while that one exists (one warning), and is copied when it goes.
 package mirror
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,7 +44,11 @@ type Config struct {
 	// CheckEvery is how often reachability is probed (default 1 s); a probe or a write
 	// waits at most Timeout (default 2 s).
 	CheckEvery, Timeout time.Duration
-	Logger              *slog.Logger
+	// NodeName and NodeGroups are the host's (agent.node_name, node_groups): only the
+	// registry's entries that can match on this host are copied (entry.CanMatchNode).
+	NodeName   string
+	NodeGroups []string
+	Logger     *slog.Logger
 }
 
 // Mirror is a store.Store: reads from Local, writes to the registry. Safe for concurrent use.
@@ -47,8 +60,12 @@ type Mirror struct {
 	remote    store.Store // nil until Run connects
 	reachable bool
 	since     time.Time // when reachable last changed
-	// applyMu orders a full sync against changes from the registry's Watch.
+	// applyMu orders a full sync, changes from the registry's Watch and writes of the
+	// host's own entries (Own).
 	applyMu sync.Mutex
+	// shadowed holds the registry entries in scope that are not copied because one of the
+	// host's own entries has their (SPIFFE ID, selector set), by ID (guarded by applyMu).
+	shadowed map[string]entry.Entry
 }
 
 // New validates cfg. Run connects and follows.
@@ -62,7 +79,7 @@ func New(cfg Config) (*Mirror, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
 	}
-	m := &Mirror{cfg: cfg, log: cfg.Logger, since: time.Now()}
+	m := &Mirror{cfg: cfg, log: cfg.Logger, since: time.Now(), shadowed: make(map[string]entry.Entry)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -168,12 +185,18 @@ func (m *Mirror) connect(ctx context.Context) (store.Store, error) {
 	}
 }
 
-// sync makes the copy equal to the registry: what the copy holds that the registry does not
-// is removed (deleted while this host was away), the rest copied.
+// inScope reports whether a registry entry can match on this host, i.e. belongs in the copy.
+func (m *Mirror) inScope(e entry.Entry) bool {
+	return entry.CanMatchNode(e, m.cfg.NodeName, m.cfg.NodeGroups)
+}
+
+// sync makes the copy equal to the registry's entries in scope: what the copy holds that is
+// not one of them (deleted while this host was away, or moved to other hosts) is removed, the
+// rest copied. The host's own entries are left as they are.
 func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
-	want, err := remote.ListEntries(ctx, store.Filter{})
+	all, err := remote.ListEntries(ctx, store.Filter{})
 	if err != nil {
 		return fmt.Errorf("reading the registry: %w", err)
 	}
@@ -181,15 +204,25 @@ func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
 	if err != nil {
 		return fmt.Errorf("reading this host's copy: %w", err)
 	}
-	keep := make(map[string]entry.Entry, len(want))
-	for _, e := range want {
-		keep[e.ID] = e
+	want := make([]entry.Entry, 0, len(all))
+	keep := make(map[string]entry.Entry, len(all))
+	for _, e := range all {
+		if m.inScope(e) {
+			e.Name = "" // registry entries have none; a name would make it look like the host's own
+			want = append(want, e)
+			keep[e.ID] = e
+		}
 	}
 	for _, e := range have {
-		if _, ok := keep[e.ID]; !ok {
+		if _, ok := keep[e.ID]; !ok && e.Name == "" {
 			if err := m.cfg.Local.Remove(ctx, e.ID); err != nil {
 				return err
 			}
+		}
+	}
+	for id := range m.shadowed {
+		if _, ok := keep[id]; !ok {
+			delete(m.shadowed, id)
 		}
 	}
 	current := make(map[string]entry.Entry, len(have))
@@ -200,37 +233,155 @@ func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
 		if c, ok := current[e.ID]; ok && c.Revision == e.Revision && c.UpdatedAt.Equal(e.UpdatedAt) {
 			continue
 		}
-		if err := m.cfg.Local.Put(ctx, e); err != nil {
+		if err := m.put(ctx, e); err != nil {
 			return err
 		}
 	}
-	m.log.Info("registry copy up to date", "entries", len(want))
+	m.log.Info("registry copy up to date", "entries", len(want), "registry_entries", len(all), "shadowed_by_own_entries", len(m.shadowed))
 	return nil
 }
 
+// put copies a registry entry, or records it as shadowed when one of the host's own entries
+// holds its (SPIFFE ID, selector set), warning once. m.applyMu must be held.
+func (m *Mirror) put(ctx context.Context, e entry.Entry) error {
+	err := m.cfg.Local.Put(ctx, e)
+	_, was := m.shadowed[e.ID]
+	switch {
+	case errors.Is(err, store.ErrOwnEntry):
+		if !was {
+			m.log.Warn("registry entry not served on this host: one of this host's config entries has the same SPIFFE ID and selectors, and wins",
+				"entry_id", e.ID, "spiffe_id", e.SPIFFEID.String(), "error", err)
+		}
+		m.shadowed[e.ID] = e
+		return nil
+	case err == nil && was:
+		delete(m.shadowed, e.ID)
+		m.log.Info("registry entry served on this host again: the config entry that shadowed it is gone", "entry_id", e.ID, "spiffe_id", e.SPIFFEID.String())
+	}
+	return err
+}
+
 // apply copies one change from the registry. A change older than what the copy holds (it
-// was already part of a sync) is skipped.
+// was already part of a sync) is skipped. An entry updated out of this host's scope is
+// removed from the copy; one updated into it is copied.
 func (m *Mirror) apply(ch store.Change) {
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
 	ctx := context.Background()
-	cur, err := m.cfg.Local.GetEntry(ctx, ch.Entry.ID)
+	e := ch.Entry
+	e.Name = ""
+	cur, err := m.cfg.Local.GetEntry(ctx, e.ID)
 	have := err == nil
-	switch ch.Op {
-	case store.OpDelete:
-		if have && cur.Revision > ch.Entry.Revision {
+	if have && cur.Name != "" {
+		return // an ID of the host's own: never the registry's to change
+	}
+	if sh, ok := m.shadowed[e.ID]; ok && !have {
+		cur, have = sh, true
+	}
+	newer := !have || cur.Revision < e.Revision
+	switch {
+	case ch.Op == store.OpDelete || !m.inScope(e):
+		if have && cur.Revision > e.Revision {
 			return
 		}
-		err = m.cfg.Local.Remove(ctx, ch.Entry.ID)
+		delete(m.shadowed, e.ID)
+		err = m.cfg.Local.Remove(ctx, e.ID)
+	case !newer:
+		return
 	default:
-		if have && cur.Revision >= ch.Entry.Revision {
-			return
-		}
-		err = m.cfg.Local.Put(ctx, ch.Entry)
+		err = m.put(ctx, e)
 	}
 	if err != nil {
-		m.log.Error("copying a registry change", "op", ch.Op.String(), "entry_id", ch.Entry.ID, "error", err)
+		m.log.Error("copying a registry change", "op", ch.Op.String(), "entry_id", e.ID, "error", err)
 	}
+}
+
+// restoreShadowed copies the shadowed registry entries that no own entry holds any more.
+// m.applyMu must be held.
+func (m *Mirror) restoreShadowed(ctx context.Context) {
+	for _, e := range m.shadowed {
+		if err := m.put(ctx, e); err != nil {
+			m.log.Error("copying a registry entry no longer shadowed", "entry_id", e.ID, "error", err)
+		}
+	}
+}
+
+// Own writes the host's own entries (the config file's, Name set) into the copy only: never
+// to the registry, and whether or not it is reachable. The agent's config reconciliation
+// uses it. An own entry with the same (SPIFFE ID, selector set) as a copied registry entry
+// replaces it in the copy (the registry entry is shadowed, and copied again when the own
+// entry goes or changes).
+func (m *Mirror) Own() *Own { return &Own{m: m} }
+
+// Own is the writer Mirror.Own returns.
+type Own struct{ m *Mirror }
+
+var errUnnamed = errors.New("mirror: the host's own entries are the config file's and have a name")
+
+// CreateEntry creates e (Name set) in the copy.
+func (o *Own) CreateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error) {
+	if e.Name == "" {
+		return entry.Entry{}, errUnnamed
+	}
+	return o.write(ctx, e, func() (entry.Entry, error) { return o.m.cfg.Local.CreateEntry(ctx, e) })
+}
+
+// UpdateEntry updates the own entry e.ID (Name set) in the copy.
+func (o *Own) UpdateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error) {
+	if e.Name == "" {
+		return entry.Entry{}, errUnnamed
+	}
+	return o.write(ctx, e, func() (entry.Entry, error) { return o.m.cfg.Local.UpdateEntry(ctx, e) })
+}
+
+// DeleteEntry deletes the own entry id from the copy.
+func (o *Own) DeleteEntry(ctx context.Context, id string) (entry.Entry, error) {
+	o.m.applyMu.Lock()
+	defer o.m.applyMu.Unlock()
+	cur, err := o.m.cfg.Local.GetEntry(ctx, id)
+	if err != nil {
+		return entry.Entry{}, err
+	}
+	if cur.Name == "" {
+		return entry.Entry{}, fmt.Errorf("mirror: entry %s is the registry's, not this host's own", id)
+	}
+	out, err := o.m.cfg.Local.DeleteEntry(ctx, id)
+	if err == nil {
+		o.m.restoreShadowed(ctx)
+	}
+	return out, err
+}
+
+// write runs a create or update of an own entry; a copied registry entry holding e's
+// (SPIFFE ID, selector set) gives way to it.
+func (o *Own) write(ctx context.Context, e entry.Entry, do func() (entry.Entry, error)) (entry.Entry, error) {
+	m := o.m
+	m.applyMu.Lock()
+	defer m.applyMu.Unlock()
+	out, err := do()
+	if errors.Is(err, store.ErrAlreadyExists) {
+		held, herr := m.cfg.Local.ListEntries(ctx, store.Filter{SPIFFEID: e.SPIFFEID, Selectors: e.Selectors})
+		if herr != nil {
+			return entry.Entry{}, herr
+		}
+		key := entry.SelectorKey(entry.Normalize(e.Selectors))
+		for _, h := range held {
+			if h.Name != "" || entry.SelectorKey(h.Selectors) != key {
+				continue
+			}
+			if err := m.cfg.Local.Remove(ctx, h.ID); err != nil {
+				return entry.Entry{}, err
+			}
+			m.shadowed[h.ID] = h
+			m.log.Warn("registry entry not served on this host: config entry "+e.Name+" has the same SPIFFE ID and selectors, and wins",
+				"entry_id", h.ID, "spiffe_id", h.SPIFFEID.String())
+			out, err = do()
+		}
+	}
+	if err == nil {
+		m.restoreShadowed(ctx) // an update may have freed another's selectors
+	}
+	return out, err
 }
 
 // writable returns the registry if it is reachable, or ErrUnreachable.
@@ -261,7 +412,8 @@ func (m *Mirror) write(ctx context.Context, fn func(ctx context.Context, r store
 	return e, err
 }
 
-// CreateEntry creates e in the registry; it is in this host's copy when the call returns.
+// CreateEntry creates e in the registry; when it can match on this host it is in this host's
+// copy when the call returns.
 func (m *Mirror) CreateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error) {
 	return m.write(ctx, func(ctx context.Context, r store.Store) (entry.Entry, error) { return r.CreateEntry(ctx, e) })
 }
@@ -284,6 +436,62 @@ func (m *Mirror) GetEntry(ctx context.Context, id string) (entry.Entry, error) {
 // ListEntries reads this host's copy.
 func (m *Mirror) ListEntries(ctx context.Context, f store.Filter) ([]entry.Entry, error) {
 	return m.cfg.Local.ListEntries(ctx, f)
+}
+
+// Fleet returns the entries as an operator sees them (the admin API): the Mirror, but
+// GetEntry and ListEntries read the whole registry, not only the entries that can match on
+// this host, so that an entry registered for another host can be shown, changed and deleted
+// from any host (as SPIRE's entry show lists every entry of its server). The host's own
+// entries are included. While the registry is unreachable they read this host's copy.
+func (m *Mirror) Fleet() store.Store { return fleet{m} }
+
+type fleet struct{ *Mirror }
+
+// GetEntry reads this host's copy, then the registry.
+func (f fleet) GetEntry(ctx context.Context, id string) (entry.Entry, error) {
+	e, err := f.cfg.Local.GetEntry(ctx, id)
+	if !errors.Is(err, store.ErrNotFound) {
+		return e, err
+	}
+	r, rerr := f.writable()
+	if rerr != nil {
+		return e, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
+	defer cancel()
+	re, rerr := r.GetEntry(rctx, id)
+	if rerr != nil {
+		return e, err
+	}
+	return re, nil
+}
+
+// ListEntries reads the registry and this host's own entries, or the copy.
+func (f fleet) ListEntries(ctx context.Context, flt store.Filter) ([]entry.Entry, error) {
+	r, err := f.writable()
+	if err != nil {
+		return f.cfg.Local.ListEntries(ctx, flt)
+	}
+	rctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
+	defer cancel()
+	out, err := r.ListEntries(rctx, flt)
+	if err != nil {
+		f.log.Warn("listing the registry failed; listing this host's copy", "error", err)
+		return f.cfg.Local.ListEntries(ctx, flt)
+	}
+	local, err := f.cfg.Local.ListEntries(ctx, flt)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range local {
+		if e.Name != "" {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b entry.Entry) int {
+		return cmp.Or(strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()), strings.Compare(a.ID, b.ID))
+	})
+	return out, nil
 }
 
 // Watch follows this host's copy, which changes as the registry does.

@@ -21,43 +21,48 @@ import (
 // host is one svidd's view of the registry: its own SQLite copy, reaching etcd through its
 // own proxy so a test can cut it off alone.
 type host struct {
+	name  string // its node name
 	m     *mirror.Mirror
 	local *store.SQLite
 	proxy *etcdtest.Proxy
 	stop  func()
 }
 
-func startHost(t *testing.T, c *etcdtest.Cluster, dbPath string) *host {
+func startHost(t *testing.T, c *etcdtest.Cluster, dbPath string, opts ...func(*mirror.Config)) *host {
 	t.Helper()
 	u, err := url.Parse(c.Endpoints()[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := etcdtest.NewProxy(t, u.Host)
-	return startHostVia(t, p, dbPath)
+	return startHostVia(t, p, dbPath, opts...)
 }
 
-func startHostVia(t *testing.T, p *etcdtest.Proxy, dbPath string) *host {
+func startHostVia(t *testing.T, p *etcdtest.Proxy, dbPath string, opts ...func(*mirror.Config)) *host {
 	t.Helper()
 	local, err := store.OpenSQLite(context.Background(), dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := mirror.New(mirror.Config{
+	cfg := mirror.Config{
 		Local: local,
 		Open: func(ctx context.Context) (store.Store, error) {
 			return etcdstore.Open(ctx, etcdstore.Config{Endpoints: []string{"http://" + p.Addr()}})
 		},
 		CheckEvery: 100 * time.Millisecond,
 		Timeout:    time.Second,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	m, err := mirror.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	h := &host{m: m, local: local, proxy: p}
+	h := &host{name: cfg.NodeName, m: m, local: local, proxy: p}
 	var once bool
 	h.stop = func() {
 		if once {
