@@ -550,7 +550,7 @@ func (a *Agent) apiServer(extra ...grpc.ServerOption) (*grpc.Server, error) {
 func (a *Agent) adminServer() (*admin.Server, error) {
 	return admin.New(admin.Config{
 		TrustDomain: a.cfg.TrustDomain,
-		Store:       a.store,
+		Store:       a.adminStore(),
 		Bundle:      a.ca.Bundle,
 		CATTL:       a.ca.CATTL(),
 		Status:      a.status,

@@ -65,7 +65,8 @@ func (a *Agent) Reload(ctx context.Context, cfg conf.Config) error {
 }
 
 // reconcile makes the store's config-declared entries (those with a Name) equal to the
-// config's entry blocks: created, updated or deleted, idempotently.
+// config's entry blocks: created, updated or deleted, idempotently. With a registry they are
+// the host's own, in its copy only: other hosts' entries are never touched.
 func (a *Agent) reconcile(ctx context.Context) error {
 	existing, err := a.store.ListEntries(ctx, store.Filter{})
 	if err != nil {
@@ -77,9 +78,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 
 // reconcileWith is reconcile given the store's entries; it reports whether it wrote anything.
 func (a *Agent) reconcileWith(ctx context.Context, existing []entry.Entry) (changed bool, err error) {
-	if a.registry != nil {
-		return false, fleetEntries(a.cfg.Entries) // see errFleetConfigEntries
-	}
+	w := a.ownEntries()
 	byName := make(map[string]entry.Entry)
 	for _, e := range existing {
 		if e.Name != "" {
@@ -91,14 +90,14 @@ func (a *Agent) reconcileWith(ctx context.Context, existing []entry.Entry) (chan
 		delete(byName, want.Name)
 		switch {
 		case !ok:
-			if _, err := a.store.CreateEntry(ctx, want); err != nil {
+			if _, err := w.CreateEntry(ctx, want); err != nil {
 				return changed, fmt.Errorf("registering config entry %q: %w", want.Name, err)
 			}
 			changed = true
 			a.log.Info("config entry registered", "name", want.Name, "spiffe_id", want.SPIFFEID.String())
 		case !sameSpec(have, want):
 			want.ID = have.ID
-			if _, err := a.store.UpdateEntry(ctx, want); err != nil {
+			if _, err := w.UpdateEntry(ctx, want); err != nil {
 				return changed, fmt.Errorf("updating config entry %q: %w", want.Name, err)
 			}
 			changed = true
@@ -106,7 +105,7 @@ func (a *Agent) reconcileWith(ctx context.Context, existing []entry.Entry) (chan
 		}
 	}
 	for name, e := range byName {
-		if _, err := a.store.DeleteEntry(ctx, e.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if _, err := w.DeleteEntry(ctx, e.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return changed, fmt.Errorf("removing config entry %q: %w", name, err)
 		}
 		changed = true

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"strings"
 
 	"github.com/svidd/svidd/conf"
@@ -14,20 +13,15 @@ import (
 	"github.com/svidd/svidd/pkg/store/mirror"
 )
 
-// errFleetConfigEntries refuses entry blocks beside store "etcd": reconciling them as a single
-// host does (delete every named entry not in this file) would delete the other hosts' entries
-// in a shared registry. Host-scoped config entries are issue 14's next step.
-var errFleetConfigEntries = errors.New(`entry blocks are not supported with store "etcd" yet (they would replace every host's config entries); register fleet entries with svidctl`)
-
 // openStore returns the store the agent serves from: the data dir's SQLite, or, with
 // store "etcd", a mirror of the fleet registry kept in that SQLite file (a.registry, run by
-// Serve), so the host keeps serving while etcd is unreachable.
+// Serve), so the host keeps serving while etcd is unreachable. The copy holds the registry's
+// entries that can match on this host (its node name and groups) and the host's own: the
+// config file's entry blocks, which never go to etcd (reconcile writes them with
+// a.registry.Own()).
 func (a *Agent) openStore(local *store.SQLite) (store.Store, error) {
 	if a.cfg.Store.Kind != conf.StoreEtcd {
 		return local, nil
-	}
-	if err := fleetEntries(a.cfg.Entries); err != nil {
-		return nil, err
 	}
 	ec := a.cfg.Store.Etcd
 	var tc *tls.Config
@@ -52,7 +46,9 @@ func (a *Agent) openStore(local *store.SQLite) (store.Store, error) {
 		Open: func(ctx context.Context) (store.Store, error) {
 			return etcdstore.Open(ctx, etcdstore.Config{Client: cli, Prefix: ec.Prefix, Logger: log})
 		},
-		Logger: log,
+		NodeName:   a.cfg.NodeName,
+		NodeGroups: a.cfg.NodeGroups,
+		Logger:     log,
 	})
 	if err != nil {
 		return nil, err
@@ -76,9 +72,28 @@ func (a *Agent) registryMetrics() {
 	}
 }
 
-func fleetEntries(entries []entry.Entry) error {
-	if len(entries) > 0 {
-		return errFleetConfigEntries
+// adminStore is the store the admin API works on: the agent's, but with a registry, entries
+// are listed and found fleet-wide (mirror.Fleet) so that svidctl on any host shows, updates
+// and deletes any entry, including those for other hosts that this host does not copy.
+func (a *Agent) adminStore() store.Store {
+	if a.registry == nil {
+		return a.store
 	}
-	return nil
+	return a.registry.Fleet()
+}
+
+// entryWriter writes the config file's entries (reconcile).
+type entryWriter interface {
+	CreateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error)
+	UpdateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error)
+	DeleteEntry(ctx context.Context, id string) (entry.Entry, error)
+}
+
+// ownEntries is where the config file's entries are written: the store, or with a registry
+// the host's copy only (they belong to this host, never to the fleet).
+func (a *Agent) ownEntries() entryWriter {
+	if a.registry == nil {
+		return a.store
+	}
+	return a.registry.Own()
 }

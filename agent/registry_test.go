@@ -7,11 +7,16 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/svidd/svidd/agent"
 	"github.com/svidd/svidd/conf"
@@ -151,16 +156,144 @@ func mustEntry(t *testing.T, path string, sels ...string) entry.Entry {
 	return entry.Entry{SPIFFEID: spiffeid.RequireFromString("spiffe://example.org" + path), Selectors: parsed}
 }
 
-// TestRegistryRefusesConfigEntries: entry blocks beside store "etcd" are refused at start
-// (reconciling them would delete the other hosts' entries).
-func TestRegistryRefusesConfigEntries(t *testing.T) {
-	cfg := conf.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{Endpoints: []string{"http://127.0.0.1:1"}, Prefix: "/svidd/"}}
-	cfg.Entries = []entry.Entry{mustEntry(t, "/web", "unix:uid:1")}
-	cfg.Entries[0].Name = "web"
-	_, err := agent.New(agent.Config{Config: cfg})
-	if err == nil || !strings.Contains(err.Error(), `entry blocks are not supported with store "etcd"`) {
-		t.Fatalf("New = %v, want the entry blocks refused", err)
+// fleetHost starts an agent named name in groups, with store "etcd" on c, and the given
+// config entries; it returns its config (sockets) once Run serves.
+func fleetHost(t *testing.T, c *etcdtest.Cluster, name string, groups []string, entries ...entry.Entry) conf.Config {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "svidd-"+name) // short: socket paths are limited to 107 bytes
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := conf.Default()
+	cfg.NodeName, cfg.NodeGroups = name, groups
+	cfg.SocketPath = filepath.Join(dir, "api.sock")
+	cfg.AdminSocketPath = filepath.Join(dir, "admin.sock")
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.Telemetry.PrometheusAddress = ""
+	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/svidd/"}}
+	cfg.Entries = entries
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run %s: %v", name, err)
+		}
+	})
+	cli := admin.NewClient(cfg.AdminSocketPath)
+	eventually(t, name+" reaches the registry", func() bool {
+		st, err := cli.Status(context.Background())
+		return err == nil && st.Registry != nil && st.Registry.Reachable
+	})
+	return cfg
+}
+
+// servedIDs returns the SPIFFE IDs the Workload API on cfg's socket serves this process.
+func servedIDs(t *testing.T, cfg conf.Config) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	xc, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+cfg.SocketPath))
+	if err != nil {
+		if status.Code(err) == codes.PermissionDenied {
+			return nil // entitled to nothing
+		}
+		t.Fatalf("FetchX509Context on %s: %v", cfg.NodeName, err)
+	}
+	var ids []string
+	for _, s := range xc.SVIDs {
+		ids = append(ids, s.ID.String())
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// TestFleetScopes: two hosts following one etcd. An entry for node:name:host-1 is served on
+// host-1 only, one for a group on its members only, one without node selectors on both; a
+// config entry of host-1 is served on host-1 only and never reaches etcd; svidctl on host-2
+// lists and deletes the entry for host-1 (the fleet view), and the deletion reaches host-1.
+func TestFleetScopes(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{})
+	uid := "unix:uid:" + strconv.Itoa(os.Getuid())
+	local := mustEntry(t, "/local", uid)
+	local.Name = "local"
+	h1 := fleetHost(t, c, "host-1", []string{"web"}, local)
+	h2 := fleetHost(t, c, "host-2", []string{"db"})
+	cli1, cli2 := admin.NewClient(h1.AdminSocketPath), admin.NewClient(h2.AdminSocketPath)
+	ctx := context.Background()
+
+	var only1 admin.Entry
+	for _, e := range []admin.Entry{
+		{SPIFFEID: "spiffe://example.org/only-1", Selectors: []string{uid, "node:name:host-1"}},
+		{SPIFFEID: "spiffe://example.org/db", Selectors: []string{uid, "node:group:db"}},
+		{SPIFFEID: "spiffe://example.org/both", Selectors: []string{uid}},
+	} {
+		out, err := cli2.CreateEntry(ctx, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Warnings) != 0 {
+			t.Errorf("creating %v on host-2: warnings %v, want none for node selectors", e.Selectors, out.Warnings)
+		}
+		if e.SPIFFEID == "spiffe://example.org/only-1" {
+			only1 = out
+		}
+	}
+	if _, err := cli2.CreateEntry(ctx, admin.Entry{SPIFFEID: "spiffe://example.org/x", Selectors: []string{uid, "node:host-1"}}); err == nil ||
+		!strings.Contains(err.Error(), "node:name:NAME or node:group:GROUP") {
+		t.Fatalf("a malformed node selector: %v, want it refused saying the forms", err)
+	}
+
+	want1 := []string{"spiffe://example.org/both", "spiffe://example.org/local", "spiffe://example.org/only-1"}
+	want2 := []string{"spiffe://example.org/both", "spiffe://example.org/db"}
+	eventually(t, "host-1 serves its entries", func() bool { return slices.Equal(servedIDs(t, h1), want1) })
+	eventually(t, "host-2 serves its entries", func() bool { return slices.Equal(servedIDs(t, h2), want2) })
+	// Both settled: nothing more arrives, so what each serves now is final.
+	if got := servedIDs(t, h1); !slices.Equal(got, want1) {
+		t.Fatalf("host-1 serves %v, want %v", got, want1)
+	}
+	if got := servedIDs(t, h2); !slices.Equal(got, want2) {
+		t.Fatalf("host-2 serves %v, want %v", got, want2)
+	}
+
+	// The operator's view: host-2 lists every fleet entry, not host-1's own.
+	list2, err := cli2.ListEntries(ctx, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids2 []string
+	for _, e := range list2 {
+		ids2 = append(ids2, e.SPIFFEID)
+	}
+	if want := []string{"spiffe://example.org/both", "spiffe://example.org/db", "spiffe://example.org/only-1"}; !slices.Equal(ids2, want) {
+		t.Fatalf("entry list on host-2 = %v, want the fleet's %v (host-1's config entry is its own)", ids2, want)
+	}
+	list1, err := cli1.ListEntries(ctx, "", nil)
+	if err != nil || len(list1) != 4 {
+		t.Fatalf("entry list on host-1 = %d entries, %v; want the fleet's 3 and its own", len(list1), err)
+	}
+	for _, e := range list1 {
+		if e.SPIFFEID == "spiffe://example.org/local" {
+			if _, err := cli1.DeleteEntry(ctx, e.ID); err == nil {
+				t.Fatal("deleting a config entry through the admin API succeeded, want 409")
+			}
+		}
+	}
+	if got, err := cli2.GetEntry(ctx, only1.ID); err != nil || got.SPIFFEID != only1.SPIFFEID {
+		t.Fatalf("entry show on host-2 of host-1's entry = %+v, %v", got, err)
+	}
+	if _, err := cli2.DeleteEntry(ctx, only1.ID); err != nil {
+		t.Fatalf("deleting host-1's entry from host-2: %v", err)
+	}
+	want1 = []string{"spiffe://example.org/both", "spiffe://example.org/local"}
+	eventually(t, "the deletion reaches host-1", func() bool { return slices.Equal(servedIDs(t, h1), want1) })
 }
