@@ -248,6 +248,11 @@ func (m *Mirror) put(ctx context.Context, e entry.Entry) error {
 	_, was := m.shadowed[e.ID]
 	switch {
 	case errors.Is(err, store.ErrOwnEntry):
+		// An update that now collides with an own entry: its older version, copied before,
+		// must not stay served either.
+		if err := m.cfg.Local.Remove(ctx, e.ID); err != nil {
+			return err
+		}
 		if !was {
 			m.log.Warn("registry entry not served on this host: one of this host's config entries has the same SPIFFE ID and selectors, and wins",
 				"entry_id", e.ID, "spiffe_id", e.SPIFFEID.String(), "error", err)

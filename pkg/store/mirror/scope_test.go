@@ -276,10 +276,33 @@ func TestOwnEntries(t *testing.T) {
 	if got := copyIDs(t, a); !got[own2.ID] || got[fleetDup.ID] {
 		t.Fatalf("A's copy %v after the shadowed fleet entry changed: want the own entry only", got)
 	}
-	if _, err := b.m.Own().DeleteEntry(ctx, fleetDup.ID); err == nil {
+	// A copied fleet entry updated onto an own entry's selectors: its old version goes too.
+	moving, err := b.m.CreateEntry(ctx, scoped(t, "/own", "unix:uid:3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b, a, b)
+	if !has(a, moving.ID) {
+		t.Fatal("A lacks a fleet entry it can match")
+	}
+	moving.Selectors = own2.Selectors
+	if _, err := b.m.UpdateEntry(ctx, moving); err == nil {
+		t.Fatal("two fleet entries with the same SPIFFE ID and selectors")
+	}
+	if _, err := b.m.DeleteEntry(ctx, fleetDup.ID); err != nil {
+		t.Fatal(err)
+	}
+	if moving, err = b.m.UpdateEntry(ctx, moving); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, b, a, b)
+	if got := copyIDs(t, a); !got[own2.ID] || got[moving.ID] || got[fleetDup.ID] {
+		t.Fatalf("A's copy %v after a fleet entry moved onto its own entry's selectors: want the own entry only", got)
+	}
+	if _, err := b.m.Own().DeleteEntry(ctx, moving.ID); err == nil {
 		t.Fatal("Own().DeleteEntry removed a registry entry from the copy")
 	}
-	if n := len(fleetView(t, b)); n != 1 {
+	if n := len(fleetView(t, b)); n != 1 { // moving
 		t.Fatalf("the registry holds %d entries, want the one fleet entry (own entries never go there)", n)
 	}
 }
