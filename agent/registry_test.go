@@ -41,36 +41,10 @@ func TestRegistryHost(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dir, err := os.MkdirTemp("", "svidd-reg") // short: socket paths are limited to 107 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := conf.Default()
-	cfg.SocketPath = filepath.Join(dir, "api.sock")
-	cfg.AdminSocketPath = filepath.Join(dir, "admin.sock")
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.Telemetry.PrometheusAddress = ""
-	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{
+	cfg := runRegistryAgent(t, conf.EtcdConfig{
 		Endpoints: []string{"https://" + p.Addr()}, Prefix: "/svidd/",
 		CAFile: c.CA.CertFile, CertFile: cert, KeyFile: key,
-	}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	a, err := agent.New(agent.Config{Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	}, func(*conf.Config) {})
 	cli := admin.NewClient(cfg.AdminSocketPath)
 
 	// The other host: a plain registry client.
@@ -156,23 +130,22 @@ func mustEntry(t *testing.T, path string, sels ...string) entry.Entry {
 	return entry.Entry{SPIFFEID: spiffeid.RequireFromString("spiffe://example.org" + path), Selectors: parsed}
 }
 
-// fleetHost starts an agent named name in groups, with store "etcd" on c, and the given
-// config entries; it returns its config (sockets) once Run serves.
-func fleetHost(t *testing.T, c *etcdtest.Cluster, name string, groups []string, entries ...entry.Entry) conf.Config {
+// runRegistryAgent runs an agent with store "etcd" configured as ec, in a short temp dir,
+// with edit applied to its config, until the test ends; it returns the config (sockets).
+func runRegistryAgent(t *testing.T, ec conf.EtcdConfig, edit func(*conf.Config)) conf.Config {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "svidd-"+name) // short: socket paths are limited to 107 bytes
+	dir, err := os.MkdirTemp("", "svidd-reg") // short: socket paths are limited to 107 bytes
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	cfg := conf.Default()
-	cfg.NodeName, cfg.NodeGroups = name, groups
 	cfg.SocketPath = filepath.Join(dir, "api.sock")
 	cfg.AdminSocketPath = filepath.Join(dir, "admin.sock")
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.Telemetry.PrometheusAddress = ""
-	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/svidd/"}}
-	cfg.Entries = entries
+	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: ec}
+	edit(&cfg)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -186,8 +159,18 @@ func fleetHost(t *testing.T, c *etcdtest.Cluster, name string, groups []string, 
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("Run %s: %v", name, err)
+			t.Errorf("Run %s: %v", cfg.NodeName, err)
 		}
+	})
+	return cfg
+}
+
+// fleetHost runs an agent named name in groups, with store "etcd" on c and the given config
+// entries; it returns its config (sockets) once it reaches the registry.
+func fleetHost(t *testing.T, c *etcdtest.Cluster, name string, groups []string, entries ...entry.Entry) conf.Config {
+	t.Helper()
+	cfg := runRegistryAgent(t, conf.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/svidd/"}, func(cfg *conf.Config) {
+		cfg.NodeName, cfg.NodeGroups, cfg.Entries = name, groups, entries
 	})
 	cli := admin.NewClient(cfg.AdminSocketPath)
 	eventually(t, name+" reaches the registry", func() bool {
