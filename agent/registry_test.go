@@ -41,7 +41,7 @@ func TestRegistryHost(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := runRegistryAgent(t, conf.EtcdConfig{
+	cfg, _ := runRegistryAgent(t, conf.EtcdConfig{
 		Endpoints: []string{"https://" + p.Addr()}, Prefix: "/svidd/",
 		CAFile: c.CA.CertFile, CertFile: cert, KeyFile: key,
 	}, func(*conf.Config) {})
@@ -132,7 +132,7 @@ func mustEntry(t *testing.T, path string, sels ...string) entry.Entry {
 
 // runRegistryAgent runs an agent with store "etcd" configured as ec, in a short temp dir,
 // with edit applied to its config, until the test ends; it returns the config (sockets).
-func runRegistryAgent(t *testing.T, ec conf.EtcdConfig, edit func(*conf.Config)) conf.Config {
+func runRegistryAgent(t *testing.T, ec conf.EtcdConfig, edit func(*conf.Config)) (conf.Config, *agent.Agent) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "svidd-reg") // short: socket paths are limited to 107 bytes
 	if err != nil {
@@ -162,14 +162,14 @@ func runRegistryAgent(t *testing.T, ec conf.EtcdConfig, edit func(*conf.Config))
 			t.Errorf("Run %s: %v", cfg.NodeName, err)
 		}
 	})
-	return cfg
+	return cfg, a
 }
 
 // fleetHost runs an agent named name in groups, with store "etcd" on c and the given config
 // entries; it returns its config (sockets) once it reaches the registry.
-func fleetHost(t *testing.T, c *etcdtest.Cluster, name string, groups []string, entries ...entry.Entry) conf.Config {
+func fleetHost(t *testing.T, c *etcdtest.Cluster, name string, groups []string, entries ...entry.Entry) (conf.Config, *agent.Agent) {
 	t.Helper()
-	cfg := runRegistryAgent(t, conf.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/svidd/"}, func(cfg *conf.Config) {
+	cfg, a := runRegistryAgent(t, conf.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/svidd/"}, func(cfg *conf.Config) {
 		cfg.NodeName, cfg.NodeGroups, cfg.Entries = name, groups, entries
 	})
 	cli := admin.NewClient(cfg.AdminSocketPath)
@@ -177,7 +177,7 @@ func fleetHost(t *testing.T, c *etcdtest.Cluster, name string, groups []string, 
 		st, err := cli.Status(context.Background())
 		return err == nil && st.Registry != nil && st.Registry.Reachable
 	})
-	return cfg
+	return cfg, a
 }
 
 // servedIDs returns the SPIFFE IDs the Workload API on cfg's socket serves this process.
@@ -209,8 +209,8 @@ func TestFleetScopes(t *testing.T) {
 	uid := "unix:uid:" + strconv.Itoa(os.Getuid())
 	local := mustEntry(t, "/local", uid)
 	local.Name = "local"
-	h1 := fleetHost(t, c, "host-1", []string{"web"}, local)
-	h2 := fleetHost(t, c, "host-2", []string{"db"})
+	h1, agent1 := fleetHost(t, c, "host-1", []string{"web"}, local)
+	h2, _ := fleetHost(t, c, "host-2", []string{"db"})
 	cli1, cli2 := admin.NewClient(h1.AdminSocketPath), admin.NewClient(h2.AdminSocketPath)
 	ctx := context.Background()
 
@@ -249,14 +249,7 @@ func TestFleetScopes(t *testing.T) {
 	}
 
 	// The operator's view: host-2 lists every fleet entry, not host-1's own.
-	list2, err := cli2.ListEntries(ctx, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids2 []string
-	for _, e := range list2 {
-		ids2 = append(ids2, e.SPIFFEID)
-	}
+	ids2 := fleetIDs(t, cli2)
 	if want := []string{"spiffe://example.org/both", "spiffe://example.org/db", "spiffe://example.org/only-1"}; !slices.Equal(ids2, want) {
 		t.Fatalf("entry list on host-2 = %v, want the fleet's %v (host-1's config entry is its own)", ids2, want)
 	}
@@ -279,4 +272,38 @@ func TestFleetScopes(t *testing.T) {
 	}
 	want1 = []string{"spiffe://example.org/both", "spiffe://example.org/local"}
 	eventually(t, "the deletion reaches host-1", func() bool { return slices.Equal(servedIDs(t, h1), want1) })
+
+	// A reload (SIGHUP) reconciles host-1's config entries in its copy; node_groups is
+	// restart-only: host-1 does not join "db" until it restarts.
+	reloaded := h1
+	reloaded.NodeGroups = []string{"db"}
+	local2 := mustEntry(t, "/local-2", uid)
+	local2.Name = "local-2"
+	reloaded.Entries = []entry.Entry{local2}
+	if err := agent1.Reload(ctx, reloaded); err != nil {
+		t.Fatal(err)
+	}
+	want1 = []string{"spiffe://example.org/both", "spiffe://example.org/local-2"}
+	var got []string
+	eventually(t, "host-1 serves its reloaded config entries, and still not the db group's", func() bool {
+		got = servedIDs(t, h1)
+		return slices.Equal(got, want1)
+	})
+	if ids := fleetIDs(t, cli2); slices.Contains(ids, "spiffe://example.org/local-2") {
+		t.Fatalf("a reloaded config entry of host-1 reached the registry: %v", ids)
+	}
+}
+
+// fleetIDs lists the SPIFFE IDs svidctl entry list shows through cli.
+func fleetIDs(t *testing.T, cli *admin.Client) []string {
+	t.Helper()
+	es, err := cli.ListEntries(context.Background(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range es {
+		ids = append(ids, e.SPIFFEID)
+	}
+	return ids
 }
