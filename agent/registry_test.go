@@ -284,10 +284,8 @@ func TestFleetScopes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want1 = []string{"spiffe://example.org/both", "spiffe://example.org/local-2"}
-	var got []string
 	eventually(t, "host-1 serves its reloaded config entries, and still not the db group's", func() bool {
-		got = servedIDs(t, h1)
-		return slices.Equal(got, want1)
+		return slices.Equal(servedIDs(t, h1), want1)
 	})
 	if ids := fleetIDs(t, cli2); slices.Contains(ids, "spiffe://example.org/local-2") {
 		t.Fatalf("a reloaded config entry of host-1 reached the registry: %v", ids)
