@@ -4,6 +4,10 @@
 agent {
   trust_domain = "example.org"
   data_dir     = "/var/lib/svidd"
+  # Every caller here also has node:name:web-1, node:group:web and node:group:eu: an entry
+  # with -selector node:group:web is served (and copied) on the web hosts only.
+  node_name   = "web-1"
+  node_groups = ["web", "eu"]
 }
 
 store "etcd" {
