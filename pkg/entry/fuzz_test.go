@@ -85,3 +85,39 @@ func FuzzSPIFFEIDAndEntry(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCanMatchNode: whether an entry can match on a host (what the host copies of a fleet
+// registry) is exactly whether a caller of that host having every other selector of the
+// entry matches it; never panics on any selectors.
+func FuzzCanMatchNode(f *testing.F) {
+	f.Add("node:name:web-1\nunix:uid:1", "web-1", "web\neu")
+	f.Add("node:name:web-1\nnode:name:web-2", "web-1", "")
+	f.Add("node:group:eu\nnode:group:us", "web-1", "eu")
+	f.Add("node:group:web-1", "web-1", "web")
+	f.Fuzz(func(t *testing.T, sels, name, groups string) {
+		if ValidateNodeName(name) != nil {
+			return
+		}
+		var gs []string
+		for _, g := range strings.Split(groups, "\n") {
+			if ValidateNodeGroup(g) == nil {
+				gs = append(gs, g)
+			}
+		}
+		var parsed []Selector
+		for _, s := range strings.Split(sels, "\n") {
+			if sel, err := ParseSelector(s); err == nil {
+				parsed = append(parsed, sel)
+			}
+		}
+		e := Entry{Selectors: Normalize(parsed)}
+		got := CanMatchNode(e, name, gs)
+		if len(parsed) == 0 {
+			return // matches nobody, whatever the host
+		}
+		caller := WithNode(Normalize(nonNode(e.Selectors)), NodeSelectors(name, gs))
+		if want := Matches(e, caller); got != want {
+			t.Fatalf("CanMatchNode(%v, %q, %q) = %v, but a caller with %v matches: %v", e.Selectors, name, gs, got, caller, want)
+		}
+	})
+}
