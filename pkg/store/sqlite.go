@@ -29,7 +29,7 @@ var _ Store = (*SQLite)(nil)
 
 // schemaVersion is stored in PRAGMA user_version. Bump it and add a step to migrate when the
 // schema changes; a database newer than this binary is refused rather than misread.
-const schemaVersion = 2
+const schemaVersion = 3
 
 var migrations = []string{
 	// 0 → 1
@@ -54,6 +54,19 @@ var migrations = []string{
 		source       TEXT    NOT NULL,
 		sequence     INTEGER NOT NULL DEFAULT 0,
 		updated_at   INTEGER NOT NULL
+	);`,
+	// 2 → 3: the fleet's JWT keys as last seen in the registry, and the bundle sequence
+	// served (sqlite_fleet.go).
+	`CREATE TABLE fleet_jwt_keys (
+		name      TEXT    PRIMARY KEY NOT NULL,
+		record    BLOB    NOT NULL,
+		not_after INTEGER NOT NULL
+	);
+	CREATE TABLE fleet_bundle (
+		id          INTEGER PRIMARY KEY CHECK (id = 1),
+		revision    INTEGER NOT NULL DEFAULT 0,
+		sequence    INTEGER NOT NULL DEFAULT 0,
+		fingerprint BLOB    NOT NULL DEFAULT x''
 	);`,
 }
 

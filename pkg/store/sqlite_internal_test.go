@@ -36,7 +36,7 @@ func TestSQLitePragmasOnEveryConnection(t *testing.T) {
 			{"synchronous", "2"}, // FULL
 			{"foreign_keys", "1"},
 			{"busy_timeout", "10000"},
-			{"user_version", "2"},
+			{"user_version", "3"},
 		} {
 			var got string
 			if err := c.QueryRowContext(ctx, "PRAGMA "+p.pragma).Scan(&got); err != nil {
