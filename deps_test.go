@@ -29,7 +29,7 @@ var allowed = map[string]struct{ use, test []string }{
 	// The agent assembles everything below it.
 	"agent": {
 		use: []string{"attestor", "ca", "conf", "pkg/admin", "pkg/admission", "pkg/entry", "pkg/federation",
-			"pkg/ownership", "pkg/peercred", "pkg/sds", "pkg/store", "pkg/store/etcdstore", "pkg/store/mirror",
+			"pkg/fleet", "pkg/ownership", "pkg/peercred", "pkg/sds", "pkg/store", "pkg/store/etcdstore", "pkg/store/mirror",
 			"pkg/telemetry", "pkg/wire", "pkg/workload", "pkg/workloadapi"},
 		test: []string{"internal/etcdtest", "internal/proctest"},
 	},
@@ -44,6 +44,7 @@ var allowed = map[string]struct{ use, test []string }{
 
 	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/federation", "pkg/store", "pkg/workload"}, test: []string{"internal/proctest", "pkg/workload/workloadtest"}},
 	"pkg/federation":            {use: []string{"pkg/store", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
+	"pkg/fleet":                 {use: []string{"pkg/store", "pkg/workload"}, test: []string{"internal/etcdtest", "pkg/workload/workloadtest"}},
 	"pkg/ownership":             {},
 	"pkg/admission":             {use: []string{"pkg/peercred"}, test: []string{"conf", "internal/proctest"}},
 	"pkg/entry":                 {},

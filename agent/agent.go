@@ -74,6 +74,8 @@ type Agent struct {
 	// node is the host's node selectors (entry.NodeSelectors of agent.node_name and
 	// node_groups), added to every caller's selectors (record).
 	node []entry.Selector
+	// fleet shares the JWT keys across the fleet (store "etcd", fleet.go), else nil.
+	fleet *fleetKeys
 
 	serving atomic.Bool
 	started time.Time
@@ -173,6 +175,9 @@ func New(cfg Config) (*Agent, error) {
 	a.cache.scheduleRotation = a.scheduleRotation
 	a.cache.onMint = a.metrics.SVIDMinted
 	a.cache.onRotate = a.metrics.SVIDRotated
+	if err := a.newFleet(st); err != nil {
+		return nil, err
+	}
 	if err := a.newFederation(); err != nil {
 		return nil, err
 	}
@@ -383,7 +388,7 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 	}
 	defer stopWatch()
 	a.warnConfigEntries(a.cfg.Entries)
-	a.cache.setBundles([]*workload.Bundle{a.ca.Bundle()})
+	a.cache.setBundles([]*workload.Bundle{a.ownBundle()})
 
 	apiLn := a.admission.Listener(ls.API) // closes connections over their uid's limits
 	ls.Admin.Admit = a.admitAdmin
@@ -417,6 +422,7 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 	run("updater", func() error { a.updater(ctx); return nil })
 	run("ca", func() error { return a.ca.Run(ctx) })
 	run("bundle watcher", func() error { a.watchBundle(ctx); return nil })
+	a.startFleet(ctx, run)
 	if err := a.startFederation(ctx, ls.BundleEndpoint, run); err != nil {
 		cancel()
 		wg.Wait()
@@ -551,7 +557,7 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 	return admin.New(admin.Config{
 		TrustDomain: a.cfg.TrustDomain,
 		Store:       a.adminStore(),
-		Bundle:      a.ca.Bundle,
+		Bundle:      a.ownBundle,
 		CATTL:       a.ca.CATTL(),
 		Status:      a.status,
 		CA:          caAdmin{a.ca},

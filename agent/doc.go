@@ -21,5 +21,7 @@
 //     background for the rest of a Partial group.
 //   - rotate.go: when an SVID is re-minted (a pure function of its lifetime) and the
 //     re-minting itself.
+//   - fleet.go: with store "etcd", the fleet's JWT keys: this host's published, every host's
+//     followed and kept in the data dir, and the bundle served with all of them (pkg/fleet).
 //   - status.go: the operator's status (admin API) and the gauges set at scrape time.
 package agent

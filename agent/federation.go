@@ -26,7 +26,7 @@ func (a *Agent) newFederation() error {
 	m, err := federation.NewManager(federation.ManagerConfig{
 		TrustDomain: a.cfg.TrustDomain,
 		Store:       a.store,
-		OwnBundle:   a.ca.Bundle,
+		OwnBundle:   a.ownBundle,
 		OnChange: func(s federation.Snapshot) {
 			a.enqueue(func() { a.cache.setFederation(s) })
 		},
@@ -97,7 +97,7 @@ func (a *Agent) startFederation(ctx context.Context, ln net.Listener, run func(s
 		TrustDomain: a.cfg.TrustDomain,
 		Profile:     ep.Profile,
 		RefreshHint: a.cfg.BundleEndpointRefreshHint(),
-		Bundle:      a.ca.Bundle,
+		Bundle:      a.ownBundle,
 		Minter:      a.ca,
 		CertFile:    ep.CertFile,
 		KeyFile:     ep.KeyFile,

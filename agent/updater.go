@@ -44,16 +44,28 @@ func (a *Agent) scheduleRotation(entryID string, at time.Time) {
 	time.AfterFunc(time.Until(at), func() { a.enqueue(func() { a.cache.rotate(entryID) }) })
 }
 
+// watchBundle republishes the own trust domain's bundle whenever it changes: the CA rotated,
+// or (store "etcd") another host's JWT keys came or went.
 func (a *Agent) watchBundle(ctx context.Context) {
+	last := a.ownBundle()
 	for {
+		// Take the channel before reading the bundle, so no change is missed.
+		caChanged := a.ca.BundleChanged()
+		if b := a.assembleBundle(); b != last {
+			last = b
+			a.metrics.BundleChanged()
+			a.log.Info("trust bundle changed", "trust_domain", b.TrustDomain.Name(), "sequence", b.Sequence,
+				"authorities", len(b.X509Authorities), "jwt_authorities", len(b.JWTAuthorities))
+			a.enqueue(func() { a.cache.setBundles([]*workload.Bundle{b}) })
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-a.ca.BundleChanged():
-			b := a.ca.Bundle()
-			a.metrics.BundleChanged()
-			a.log.Info("trust bundle changed", "trust_domain", b.TrustDomain.Name(), "sequence", b.Sequence, "authorities", len(b.X509Authorities))
-			a.enqueue(func() { a.cache.setBundles([]*workload.Bundle{b}) })
+		case <-caChanged:
+			if a.fleet != nil {
+				a.fleet.pub.Trigger() // the CA prepared, activated or dropped a key
+			}
+		case <-a.fleetChanged():
 		}
 	}
 }

@@ -81,6 +81,29 @@ func jwtAlgorithm(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
 	return "", fmt.Errorf("unsupported JWT key type %T", pub)
 }
 
+// JWTKey is the public part of one authority's JWT-SVID signing key.
+type JWTKey struct {
+	KID    string
+	Public crypto.PublicKey
+	// NotAfter is the authority's: no JWT-SVID signed with the key expires later, and the key
+	// leaves the bundle then.
+	NotAfter time.Time
+}
+
+// JWTKeys lists the JWT keys in the bundle (active, prepared and old unexpired authorities),
+// oldest authority first, from one consistent state: what a fleet host publishes for the
+// others to trust.
+func (c *CA) JWTKeys() []JWTKey {
+	snap := c.state.Load()
+	out := make([]JWTKey, 0, len(snap.authorities))
+	for _, a := range snap.authorities {
+		if a.jwt != nil {
+			out = append(out, JWTKey{KID: a.jwt.kid, Public: a.jwt.pub, NotAfter: a.cert.NotAfter})
+		}
+	}
+	return out
+}
+
 // JWTSVIDTTL returns the default JWT-SVID TTL (the one used when MintJWTSVID gets 0).
 func (c *CA) JWTSVIDTTL() time.Duration { return c.cfg.JWTSVIDTTL }
 

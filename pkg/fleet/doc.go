@@ -1,0 +1,16 @@
+// Package fleet is what the hosts of one trust domain share through the fleet registry
+// (etcd, store "etcd") besides the entries: each host's JWT-SVID public keys, so that a
+// JWT-SVID minted on any host validates on every host, and the rule that keeps the
+// spiffe_sequence of the bundle every host serves monotonic and equal across hosts.
+//
+// Keys live under Prefix + "hosts/<node>/jwtkeys/<kid>" (the layout is pkg/store/etcdstore's),
+// one record per key (keyRecord: the JWK, its kid, its not-after), each under its own etcd
+// lease that ends a margin after the key's NotAfter, so a host that disappears takes its keys
+// with it when they expire and never earlier. A Publisher keeps what etcd holds under its own
+// node equal to the host's current keys (re-publishing after etcd was away or a lease was
+// lost); Keys follows every host's records (Follow: a watch from a revision, resumed after a
+// disconnect, a full reload after a compaction), checks them, and keeps them in the host's
+// SQLite so a restart with etcd unreachable still validates other hosts' unexpired tokens.
+// Bundler assembles the served bundle: the host's CA bundle plus every other host's keys,
+// with the sequence of NextSequence.
+package fleet
