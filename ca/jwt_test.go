@@ -616,3 +616,29 @@ func TestRefreshHint(t *testing.T) {
 		}
 	}
 }
+
+// TestJWTKeys: JWTKeys lists the bundle's JWT keys with their authority's NotAfter, the
+// prepared one included (a fleet host publishes it before it signs).
+func TestJWTKeys(t *testing.T) {
+	base := time.Now()
+	clk := &fakeClock{t: base.Add(-3 * time.Hour)}
+	c := newTestCA(t, t.TempDir(), clk)
+	clk.Set(base)
+	if _, err := c.Rotate(base); err != nil {
+		t.Fatal(err)
+	}
+	ks := c.JWTKeys()
+	as := c.Authorities()
+	b := c.Bundle()
+	if len(ks) != 2 || len(as) != 2 || len(b.JWTAuthorities) != 2 {
+		t.Fatalf("%d keys, %d authorities, %d bundle keys; want 2 each", len(ks), len(as), len(b.JWTAuthorities))
+	}
+	for i, k := range ks {
+		if k.KID != as[i].JWTKeyID || !k.NotAfter.Equal(as[i].NotAfter) {
+			t.Errorf("key %d: %s until %s, authority's %s until %s", i, k.KID, k.NotAfter, as[i].JWTKeyID, as[i].NotAfter)
+		}
+		if pub, ok := b.JWTAuthorities[k.KID]; !ok || !pub.(interface{ Equal(crypto.PublicKey) bool }).Equal(k.Public) {
+			t.Errorf("key %s is not the bundle's", k.KID)
+		}
+	}
+}
