@@ -67,17 +67,11 @@ type held struct {
 
 // NewKeys checks cfg. Load reads the host's copy; Run follows the registry.
 func NewKeys(cfg KeysConfig) (*Keys, error) {
-	if cfg.Client == nil || cfg.Local == nil {
-		return nil, errors.New("fleet keys: Client and Local are required")
-	}
-	if !strings.HasSuffix(cfg.Prefix, "/") {
-		return nil, errors.New("fleet keys: the prefix must end with /")
-	}
-	if err := CheckNodeName(cfg.Node); err != nil {
+	if err := checkPlace("fleet keys", cfg.Client, cfg.Prefix, cfg.Node, &cfg.Margin); err != nil {
 		return nil, err
 	}
-	if cfg.Margin <= 0 {
-		cfg.Margin = DefaultMargin
+	if cfg.Local == nil {
+		return nil, errors.New("fleet keys: Local is required")
 	}
 	if cfg.OnChange == nil {
 		cfg.OnChange = func() {}

@@ -1,7 +1,6 @@
 package fleet_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/svidd/svidd/internal/etcdtest"
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/fleet"
 	"github.com/svidd/svidd/pkg/store"
 )
@@ -37,31 +37,13 @@ func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	return cli
 }
 
-// lockedLog is a slog handler's output that the test reads while the code writes.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), s)
-}
-
 // node is one host's fleet parts on a real etcd and a real SQLite file.
 type node struct {
 	name string
 	db   *store.SQLite
 	keys *fleet.Keys
 	pub  *fleet.Publisher
-	log  *lockedLog
+	log  *proctest.Buffer
 
 	mu  sync.Mutex
 	own []fleet.Key
@@ -71,7 +53,7 @@ type node struct {
 
 func startNode(t *testing.T, cli *clientv3.Client, name, dbPath string) *node {
 	t.Helper()
-	n := &node{name: name, log: &lockedLog{}}
+	n := &node{name: name, log: &proctest.Buffer{}}
 	db, err := store.OpenSQLite(context.Background(), dbPath)
 	if err != nil {
 		t.Fatal(err)
@@ -235,10 +217,10 @@ func TestKeysAcrossHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "both bad records logged", 5*time.Second, func() bool {
-		return b.log.count("skipping a bad JWT key record") == 2
+		return strings.Count(b.log.String(), "skipping a bad JWT key record") == 2
 	})
 	time.Sleep(200 * time.Millisecond)
-	if n := b.log.count("skipping a bad JWT key record"); n != 2 {
+	if n := strings.Count(b.log.String(), "skipping a bad JWT key record"); n != 2 {
 		t.Fatalf("bad records logged %d times, want once each (2)", n)
 	}
 	if ks, _ := b.keys.Snapshot(); !slices.Equal(kids(ks), []string{"a/a-long"}) {

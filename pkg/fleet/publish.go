@@ -44,17 +44,11 @@ type Publisher struct {
 
 // NewPublisher checks cfg. Run publishes.
 func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
-	if cfg.Client == nil || cfg.Keys == nil {
-		return nil, errors.New("fleet publisher: Client and Keys are required")
-	}
-	if !strings.HasSuffix(cfg.Prefix, "/") {
-		return nil, errors.New("fleet publisher: the prefix must end with /")
-	}
-	if err := CheckNodeName(cfg.Node); err != nil {
+	if err := checkPlace("fleet publisher", cfg.Client, cfg.Prefix, cfg.Node, &cfg.Margin); err != nil {
 		return nil, err
 	}
-	if cfg.Margin <= 0 {
-		cfg.Margin = DefaultMargin
+	if cfg.Keys == nil {
+		return nil, errors.New("fleet publisher: Keys is required")
 	}
 	if cfg.Every <= 0 {
 		cfg.Every = DefaultReconcileEvery
@@ -66,6 +60,24 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Publisher{cfg: cfg, log: cfg.Logger, dir: keysPrefix(cfg.Prefix, cfg.Node), kick: make(chan struct{}, 1)}, nil
+}
+
+// checkPlace checks what Keys and Publisher share: a client, a prefix ending in "/", a node
+// name; a zero margin becomes DefaultMargin.
+func checkPlace(what string, cli *clientv3.Client, prefix, node string, margin *time.Duration) error {
+	switch {
+	case cli == nil:
+		return fmt.Errorf("%s: Client is required", what)
+	case !strings.HasSuffix(prefix, "/"):
+		return fmt.Errorf("%s: the prefix %q must end with /", what, prefix)
+	}
+	if err := CheckNodeName(node); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if *margin <= 0 {
+		*margin = DefaultMargin
+	}
+	return nil
 }
 
 // Trigger asks Run to check the records now (the CA's keys changed, the registry is back, a
