@@ -44,7 +44,7 @@ var allowed = map[string]struct{ use, test []string }{
 
 	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/federation", "pkg/store", "pkg/workload"}, test: []string{"internal/proctest", "pkg/workload/workloadtest"}},
 	"pkg/federation":            {use: []string{"pkg/store", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
-	"pkg/fleet":                 {use: []string{"pkg/store", "pkg/workload"}, test: []string{"internal/etcdtest", "internal/proctest", "pkg/workload/workloadtest"}},
+	"pkg/fleet":                 {use: []string{"pkg/store", "pkg/store/etcdstore", "pkg/workload"}, test: []string{"internal/etcdtest", "internal/proctest", "pkg/federation", "pkg/workload/workloadtest"}},
 	"pkg/ownership":             {},
 	"pkg/admission":             {use: []string{"pkg/peercred"}, test: []string{"conf", "internal/proctest"}},
 	"pkg/entry":                 {},

@@ -27,6 +27,7 @@ import (
 	"github.com/svidd/svidd/pkg/admission"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/federation"
+	"github.com/svidd/svidd/pkg/fleet"
 	"github.com/svidd/svidd/pkg/ownership"
 	"github.com/svidd/svidd/pkg/peercred"
 	"github.com/svidd/svidd/pkg/sds"
@@ -76,6 +77,8 @@ type Agent struct {
 	node []entry.Selector
 	// fleet shares the JWT keys across the fleet (store "etcd", fleet.go), else nil.
 	fleet *fleetKeys
+	// sharedBundles fetches federated bundles once per fleet (store "etcd"), else nil.
+	sharedBundles *fleet.SharedBundles
 
 	serving atomic.Bool
 	started time.Time

@@ -11,6 +11,7 @@ import (
 
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/federation"
+	"github.com/svidd/svidd/pkg/fleet"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -21,9 +22,27 @@ import (
 // it, and a delta stream gets removed_resources when a federation ends.
 
 // newFederation creates the federation manager; its Snapshots go through the updater, in
-// order with every other change.
+// order with every other change. With store "etcd" the fleet's hosts fetch each foreign
+// bundle once and share it (fleet.SharedBundles).
 func (a *Agent) newFederation() error {
+	var share federation.Sharing
+	if a.etcd != nil {
+		s, err := fleet.NewSharedBundles(fleet.SharedBundlesConfig{
+			Client: a.etcd, Prefix: a.cfg.Store.Etcd.Prefix, Node: a.cfg.NodeName,
+			OnBundle: func(td spiffeid.TrustDomain, doc []byte) {
+				if err := a.fed.Shared(context.Background(), td, doc); err != nil {
+					a.log.Warn("federation: the fleet's shared bundle was not taken", "trust_domain", td.Name(), "error", err)
+				}
+			},
+			Logger: a.log.With("component", "federation"),
+		})
+		if err != nil {
+			return err
+		}
+		a.sharedBundles, share = s, s
+	}
 	m, err := federation.NewManager(federation.ManagerConfig{
+		Share:       share,
 		TrustDomain: a.cfg.TrustDomain,
 		Store:       a.store,
 		OwnBundle:   a.ownBundle,
@@ -89,6 +108,9 @@ func (a *Agent) startFederation(ctx context.Context, ln net.Listener, run func(s
 		return ctx.Err()
 	}
 	run("federation", func() error { return a.fed.Run(ctx) })
+	if a.sharedBundles != nil {
+		run("federation sharing", func() error { return a.sharedBundles.Run(ctx) })
+	}
 	if ln == nil {
 		return nil
 	}

@@ -65,9 +65,40 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// watch polls rel's endpoint until ctx is done: at once, then at the bundle's refresh hint
-// (bounded), and after a failure with exponential backoff from one second up to that interval.
+// watch polls rel's endpoint until ctx is done; in a fleet (Share), only while this host is
+// the trust domain's fetcher.
 func (m *Manager) watch(ctx context.Context, rel Relationship) {
+	if m.cfg.Share == nil {
+		m.poll(ctx, rel)
+		return
+	}
+	failures := 0
+	for ctx.Err() == nil {
+		lead, resign, err := m.cfg.Share.Lead(ctx, rel.TrustDomain)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			if failures == 1 {
+				m.log.Warn("federation: cannot take part in choosing the fleet's fetcher; retrying", "trust_domain", rel.TrustDomain.Name(), "error", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff(failures, 5*time.Second)):
+			}
+			continue
+		}
+		failures = 0
+		m.log.Info("federation: this host fetches the bundle for the fleet", "trust_domain", rel.TrustDomain.Name())
+		m.poll(lead, rel)
+		resign()
+	}
+}
+
+// poll polls rel's endpoint until ctx is done: at once, then at the bundle's refresh hint
+// (bounded), and after a failure with exponential backoff from one second up to that interval.
+func (m *Manager) poll(ctx context.Context, rel Relationship) {
 	client := m.client(rel)
 	defer client.CloseIdleConnections()
 	log := m.log.With("trust_domain", rel.TrustDomain.Name(), "url", rel.URL)
@@ -178,6 +209,13 @@ func (m *Manager) fetch(ctx context.Context, client *http.Client, rel Relationsh
 	}
 	if _, err := m.accept(ctx, b, store.BundleFromEndpoint); err != nil {
 		return hint(), err
+	}
+	if m.cfg.Share != nil {
+		// Offered after every fetch, changed or not: the shared copy may be older (another
+		// host's, before this one led); Publish skips an identical one.
+		if err := m.cfg.Share.Publish(ctx, rel.TrustDomain, data); err != nil {
+			m.log.Warn("federation: sharing the fetched bundle with the fleet", "trust_domain", rel.TrustDomain.Name(), "error", err)
+		}
 	}
 	return hint(), nil
 }

@@ -80,7 +80,23 @@ type ManagerConfig struct {
 	OnRefresh func(err error)
 	// MinRefresh is the shortest poll interval (default DefaultMinRefresh); tests lower it.
 	MinRefresh time.Duration
-	Logger     *slog.Logger
+	// Share, when set (a fleet on etcd), makes the hosts fetch each foreign bundle once:
+	// see Sharing. Nil: every host fetches for itself.
+	Share  Sharing
+	Logger *slog.Logger
+}
+
+// Sharing is how the hosts of a fleet fetch each foreign bundle once. A host fetches td's
+// bundle only while Lead says it is td's fetcher, and hands each bundle it accepted to
+// Publish; every host takes the bundles other hosts published through Manager.Shared.
+type Sharing interface {
+	// Lead blocks until this host is td's fetcher, or ctx ends (its error). The context it
+	// returns ends when the host stops being the fetcher (its lease ended); resign gives the
+	// role up.
+	Lead(ctx context.Context, td spiffeid.TrustDomain) (lead context.Context, resign func(), err error)
+	// Publish offers doc, td's bundle as this host accepted it, to the other hosts. It never
+	// replaces a bundle with a higher spiffe_sequence.
+	Publish(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error
 }
 
 // Manager owns the federated bundles: it loads them from the store, fetches them from bundle
@@ -334,6 +350,24 @@ func refreshHintOf(b *spiffebundle.Bundle) time.Duration {
 func curSeqOr0(b *spiffebundle.Bundle) uint64 {
 	s, _ := b.SequenceNumber()
 	return s
+}
+
+// Shared takes a bundle another host of the fleet fetched (Sharing) as if this host had
+// fetched it, for a relationship with a bundle endpoint; for any other trust domain it does
+// nothing. A bundle older than the one held is refused as a fetched one would be.
+func (m *Manager) Shared(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error {
+	m.mu.Lock()
+	rel, ok := m.rels[td]
+	m.mu.Unlock()
+	if !ok || rel.URL == "" {
+		return nil
+	}
+	b, err := spiffebundle.Parse(td, doc)
+	if err != nil {
+		return fmt.Errorf("%w: shared bundle of %s: %v", ErrInvalidBundle, td.Name(), err)
+	}
+	_, err = m.accept(ctx, b, store.BundleFromEndpoint)
+	return err
 }
 
 // Set stores a bundle given by the operator (svidctl bundle set) in format FormatSPIFFE or

@@ -29,7 +29,9 @@ type bundleJSON struct {
 
 func (s *Store) bundleKey(td spiffeid.TrustDomain) string { return s.bundles + td.Name() }
 
-func decodeBundle(value []byte) (store.FederatedBundle, error) {
+// DecodeBundle reads a federated bundle as stored under bundles/ (EncodeBundle); pkg/fleet
+// shares fetched bundles there.
+func DecodeBundle(value []byte) (store.FederatedBundle, error) {
 	var j bundleJSON
 	if err := json.Unmarshal(value, &j); err != nil {
 		return store.FederatedBundle{}, fmt.Errorf("decoding stored bundle: %w", err)
@@ -42,14 +44,19 @@ func decodeBundle(value []byte) (store.FederatedBundle, error) {
 		Sequence: j.Sequence, UpdatedAt: j.UpdatedAt}, nil
 }
 
+// EncodeBundle is b as stored under bundles/.
+func EncodeBundle(b store.FederatedBundle) ([]byte, error) {
+	return json.Marshal(bundleJSON{TrustDomain: b.TrustDomain.Name(), Doc: b.Doc, Source: string(b.Source),
+		Sequence: b.Sequence, UpdatedAt: b.UpdatedAt})
+}
+
 // SetBundle implements store.Store.
 func (s *Store) SetBundle(ctx context.Context, b store.FederatedBundle) (store.FederatedBundle, error) {
 	if err := store.CheckBundle(b); err != nil {
 		return store.FederatedBundle{}, fmt.Errorf("storing bundle: %w", err)
 	}
 	b.UpdatedAt = store.Timestamp(s.now())
-	v, err := json.Marshal(bundleJSON{TrustDomain: b.TrustDomain.Name(), Doc: b.Doc, Source: string(b.Source),
-		Sequence: b.Sequence, UpdatedAt: b.UpdatedAt})
+	v, err := EncodeBundle(b)
 	if err != nil {
 		return store.FederatedBundle{}, err
 	}
@@ -68,7 +75,7 @@ func (s *Store) GetBundle(ctx context.Context, td spiffeid.TrustDomain) (store.F
 	if len(resp.Kvs) == 0 {
 		return store.FederatedBundle{}, fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name())
 	}
-	return decodeBundle(resp.Kvs[0].Value)
+	return DecodeBundle(resp.Kvs[0].Value)
 }
 
 // ListBundles implements store.Store: by trust domain name (etcd returns keys in order).
@@ -82,7 +89,7 @@ func (s *Store) ListBundles(ctx context.Context) ([]store.FederatedBundle, error
 		if strings.Contains(strings.TrimPrefix(string(kv.Key), s.bundles), "/") {
 			continue // not ours
 		}
-		b, err := decodeBundle(kv.Value)
+		b, err := DecodeBundle(kv.Value)
 		if err != nil {
 			return nil, err
 		}
@@ -100,5 +107,5 @@ func (s *Store) DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) (stor
 	if len(resp.PrevKvs) == 0 {
 		return store.FederatedBundle{}, fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name())
 	}
-	return decodeBundle(resp.PrevKvs[0].Value)
+	return DecodeBundle(resp.PrevKvs[0].Value)
 }

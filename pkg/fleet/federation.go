@@ -1,0 +1,225 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/svidd/svidd/pkg/store"
+	"github.com/svidd/svidd/pkg/store/etcdstore"
+)
+
+// DefaultFetcherTTL is the lease of a federation fetcher's election: when the fetcher dies,
+// another host takes over within it.
+const DefaultFetcherTTL = 10 * time.Second
+
+// SharedBundlesConfig configures NewSharedBundles.
+type SharedBundlesConfig struct {
+	Client *clientv3.Client
+	// Prefix is the registry's prefix, ending in "/"; Node this host's name.
+	Prefix, Node string
+	// OnBundle receives every bundle published under Prefix + "bundles/", the first time
+	// each is seen and at every change, on Run's goroutine.
+	OnBundle func(td spiffeid.TrustDomain, doc []byte)
+	// FetcherTTL is the lease of the election (default DefaultFetcherTTL, whole seconds).
+	FetcherTTL time.Duration
+	Logger     *slog.Logger
+}
+
+// SharedBundles lets the hosts of a fleet fetch each federated trust domain's bundle once
+// (federation.Sharing): one fetcher per trust domain, elected under Prefix +
+// "locks/federation/<td>" with a lease, writes what it fetched to Prefix + "bundles/<td>"
+// (never over a higher spiffe_sequence), and every host takes the shared copy (OnBundle).
+// When the fetcher dies its lease ends and another host is elected.
+type SharedBundles struct {
+	cfg     SharedBundlesConfig
+	log     *slog.Logger
+	bundles string // Prefix + "bundles/"
+
+	mu      sync.Mutex
+	session *concurrency.Session
+}
+
+// NewSharedBundles checks cfg. Run follows the shared bundles.
+func NewSharedBundles(cfg SharedBundlesConfig) (*SharedBundles, error) {
+	var unused time.Duration
+	if err := checkPlace("fleet federation", cfg.Client, cfg.Prefix, cfg.Node, &unused); err != nil {
+		return nil, err
+	}
+	if cfg.OnBundle == nil {
+		return nil, errors.New("fleet federation: OnBundle is required")
+	}
+	if cfg.FetcherTTL < time.Second {
+		cfg.FetcherTTL = DefaultFetcherTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &SharedBundles{cfg: cfg, log: cfg.Logger, bundles: cfg.Prefix + "bundles/"}, nil
+}
+
+// Run follows the shared bundles until ctx ends, then gives up any fetcher role. It returns
+// nil on a clean stop.
+func (s *SharedBundles) Run(ctx context.Context) error {
+	Follow(ctx, s.cfg.Client, s.bundles, (*sharedHandler)(s), s.log)
+	s.mu.Lock()
+	sess := s.session
+	s.session = nil
+	s.mu.Unlock()
+	if sess != nil {
+		sess.Close() // revokes the lease: another host is elected at once
+	}
+	return nil
+}
+
+// sharedHandler is SharedBundles' Follow handler.
+type sharedHandler SharedBundles
+
+func (h *sharedHandler) take(kv *mvccpb.KeyValue) {
+	s := (*SharedBundles)(h)
+	name := string(kv.Key[len(s.bundles):])
+	if strings.Contains(name, "/") {
+		return
+	}
+	b, err := etcdstore.DecodeBundle(kv.Value)
+	if err != nil || b.TrustDomain.Name() != name {
+		s.log.Error("skipping an unreadable shared bundle in the registry", "key", string(kv.Key), "error", err)
+		return
+	}
+	s.cfg.OnBundle(b.TrustDomain, b.Doc)
+}
+
+func (h *sharedHandler) Reset(kvs []*mvccpb.KeyValue, _ int64) {
+	for _, kv := range kvs {
+		h.take(kv)
+	}
+}
+
+func (h *sharedHandler) Apply(evs []*clientv3.Event, _ int64) {
+	for _, ev := range evs {
+		if ev.Type == mvccpb.PUT {
+			h.take(ev.Kv)
+		}
+	}
+}
+
+func (h *sharedHandler) Unreachable(error) {}
+
+// sessionFor returns the host's election session, a new one if the last one's lease ended.
+func (s *SharedBundles) sessionFor(ctx context.Context) (*concurrency.Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.session != nil {
+		select {
+		case <-s.session.Done():
+			s.session = nil
+		default:
+			return s.session, nil
+		}
+	}
+	ttl := int((s.cfg.FetcherTTL + time.Second - 1) / time.Second)
+	sess, err := concurrency.NewSession(s.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return nil, fmt.Errorf("starting the federation fetcher's session: %w", err)
+	}
+	s.session = sess
+	return sess, nil
+}
+
+// Lead implements federation.Sharing.
+func (s *SharedBundles) Lead(ctx context.Context, td spiffeid.TrustDomain) (context.Context, func(), error) {
+	sess, err := s.sessionFor(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	e := concurrency.NewElection(sess, s.cfg.Prefix+"locks/federation/"+td.Name())
+	// A session whose lease ends while waiting can never win: stop waiting then.
+	cctx, ccancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-sess.Done():
+		case <-cctx.Done():
+		}
+		ccancel()
+	}()
+	err = e.Campaign(cctx, s.cfg.Node)
+	ccancel()
+	if err != nil {
+		return nil, nil, fmt.Errorf("electing the fetcher of %s: %w", td.Name(), err)
+	}
+	lead, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-sess.Done():
+			s.log.Warn("federation: this host's fetcher lease ended; another host may fetch", "trust_domain", td.Name())
+		case <-lead.Done():
+		}
+		cancel()
+	}()
+	resign := func() {
+		cancel()
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer rcancel()
+		_ = e.Resign(rctx) // if it fails, the lease ends it
+	}
+	return lead, resign, nil
+}
+
+// Publish implements federation.Sharing: doc becomes the shared copy unless the one there has
+// a higher spiffe_sequence (or is the same document).
+func (s *SharedBundles) Publish(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error {
+	nb, err := spiffebundle.Parse(td, doc)
+	if err != nil {
+		return fmt.Errorf("sharing the bundle of %s: %w", td.Name(), err)
+	}
+	newSeq, newHas := nb.SequenceNumber()
+	key := s.bundles + td.Name()
+	for range 3 {
+		resp, err := s.cfg.Client.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("reading the shared bundle of %s: %w", td.Name(), err)
+		}
+		cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+		if len(resp.Kvs) > 0 {
+			kv := resp.Kvs[0]
+			if cur, err := etcdstore.DecodeBundle(kv.Value); err == nil {
+				if bytes.Equal(cur.Doc, doc) {
+					return nil
+				}
+				if cb, err := spiffebundle.Parse(td, cur.Doc); err == nil {
+					if curSeq, curHas := cb.SequenceNumber(); curHas && newHas && newSeq < curSeq {
+						s.log.Info("federation: the shared bundle is newer than the one fetched; kept", "trust_domain", td.Name(),
+							"shared_sequence", curSeq, "fetched_sequence", newSeq)
+						return nil
+					}
+				}
+			}
+			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)
+		}
+		v, err := etcdstore.EncodeBundle(store.FederatedBundle{TrustDomain: td, Doc: doc, Source: store.BundleFromEndpoint,
+			Sequence: newSeq, UpdatedAt: store.Timestamp(time.Now())})
+		if err != nil {
+			return err
+		}
+		tr, err := s.cfg.Client.Txn(ctx).If(cmp).Then(clientv3.OpPut(key, string(v))).Commit()
+		if err != nil {
+			return fmt.Errorf("sharing the bundle of %s: %w", td.Name(), err)
+		}
+		if tr.Succeeded {
+			return nil
+		}
+		// Written meanwhile (by a fetcher whose lease had not yet ended): compare again.
+	}
+	return fmt.Errorf("sharing the bundle of %s: the shared copy kept changing", td.Name())
+}
