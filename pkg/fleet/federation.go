@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -49,6 +50,9 @@ type SharedBundles struct {
 
 	mu      sync.Mutex
 	session *concurrency.Session
+	// denied is set once etcd refused this host a fetcher's rights (no svidd-federation
+	// role): it then fetches for itself, as without a fleet.
+	denied bool
 }
 
 // NewSharedBundles checks cfg. Run follows the shared bundles.
@@ -137,7 +141,8 @@ func (s *SharedBundles) sessionFor(ctx context.Context) (*concurrency.Session, e
 	return sess, nil
 }
 
-// Lead implements federation.Sharing.
+// Lead implements federation.Sharing. A host whose etcd user may not write under locks/
+// (no svidd-federation role) is told to lead at once: it fetches for itself.
 func (s *SharedBundles) Lead(ctx context.Context, td spiffeid.TrustDomain) (context.Context, func(), error) {
 	sess, err := s.sessionFor(ctx)
 	if err != nil {
@@ -155,6 +160,17 @@ func (s *SharedBundles) Lead(ctx context.Context, td spiffeid.TrustDomain) (cont
 	}()
 	err = e.Campaign(cctx, s.cfg.Node)
 	ccancel()
+	if errors.Is(err, rpctypes.ErrPermissionDenied) {
+		s.mu.Lock()
+		first := !s.denied
+		s.denied = true
+		s.mu.Unlock()
+		if first {
+			s.log.Warn("federation: this host's etcd user may not write locks/ and bundles/ (role svidd-federation); it fetches federated bundles for itself and does not share them",
+				"trust_domain", td.Name())
+		}
+		return ctx, func() {}, nil
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("electing the fetcher of %s: %w", td.Name(), err)
 	}
@@ -179,6 +195,12 @@ func (s *SharedBundles) Lead(ctx context.Context, td spiffeid.TrustDomain) (cont
 // Publish implements federation.Sharing: doc becomes the shared copy unless the one there has
 // a higher spiffe_sequence (or is the same document).
 func (s *SharedBundles) Publish(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error {
+	s.mu.Lock()
+	denied := s.denied
+	s.mu.Unlock()
+	if denied {
+		return nil // said once, in Lead
+	}
 	nb, err := spiffebundle.Parse(td, doc)
 	if err != nil {
 		return fmt.Errorf("sharing the bundle of %s: %w", td.Name(), err)
