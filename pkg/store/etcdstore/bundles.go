@@ -14,9 +14,8 @@ import (
 )
 
 // Federated bundles live under Prefix + "bundles/" + trust domain name, one key per trust
-// domain (never merged), as JSON. They are not part of the entry watch: a host reads them
-// when it loads its federation state (sharing fetched bundles across hosts through etcd is
-// the registry's next step).
+// domain (never merged), as JSON. They are not part of the entry watch: pkg/fleet follows
+// them (SharedBundles: one host fetches each, every host takes the shared copy).
 
 // bundleJSON is a federated bundle as stored in etcd.
 type bundleJSON struct {

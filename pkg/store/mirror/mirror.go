@@ -508,8 +508,9 @@ func (m *Mirror) Ping(ctx context.Context) error { return m.cfg.Local.Ping(ctx) 
 // Close closes the local copy (Run owns the registry connection and ends with its ctx).
 func (m *Mirror) Close() error { return m.cfg.Local.Close() }
 
-// Federated bundles are this host's own (each host fetches its federations' bundles); they
-// live in the local copy only, readable and writable whether or not etcd is reachable.
+// Federated bundles are served from the local copy, readable and writable whether or not
+// etcd is reachable; the fleet shares fetched ones through etcd separately (pkg/fleet's
+// SharedBundles writes bundles/ and every host takes the shared copy into this one).
 
 // SetBundle implements store.Store on the local copy.
 func (m *Mirror) SetBundle(ctx context.Context, b store.FederatedBundle) (store.FederatedBundle, error) {
