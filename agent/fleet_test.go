@@ -266,10 +266,30 @@ func TestFleetJWT(t *testing.T) {
 	if s := h3.sequence(); s < seq {
 		t.Fatalf("host 3's sequence %d after a restart, %d before", s, seq)
 	}
-	c.Start()
-	if s := agree("etcd back"); s < seq {
-		t.Fatalf("sequence %d with etcd back, %d before", s, seq)
+	// Still offline, host 3's CA prepares a key: its bundle changes, the sequence moves by one.
+	before := h3.sequence()
+	if _, err := h3.admin.CAStep(context.Background(), "prepare"); err != nil {
+		t.Fatal(err)
 	}
+	eventually(t, "host 3's offline rotation counted", func() bool { return h3.sequence() == before+1 })
+	offline := before + 1
+	c.Start()
+	// etcd back: host 3 publishes its new key, and every host agrees above what host 3
+	// counted offline.
+	if s := agree("etcd back"); s <= offline {
+		t.Fatalf("sequence %d with etcd back, %d counted offline", s, offline)
+	}
+	var prepared3 string
+	as, err = h3.admin.Authorities(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range as {
+		if a.State == "prepared" {
+			prepared3 = a.JWTKeyID
+		}
+	}
+	eventually(t, "host 3's offline key reaches host 1", func() bool { return h1.hasKID(prepared3) })
 }
 
 // putKey publishes a JWT key for node as a host would, under a lease of ttl, and returns
