@@ -7,14 +7,17 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,20 +26,25 @@ import (
 	"github.com/svidd/svidd/agent"
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/internal/etcdtest"
+	"github.com/svidd/svidd/internal/proctest"
 	"github.com/svidd/svidd/pkg/admin"
+	"github.com/svidd/svidd/pkg/federation"
 )
 
 // fleetHost is one svidd of a fleet test: its own node name, data dir and sockets, on a
 // shared etcd.
 type fleetHost struct {
-	t      *testing.T
-	cfg    conf.Config
-	admin  *admin.Client
-	cancel context.CancelFunc
-	done   chan error
+	t     *testing.T
+	cfg   conf.Config
+	log   *proctest.Buffer
+	admin *admin.Client
+	// endpoint is the bundle endpoint's address, when one is configured.
+	endpoint string
+	cancel   context.CancelFunc
+	done     chan error
 }
 
-func newFleetHost(t *testing.T, endpoints []string, node string) *fleetHost {
+func newFleetHost(t *testing.T, endpoints []string, node string, mod ...func(*conf.Config)) *fleetHost {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "svidd-fl") // short: socket paths are limited to 107 bytes
 	if err != nil {
@@ -49,11 +57,16 @@ func newFleetHost(t *testing.T, endpoints []string, node string) *fleetHost {
 	cfg.AdminSocketPath = filepath.Join(dir, "admin.sock")
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.Telemetry.PrometheusAddress = ""
-	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{Endpoints: endpoints, Prefix: "/svidd/"}}
+	if endpoints != nil {
+		cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{Endpoints: endpoints, Prefix: "/svidd/"}}
+	}
+	for _, m := range mod {
+		m(&cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	h := &fleetHost{t: t, cfg: cfg, admin: admin.NewClient(cfg.AdminSocketPath)}
+	h := &fleetHost{t: t, cfg: cfg, admin: admin.NewClient(cfg.AdminSocketPath), log: &proctest.Buffer{}}
 	h.start()
 	t.Cleanup(h.stop)
 	return h
@@ -61,13 +74,20 @@ func newFleetHost(t *testing.T, endpoints []string, node string) *fleetHost {
 
 func (h *fleetHost) start() {
 	h.t.Helper()
-	a, err := agent.New(agent.Config{Config: h.cfg})
+	a, err := agent.New(agent.Config{Config: h.cfg, Logger: slog.New(slog.NewTextHandler(h.log, nil))})
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	ls, err := a.Listen()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if ls.BundleEndpoint != nil {
+		h.endpoint = ls.BundleEndpoint.Addr().String()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan error, 1)
-	go func() { h.done <- a.Run(ctx) }()
+	go func() { h.done <- a.Serve(ctx, ls) }()
 	eventually(h.t, h.cfg.NodeName+" ready", func() bool {
 		hl, err := h.admin.Health(context.Background())
 		return err == nil && hl.Ready
@@ -317,4 +337,58 @@ func putKey(t *testing.T, cli *clientv3.Client, node string, ttl time.Duration) 
 		t.Fatal(err)
 	}
 	return kid
+}
+
+// TestFleetSharedFederation: two hosts of example.org federate with other.org (a svidd with
+// an https_spiffe bundle endpoint); one of them fetches, both serve the bundle, which etcd
+// holds under bundles/; when the fetcher stops, the other host takes over.
+func TestFleetSharedFederation(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{})
+	other := spiffeid.RequireTrustDomainFromString("other.org")
+	foreign := newFleetHost(t, nil, "foreign", func(cfg *conf.Config) {
+		cfg.TrustDomain = other
+		cfg.Federation.Endpoint = &conf.BundleEndpointConfig{Address: "127.0.0.1:0", Profile: federation.ProfileHTTPSSPIFFE}
+	})
+	b, err := foreign.admin.Bundle(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootstrap := filepath.Join(t.TempDir(), "other.pem")
+	if err := os.WriteFile(bootstrap, []byte(b.PEM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	federate := func(cfg *conf.Config) {
+		cfg.Federation.FederatesWith = []conf.FederatesWith{{
+			TrustDomain: other, BundleEndpointURL: "https://" + foreign.endpoint, Profile: federation.ProfileHTTPSSPIFFE,
+			EndpointSPIFFEID: federation.EndpointID(other), BundleFile: bootstrap,
+		}}
+	}
+	h1 := newFleetHost(t, c.Endpoints(), "host-1", federate)
+	h2 := newFleetHost(t, c.Endpoints(), "host-2", federate)
+	const leads = "this host fetches the bundle for the fleet"
+	for _, h := range []*fleetHost{h1, h2} {
+		eventually(t, h.cfg.NodeName+" serves other.org's bundle fetched from its endpoint", func() bool {
+			bs, err := h.admin.ListBundles(context.Background())
+			return err == nil && len(bs) == 1 && bs[0].HasBundle && bs[0].Source == "endpoint"
+		})
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	eventually(t, "the bundle shared in etcd", func() bool {
+		r, err := cli.Get(context.Background(), "/svidd/bundles/other.org")
+		return err == nil && len(r.Kvs) == 1
+	})
+	n1, n2 := strings.Count(h1.log.String(), leads), strings.Count(h2.log.String(), leads)
+	if n1+n2 != 1 {
+		t.Fatalf("hosts that fetch: host-1 %d, host-2 %d; want exactly one", n1, n2)
+	}
+	fetcher, standby := h1, h2
+	if n2 == 1 {
+		fetcher, standby = h2, h1
+	}
+	fetcher.stop()
+	eventually(t, standby.cfg.NodeName+" takes over fetching", func() bool { return strings.Contains(standby.log.String(), leads) })
 }
