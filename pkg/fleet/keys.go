@@ -222,6 +222,15 @@ func (h *keysHandler) Reset(kvs []*mvccpb.KeyValue, rev int64) {
 	now := k.cfg.Clock()
 	recs := map[string]held{}
 	k.mu.Lock()
+	present := make(map[string]bool, len(kvs))
+	for _, kv := range kvs {
+		present[string(kv.Key[len(k.base):])] = true
+	}
+	for name := range k.bad {
+		if !present[name] {
+			delete(k.bad, name)
+		}
+	}
 	for _, kv := range kvs {
 		name := string(kv.Key[len(k.base):])
 		if r, ok := k.check(name, kv.Value); ok && k.live(r.key, now) {
@@ -283,6 +292,9 @@ func (h *keysHandler) Apply(evs []*clientv3.Event, rev int64) {
 		} else {
 			delete(k.recs, name)
 			u.Delete = append(u.Delete, name)
+			if ev.Type == mvccpb.DELETE {
+				delete(k.bad, name)
+			}
 		}
 	}
 	k.mu.Unlock()
