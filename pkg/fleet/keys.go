@@ -58,6 +58,8 @@ type Keys struct {
 	// bad remembers records that failed their checks, by name, with the value that failed,
 	// so each is logged once.
 	bad map[string][]byte
+	// arrived tells Run to look at the next expiry again (a key came), 1-buffered.
+	arrived chan struct{}
 }
 
 type held struct {
@@ -85,7 +87,8 @@ func NewKeys(cfg KeysConfig) (*Keys, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Keys{cfg: cfg, log: cfg.Logger, base: hostsPrefix(cfg.Prefix), recs: map[string]held{}, bad: map[string][]byte{}}, nil
+	return &Keys{cfg: cfg, log: cfg.Logger, base: hostsPrefix(cfg.Prefix), recs: map[string]held{}, bad: map[string][]byte{},
+		arrived: make(chan struct{}, 1)}, nil
 }
 
 // Load reads the keys the host's copy holds (what it last saw of the registry) and returns
@@ -152,6 +155,9 @@ func (k *Keys) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-k.arrived:
+			t.Reset(k.nextExpiry()) // since Go 1.23 no stale tick survives a Reset
+			continue
 		case <-t.C:
 		}
 		k.mu.Lock()
@@ -194,6 +200,14 @@ func (k *Keys) expireLocked(ctx context.Context) int {
 		k.log.Info("fleet JWT keys expired", "keys", len(gone))
 	}
 	return len(gone)
+}
+
+// keyArrived wakes Run: a new key may expire before the timer it set.
+func (k *Keys) keyArrived() {
+	select {
+	case k.arrived <- struct{}{}:
+	default:
+	}
 }
 
 // keysHandler is Keys' Follow handler.
@@ -257,6 +271,7 @@ func (h *keysHandler) Reset(kvs []*mvccpb.KeyValue, rev int64) {
 	if err := k.cfg.Local.UpdateFleetKeys(context.Background(), u); err != nil {
 		k.log.Error("storing the fleet JWT keys in the host's copy", "error", err)
 	}
+	k.keyArrived()
 	k.log.Info("fleet JWT keys loaded from the registry", "keys", len(recs), "revision", rev, "changed", !same)
 	k.cfg.OnOwnChange()
 	if !same {
@@ -303,6 +318,9 @@ func (h *keysHandler) Apply(evs []*clientv3.Event, rev int64) {
 	}
 	if err := k.cfg.Local.UpdateFleetKeys(context.Background(), u); err != nil {
 		k.log.Error("storing fleet JWT keys in the host's copy", "error", err)
+	}
+	if len(u.Put) > 0 {
+		k.keyArrived()
 	}
 	if own {
 		k.cfg.OnOwnChange()

@@ -120,13 +120,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			}
 			failing, wait = false, 100*time.Millisecond
 		}
-		if !t.Stop() {
-			select {
-			case <-t.C:
-			default:
-			}
-		}
-		t.Reset(next)
+		t.Reset(next) // since Go 1.23 no stale tick survives a Reset
 	}
 }
 
