@@ -13,4 +13,8 @@
 // SQLite so a restart with etcd unreachable still validates other hosts' unexpired tokens.
 // Bundler assembles the served bundle: the host's CA bundle plus every other host's keys,
 // with the sequence of NextSequence.
+//
+// SharedBundles (federation.Sharing) makes the hosts fetch each federated trust domain's
+// bundle once: one fetcher per trust domain, elected under Prefix + "locks/federation/<td>"
+// with a lease, writes it to Prefix + "bundles/<td>", and every host takes that copy.
 package fleet
