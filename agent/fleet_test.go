@@ -31,9 +31,9 @@ import (
 	"github.com/svidd/svidd/pkg/federation"
 )
 
-// fleetHost is one svidd of a fleet test: its own node name, data dir and sockets, on a
+// jwtHost is one svidd of the fleet JWT tests: its own node name, data dir and sockets, on a
 // shared etcd.
-type fleetHost struct {
+type jwtHost struct {
 	t     *testing.T
 	cfg   conf.Config
 	log   *proctest.Buffer
@@ -44,7 +44,7 @@ type fleetHost struct {
 	done     chan error
 }
 
-func newFleetHost(t *testing.T, endpoints []string, node string, mod ...func(*conf.Config)) *fleetHost {
+func newJWTHost(t *testing.T, endpoints []string, node string, mod ...func(*conf.Config)) *jwtHost {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "svidd-fl") // short: socket paths are limited to 107 bytes
 	if err != nil {
@@ -66,13 +66,13 @@ func newFleetHost(t *testing.T, endpoints []string, node string, mod ...func(*co
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	h := &fleetHost{t: t, cfg: cfg, admin: admin.NewClient(cfg.AdminSocketPath), log: &proctest.Buffer{}}
+	h := &jwtHost{t: t, cfg: cfg, admin: admin.NewClient(cfg.AdminSocketPath), log: &proctest.Buffer{}}
 	h.start()
 	t.Cleanup(h.stop)
 	return h
 }
 
-func (h *fleetHost) start() {
+func (h *jwtHost) start() {
 	h.t.Helper()
 	a, err := agent.New(agent.Config{Config: h.cfg, Logger: slog.New(slog.NewTextHandler(h.log, nil))})
 	if err != nil {
@@ -94,7 +94,7 @@ func (h *fleetHost) start() {
 	})
 }
 
-func (h *fleetHost) stop() {
+func (h *jwtHost) stop() {
 	if h.cancel == nil {
 		return
 	}
@@ -106,7 +106,7 @@ func (h *fleetHost) stop() {
 }
 
 // workload is the Workload API client of this test process on the host.
-func (h *fleetHost) workload() *workloadapi.Client {
+func (h *jwtHost) workload() *workloadapi.Client {
 	h.t.Helper()
 	c, err := workloadapi.New(context.Background(), workloadapi.WithAddr("unix://"+h.cfg.SocketPath))
 	if err != nil {
@@ -116,7 +116,7 @@ func (h *fleetHost) workload() *workloadapi.Client {
 	return c
 }
 
-func (h *fleetHost) jwtBundle() *jwtbundle.Bundle {
+func (h *jwtHost) jwtBundle() *jwtbundle.Bundle {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -131,12 +131,12 @@ func (h *fleetHost) jwtBundle() *jwtbundle.Bundle {
 	return b
 }
 
-func (h *fleetHost) hasKID(kid string) bool {
+func (h *jwtHost) hasKID(kid string) bool {
 	_, ok := h.jwtBundle().FindJWTAuthority(kid)
 	return ok
 }
 
-func (h *fleetHost) sequence() uint64 {
+func (h *jwtHost) sequence() uint64 {
 	h.t.Helper()
 	b, err := h.admin.Bundle(context.Background())
 	if err != nil {
@@ -146,7 +146,7 @@ func (h *fleetHost) sequence() uint64 {
 }
 
 // activeKID is the JWT key ID of the host's active CA.
-func (h *fleetHost) activeKID() string {
+func (h *jwtHost) activeKID() string {
 	h.t.Helper()
 	as, err := h.admin.Authorities(context.Background())
 	if err != nil {
@@ -168,10 +168,10 @@ func (h *fleetHost) activeKID() string {
 // restarted with etcd down still validates host 1's token.
 func TestFleetJWT(t *testing.T) {
 	c := etcdtest.Start(t, etcdtest.Options{})
-	h1 := newFleetHost(t, c.Endpoints(), "host-1")
-	h2 := newFleetHost(t, c.Endpoints(), "host-2")
-	h3 := newFleetHost(t, c.Endpoints(), "host-3")
-	hosts := []*fleetHost{h1, h2, h3}
+	h1 := newJWTHost(t, c.Endpoints(), "host-1")
+	h2 := newJWTHost(t, c.Endpoints(), "host-2")
+	h3 := newJWTHost(t, c.Endpoints(), "host-3")
+	hosts := []*jwtHost{h1, h2, h3}
 
 	// One entry for this test process, registered on host 1, served everywhere.
 	var err error
@@ -345,7 +345,7 @@ func putKey(t *testing.T, cli *clientv3.Client, node string, ttl time.Duration) 
 func TestFleetSharedFederation(t *testing.T) {
 	c := etcdtest.Start(t, etcdtest.Options{})
 	other := spiffeid.RequireTrustDomainFromString("other.org")
-	foreign := newFleetHost(t, nil, "foreign", func(cfg *conf.Config) {
+	foreign := newJWTHost(t, nil, "foreign", func(cfg *conf.Config) {
 		cfg.TrustDomain = other
 		cfg.Federation.Endpoint = &conf.BundleEndpointConfig{Address: "127.0.0.1:0", Profile: federation.ProfileHTTPSSPIFFE}
 	})
@@ -363,10 +363,10 @@ func TestFleetSharedFederation(t *testing.T) {
 			EndpointSPIFFEID: federation.EndpointID(other), BundleFile: bootstrap,
 		}}
 	}
-	h1 := newFleetHost(t, c.Endpoints(), "host-1", federate)
-	h2 := newFleetHost(t, c.Endpoints(), "host-2", federate)
+	h1 := newJWTHost(t, c.Endpoints(), "host-1", federate)
+	h2 := newJWTHost(t, c.Endpoints(), "host-2", federate)
 	const leads = "this host fetches the bundle for the fleet"
-	for _, h := range []*fleetHost{h1, h2} {
+	for _, h := range []*jwtHost{h1, h2} {
 		eventually(t, h.cfg.NodeName+" serves other.org's bundle fetched from its endpoint", func() bool {
 			bs, err := h.admin.ListBundles(context.Background())
 			return err == nil && len(bs) == 1 && bs[0].HasBundle && bs[0].Source == "endpoint"
