@@ -72,6 +72,7 @@ var allowed = map[string]struct{ use, test []string }{
 	"test/cmd/spiffeclient": {},
 	"test/load":             {use: []string{"pkg/admin", "test/envoy"}},
 	"test/load/plot":        {},
+	"test/load/fleet":       {test: []string{"internal/etcdtest", "internal/proctest", "pkg/admin", "pkg/entry", "pkg/store", "pkg/store/etcdstore", "pkg/store/mirror", "pkg/workload", "test/envoy"}},
 	"test/load/floorsds":    {},
 	"test/load/profsvidd":   {use: []string{"agent", "conf"}},
 }

@@ -1,0 +1,5 @@
+package fleet
+
+import "testing"
+
+func testJoin(t *testing.T) {}

@@ -1,0 +1,5 @@
+package fleet
+
+import "testing"
+
+func testOutage(t *testing.T) {}
