@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/svidd/svidd/pkg/admin"
@@ -132,3 +133,5 @@ func createEntry(ctx context.Context, h *host, id string) (admin.Entry, error) {
 }
 
 func mib(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
+
+func mustID(s string) spiffeid.ID { return spiffeid.RequireFromString(s) }

@@ -106,10 +106,7 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 	var writer *host
 	if len(hosts) > 0 {
 		writer = hosts[0]
-		// The callers need one identity for ROOTCA (waitingStream).
-		if _, err := createEntry(ctx, writer, "spiffe://example.org/fan/base"); err != nil {
-			t.Fatal(err)
-		}
+		baseIdentity(t, writer, hosts...)
 	}
 	// Without a real host the change is written as a registrar would, with its own client.
 	registrar, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: c.Endpoints()})
