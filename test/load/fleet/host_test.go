@@ -199,6 +199,23 @@ func rssKiB(pid int) int64 {
 	return -1
 }
 
+// cpuTime is a process's user+system CPU time from /proc/PID/stat (USER_HZ = 100 on every
+// Linux ABI Go supports), or 0.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces: the fields start after the last ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
 // etcdPIDs finds the etcd member processes serving these client URLs (etcdtest keeps its
 // processes private; their command lines name the URL).
 func etcdPIDs(urls []string) []int {

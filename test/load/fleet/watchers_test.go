@@ -135,6 +135,15 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 	}
 	defer registrar.Close()
 
+	etcds := etcdPIDs(c.Endpoints())
+	cpu := func() (self, etcd time.Duration) {
+		for _, pid := range etcds {
+			etcd += cpuTime(pid)
+		}
+		return cpuTime(os.Getpid()), etcd
+	}
+	selfCPU0, etcdCPU0 := cpu()
+	changesStart := time.Now()
 	var all, delivered, last []time.Duration
 	var real []time.Duration
 	for k := range changes {
@@ -194,6 +203,10 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 		time.Sleep(500 * time.Millisecond)
 	}
 
+	selfCPU1, etcdCPU1 := cpu()
+	wall := time.Since(changesStart)
+	report(t, "watchers CPU per change (%d changes in %v, 500 ms apart): simulated hosts %v (%v per host), etcd members %v",
+		changes, wall.Round(time.Millisecond), (selfCPU1-selfCPU0)/time.Duration(changes), (selfCPU1-selfCPU0)/time.Duration(changes*max(n, 1)), (etcdCPU1-etcdCPU0)/time.Duration(changes))
 	report(t, "watchers etcd=%d members, %d simulated hosts + %d svidd, %d changes (all followed after %v)", members, n, svidds, changes, connected.Round(time.Millisecond))
 	report(t, "watchers change -> simulated host's etcd watch: %s", dist(delivered))
 	report(t, "watchers change -> simulated host's SQLite copy: %s (copies in %s)", dist(all), dir)
@@ -205,7 +218,7 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 	perHeap := float64(memAfter.heap-memBefore.heap) / float64(n)
 	report(t, "watchers simulated host memory: RSS %.0f KiB each (process %s -> %s), Go heap in use %.0f KiB each, goroutines %d each",
 		perHost, mib(memBefore.rss), mib(memAfter.rss), perHeap, (memAfter.goroutines-memBefore.goroutines)/max(n, 1))
-	for i, pid := range etcdPIDs(c.Endpoints()) {
+	for i, pid := range etcds {
 		report(t, "watchers etcd member %d RSS %s", i, mib(rssKiB(pid)))
 	}
 	for _, h := range hosts {
