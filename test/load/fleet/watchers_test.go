@@ -142,6 +142,14 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 		}
 		return cpuTime(os.Getpid()), etcd
 	}
+	// What following costs with nothing changing (keepalives, progress notifications), to
+	// take out of the per-change figures.
+	const idleFor = 10 * time.Second
+	idleSelf0, idleEtcd0 := cpu()
+	time.Sleep(idleFor)
+	idleSelf1, idleEtcd1 := cpu()
+	idleSelfRate := float64(idleSelf1-idleSelf0) / float64(idleFor)
+	idleEtcdRate := float64(idleEtcd1-idleEtcd0) / float64(idleFor)
 	selfCPU0, etcdCPU0 := cpu()
 	changesStart := time.Now()
 	var all, delivered, last []time.Duration
@@ -205,8 +213,11 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 
 	selfCPU1, etcdCPU1 := cpu()
 	wall := time.Since(changesStart)
-	report(t, "watchers CPU per change (%d changes in %v, 500 ms apart): simulated hosts %v (%v per host), etcd members %v",
-		changes, wall.Round(time.Millisecond), (selfCPU1-selfCPU0)/time.Duration(changes), (selfCPU1-selfCPU0)/time.Duration(changes*max(n, 1)), (etcdCPU1-etcdCPU0)/time.Duration(changes))
+	selfNet := (selfCPU1 - selfCPU0 - time.Duration(idleSelfRate*float64(wall))) / time.Duration(changes)
+	etcdNet := (etcdCPU1 - etcdCPU0 - time.Duration(idleEtcdRate*float64(wall))) / time.Duration(changes)
+	report(t, "watchers idle CPU (nothing changing): simulated hosts %.1f%%, etcd members %.1f%% of one core", 100*idleSelfRate, 100*idleEtcdRate)
+	report(t, "watchers CPU per change beyond idle (%d changes in %v): simulated hosts %v (%v per host), etcd members %v",
+		changes, wall.Round(time.Millisecond), selfNet.Round(time.Millisecond), (selfNet / time.Duration(max(n, 1))).Round(time.Microsecond), etcdNet.Round(time.Millisecond))
 	report(t, "watchers etcd=%d members, %d simulated hosts + %d svidd, %d changes (all followed after %v)", members, n, svidds, changes, connected.Round(time.Millisecond))
 	report(t, "watchers change -> simulated host's etcd watch: %s", dist(delivered))
 	report(t, "watchers change -> simulated host's SQLite copy: %s (copies in %s)", dist(all), dir)
