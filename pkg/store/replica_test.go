@@ -86,3 +86,40 @@ func TestSQLitePutOwnEntryWins(t *testing.T) {
 		t.Fatalf("%d entries, want only the own one", len(es))
 	}
 }
+
+// TestSQLiteApply: removals and puts in one transaction; watchers hear each change after the
+// commit; an invalid entry anywhere in the batch applies nothing.
+func TestSQLiteApply(t *testing.T) {
+	s, _ := openTemp(t)
+	defer s.Close()
+	ctx := context.Background()
+	mk := func(id, path string) entry.Entry {
+		return entry.Entry{ID: id, SPIFFEID: spiffeid.RequireFromString("spiffe://example.org" + path),
+			Selectors: []entry.Selector{{Type: "unix", Value: "uid:1"}}, Revision: 1}
+	}
+	if err := s.Put(ctx, mk("old", "/old")); err != nil {
+		t.Fatal(err)
+	}
+	var heard []store.Change
+	defer s.Watch(func(c store.Change) { heard = append(heard, c) })()
+
+	bad := mk("bad", "/bad")
+	bad.Selectors = nil
+	if err := s.Apply(ctx, []entry.Entry{mk("a", "/a"), bad}, []string{"old"}); err == nil {
+		t.Fatal("Apply with an entry without selectors succeeded")
+	}
+	if all, _ := s.ListEntries(ctx, store.Filter{}); len(all) != 1 || all[0].ID != "old" || len(heard) != 0 {
+		t.Fatalf("after a failed Apply: %d entries, %d changes heard; want the old entry alone, none", len(all), len(heard))
+	}
+
+	if err := s.Apply(ctx, []entry.Entry{mk("a", "/a"), mk("b", "/b")}, []string{"old", "never-there"}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.ListEntries(ctx, store.Filter{})
+	if err != nil || len(all) != 2 {
+		t.Fatalf("after Apply: %d entries (%v), want 2", len(all), err)
+	}
+	if len(heard) != 3 || heard[0].Op != store.OpDelete || heard[1].Op != store.OpCreate || heard[2].Op != store.OpCreate {
+		t.Fatalf("watchers heard %+v", heard)
+	}
+}

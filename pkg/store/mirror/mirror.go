@@ -213,11 +213,10 @@ func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
 			keep[e.ID] = e
 		}
 	}
+	var removes []string
 	for _, e := range have {
 		if _, ok := keep[e.ID]; !ok && e.Name == "" {
-			if err := m.cfg.Local.Remove(ctx, e.ID); err != nil {
-				return err
-			}
+			removes = append(removes, e.ID)
 		}
 	}
 	for id := range m.shadowed {
@@ -229,12 +228,33 @@ func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
 	for _, e := range have {
 		current[e.ID] = e
 	}
+	var puts []entry.Entry
 	for _, e := range want {
 		if c, ok := current[e.ID]; ok && c.Revision == e.Revision && c.UpdatedAt.Equal(e.UpdatedAt) {
 			continue
 		}
-		if err := m.put(ctx, e); err != nil {
+		puts = append(puts, e)
+	}
+	// One transaction: a host joining a registry of 10,000 entries commits once, not 10,000
+	// times (each a disk sync). Only if one of them collides with the host's own entries is
+	// the sync done entry by entry, so that the rest are still copied (put records the
+	// shadowed ones).
+	err = m.cfg.Local.Apply(ctx, puts, removes)
+	switch {
+	case errors.Is(err, store.ErrOwnEntry):
+		if err := m.cfg.Local.Apply(ctx, nil, removes); err != nil {
 			return err
+		}
+		for _, e := range puts {
+			if err := m.put(ctx, e); err != nil {
+				return err
+			}
+		}
+	case err != nil:
+		return err
+	default:
+		for _, e := range puts {
+			m.unshadow(e)
 		}
 	}
 	m.log.Info("registry copy up to date", "entries", len(want), "registry_entries", len(all), "shadowed_by_own_entries", len(m.shadowed))
@@ -259,11 +279,18 @@ func (m *Mirror) put(ctx context.Context, e entry.Entry) error {
 		}
 		m.shadowed[e.ID] = e
 		return nil
-	case err == nil && was:
+	case err == nil:
+		m.unshadow(e)
+	}
+	return err
+}
+
+// unshadow forgets that e was shadowed, once it has been copied. m.applyMu must be held.
+func (m *Mirror) unshadow(e entry.Entry) {
+	if _, was := m.shadowed[e.ID]; was {
 		delete(m.shadowed, e.ID)
 		m.log.Info("registry entry served on this host again: the config entry that shadowed it is gone", "entry_id", e.ID, "spiffe_id", e.SPIFFEID.String())
 	}
-	return err
 }
 
 // apply copies one change from the registry. A change older than what the copy holds (it
