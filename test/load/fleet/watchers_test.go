@@ -208,7 +208,7 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 	// What following costs with nothing changing (keepalives, progress notifications), to
 	// take out of the per-change figures. Measured after the changes: right after a thousand
 	// hosts connect, etcd is still settling.
-	const idleFor = 10 * time.Second
+	idleFor := time.Duration(min(max(n, 10), 1000)) * 10 * time.Millisecond // 10 s for 1,000 hosts; short in the smoke run
 	idleSelf0, idleEtcd0 := cpu()
 	time.Sleep(idleFor)
 	idleSelf1, idleEtcd1 := cpu()
