@@ -33,6 +33,8 @@ type simHost struct {
 	delivered, arrived atomic.Int64
 }
 
+var flagCheckEvery = flag.Duration("fleet.checkEvery", 0, "watchers: the simulated hosts' mirror.Config.CheckEvery, how often each probes etcd (0: the mirror's default)")
+
 var flagSimDir = flag.String("fleet.simdir", "", "watchers: directory for the simulated hosts' SQLite copies (default: the test's temp dir; /dev/shm takes the shared disk's fsyncs out, as each real host has its own disk)")
 
 // testWatchers: one entry change, made through a real svidd's admin API, reaches n simulated
@@ -84,7 +86,7 @@ func testWatchers(t *testing.T, members, n, svidds, changes int) {
 			t.Fatal(err)
 		}
 		s := &simHost{cli: cli}
-		m, err := mirror.New(mirror.Config{Local: local, Open: func(ctx context.Context) (store.Store, error) {
+		m, err := mirror.New(mirror.Config{Local: local, CheckEvery: *flagCheckEvery, Open: func(ctx context.Context) (store.Store, error) {
 			st, err := etcdstore.Open(ctx, etcdstore.Config{Client: cli})
 			if err == nil {
 				st.Watch(func(ch store.Change) {
