@@ -29,6 +29,7 @@ func (a *Agent) newFederation() error {
 	if a.etcd != nil {
 		s, err := fleet.NewSharedBundles(fleet.SharedBundlesConfig{
 			Client: a.etcd, Prefix: a.cfg.Store.Etcd.Prefix, Node: a.cfg.NodeName,
+			Reachable: a.registryReachable,
 			OnBundle: func(td spiffeid.TrustDomain, doc []byte) {
 				if err := a.fed.Shared(context.Background(), td, doc); err != nil {
 					a.log.Warn("federation: the fleet's shared bundle was not taken", "trust_domain", td.Name(), "error", err)

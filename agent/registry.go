@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"strings"
+	"time"
 
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/admin"
@@ -96,4 +97,13 @@ func (a *Agent) ownEntries() entryWriter {
 		return a.store
 	}
 	return a.registry.Own()
+}
+
+// registryReachable is the registry mirror's Status (reachable, since when); reachable
+// without one (nothing to be cut off from).
+func (a *Agent) registryReachable() (bool, time.Time) {
+	if a.registry == nil {
+		return true, a.started
+	}
+	return a.registry.Status()
 }

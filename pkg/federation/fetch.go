@@ -66,7 +66,8 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 // watch polls rel's endpoint until ctx is done; in a fleet (Share), only while this host is
-// the trust domain's fetcher.
+// the trust domain's fetcher, or while it is cut off from the fleet (Sharing.Alone): a
+// foreign CA's rotation during a registry outage must not be missed.
 func (m *Manager) watch(ctx context.Context, rel Relationship) {
 	if m.cfg.Share == nil {
 		m.poll(ctx, rel)
@@ -74,10 +75,22 @@ func (m *Manager) watch(ctx context.Context, rel Relationship) {
 	}
 	failures := 0
 	for ctx.Err() == nil {
-		lead, resign, err := m.cfg.Share.Lead(ctx, rel.TrustDomain)
+		if m.cfg.Share.Alone() {
+			m.log.Warn("federation: the fleet registry is unreachable; this host fetches the bundle for itself until it is back", "trust_domain", rel.TrustDomain.Name())
+			actx, stop := m.untilAlone(ctx, false)
+			m.poll(actx, rel)
+			stop()
+			continue
+		}
+		sctx, stop := m.untilAlone(ctx, true)
+		lead, resign, err := m.cfg.Share.Lead(sctx, rel.TrustDomain)
 		if err != nil {
+			stop()
 			if ctx.Err() != nil {
 				return
+			}
+			if sctx.Err() != nil {
+				continue // cut off while waiting to lead: fetch alone
 			}
 			failures++
 			if failures == 1 {
@@ -93,7 +106,33 @@ func (m *Manager) watch(ctx context.Context, rel Relationship) {
 		m.log.Info("federation: this host fetches the bundle for the fleet", "trust_domain", rel.TrustDomain.Name())
 		m.poll(lead, rel)
 		resign()
+		stop()
 	}
+}
+
+// aloneCheck is how often a fleet host looks whether it is cut off from the registry (an
+// in-process read of the registry's status).
+const aloneCheck = time.Second
+
+// untilAlone returns a context that ends with ctx or once Share.Alone() == alone.
+func (m *Manager) untilAlone(ctx context.Context, alone bool) (context.Context, context.CancelFunc) {
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(aloneCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-cctx.Done():
+				return
+			case <-t.C:
+				if m.cfg.Share.Alone() == alone {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return cctx, cancel
 }
 
 // poll polls rel's endpoint until ctx is done: at once, then at the bundle's refresh hint
@@ -210,7 +249,7 @@ func (m *Manager) fetch(ctx context.Context, client *http.Client, rel Relationsh
 	if _, err := m.accept(ctx, b, store.BundleFromEndpoint); err != nil {
 		return hint(), err
 	}
-	if m.cfg.Share != nil {
+	if m.cfg.Share != nil && !m.cfg.Share.Alone() {
 		// Offered after every fetch, changed or not: the shared copy may be older (another
 		// host's, before this one led); Publish skips an identical one.
 		if err := m.cfg.Share.Publish(ctx, rel.TrustDomain, data); err != nil {

@@ -97,6 +97,10 @@ type Sharing interface {
 	// Publish offers doc, td's bundle as this host accepted it, to the other hosts. It never
 	// replaces a bundle with a higher spiffe_sequence.
 	Publish(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error
+	// Alone reports whether this host is cut off from the fleet (its registry unreachable
+	// for longer than a fetcher's lease): no fetcher can be elected or heard from, so the
+	// host fetches for itself, as without a fleet, and shares nothing until it is back.
+	Alone() bool
 }
 
 // Manager owns the federated bundles: it loads them from the store, fetches them from bundle

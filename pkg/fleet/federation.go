@@ -35,7 +35,11 @@ type SharedBundlesConfig struct {
 	OnBundle func(td spiffeid.TrustDomain, doc []byte)
 	// FetcherTTL is the lease of the election (default DefaultFetcherTTL, whole seconds).
 	FetcherTTL time.Duration
-	Logger     *slog.Logger
+	// Reachable says whether the registry is reachable and since when (the host's registry
+	// mirror's Status). Once it has been unreachable for longer than FetcherTTL the host is
+	// Alone: it fetches for itself. Nil: never alone.
+	Reachable func() (bool, time.Time)
+	Logger    *slog.Logger
 }
 
 // SharedBundles lets the hosts of a fleet fetch each federated trust domain's bundle once
@@ -133,7 +137,14 @@ func (s *SharedBundles) sessionFor(ctx context.Context) (*concurrency.Session, e
 		}
 	}
 	ttl := int((s.cfg.FetcherTTL + time.Second - 1) / time.Second)
-	sess, err := concurrency.NewSession(s.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithContext(context.WithoutCancel(ctx)))
+	// The lease is granted within ctx (etcd may be down: Lead and Run's shutdown must not
+	// wait for it); the session, shared by every trust domain's Lead, outlives this call.
+	lease, err := s.cfg.Client.Grant(ctx, int64(ttl))
+	if err != nil {
+		return nil, fmt.Errorf("starting the federation fetcher's session: %w", err)
+	}
+	sess, err := concurrency.NewSession(s.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithLease(lease.ID),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return nil, fmt.Errorf("starting the federation fetcher's session: %w", err)
 	}
@@ -190,6 +201,16 @@ func (s *SharedBundles) Lead(ctx context.Context, td spiffeid.TrustDomain) (cont
 		_ = e.Resign(rctx) // if it fails, the lease ends it
 	}
 	return lead, resign, nil
+}
+
+// Alone implements federation.Sharing: the registry has been unreachable for longer than a
+// fetcher's lease, so no fetcher is elected or heard from (the last one's lease has ended).
+func (s *SharedBundles) Alone() bool {
+	if s.cfg.Reachable == nil {
+		return false
+	}
+	ok, since := s.cfg.Reachable()
+	return !ok && time.Since(since) > s.cfg.FetcherTTL
 }
 
 // Publish implements federation.Sharing: doc becomes the shared copy unless the one there has

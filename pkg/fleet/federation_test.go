@@ -79,12 +79,20 @@ type fedHost struct {
 
 func startFedHost(t *testing.T, cli *clientv3.Client, name, url string) *fedHost {
 	t.Helper()
+	return startFedHostReach(t, cli, name, url, nil)
+}
+
+// startFedHostReach is startFedHost with the registry's reachability (the agent passes its
+// mirror's Status).
+func startFedHostReach(t *testing.T, cli *clientv3.Client, name, url string, reachable func() (bool, time.Time)) *fedHost {
+	t.Helper()
 	db, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "svidd.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := &fedHost{name: name, done: make(chan struct{})}
 	sh, err := fleet.NewSharedBundles(fleet.SharedBundlesConfig{Client: cli, Prefix: prefix, Node: name, FetcherTTL: 2 * time.Second,
+		Reachable: reachable,
 		OnBundle: func(td spiffeid.TrustDomain, doc []byte) {
 			if err := h.m.Shared(context.Background(), td, doc); err != nil {
 				t.Logf("%s: shared bundle refused: %v", name, err)
@@ -209,4 +217,44 @@ func TestSharedFederatedBundles(t *testing.T) {
 	if hits := ep.takeHits(); hits["/"+survivor.name] == 0 {
 		t.Fatalf("hits after the fetcher left: %v, want %s among them", hits, survivor.name)
 	}
+}
+
+// TestFetchAloneWhileRegistryDown: with the whole etcd cluster stopped no fetcher can be
+// elected, so a host cut off for longer than a fetcher's lease fetches for itself: a foreign
+// CA's new bundle is not missed during the outage. When etcd is back the host leads again
+// and shares what it fetches.
+func TestFetchAloneWhileRegistryDown(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{})
+	ep := &endpoint{hits: map[string]int{}}
+	ep.set(foreignDoc(t, workloadtest.NewCA(t, otherTD, "o1"), 5))
+	srv := httptest.NewServer(ep)
+	defer srv.Close()
+
+	// The reachability the agent's mirror would report: what the test did to the cluster.
+	var mu sync.Mutex
+	up, since := true, time.Now()
+	set := func(ok bool) { mu.Lock(); up, since = ok, time.Now(); mu.Unlock() }
+	reach := func() (bool, time.Time) { mu.Lock(); defer mu.Unlock(); return up, since }
+
+	h := startFedHostReach(t, etcdClient(t, c.Endpoints()...), "h1", srv.URL, reach)
+	eventually(t, "the first bundle", 15*time.Second, func() bool { return h.sequence() == 5 })
+
+	c.Stop()
+	set(false)
+	ep.set(foreignDoc(t, workloadtest.NewCA(t, otherTD, "o2"), 6))
+	eventually(t, "the new bundle fetched alone while etcd is down", 20*time.Second, func() bool { return h.sequence() == 6 })
+
+	c.Start()
+	set(true)
+	ep.set(foreignDoc(t, workloadtest.NewCA(t, otherTD, "o3"), 7))
+	eventually(t, "the bundle after etcd is back", 20*time.Second, func() bool { return h.sequence() == 7 })
+	cli := etcdClient(t, c.Endpoints()...)
+	eventually(t, "the fetched bundle shared again", 20*time.Second, func() bool {
+		resp, err := cli.Get(context.Background(), prefix+"bundles/other.org")
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
+		}
+		b, err := etcdstore.DecodeBundle(resp.Kvs[0].Value)
+		return err == nil && b.Sequence == 7
+	})
 }
