@@ -1,0 +1,125 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/svidd/svidd/agent"
+	"github.com/svidd/svidd/conf"
+	"github.com/svidd/svidd/internal/etcdtest"
+	"github.com/svidd/svidd/pkg/admin"
+)
+
+// TestRegistrarOnly runs the README's split on an auth-enabled etcd: a registrar-only svidd
+// (no api socket, no CA) takes svidctl's entry writes into etcd, and a host with read-only
+// credentials serves them from its copy; the host answers a write with 403 saying its etcd
+// user may not write the registry, and still counts the registry reachable.
+func TestRegistrarOnly(t *testing.T) {
+	const prefix = "/svidd/"
+	c := etcdtest.Start(t, etcdtest.Options{TLS: true})
+	c.EnableAuth()
+	c.AddRole(etcdtest.RegistrarRole(prefix))
+	c.AddRole(etcdtest.HostRole(prefix, "web-1"))
+	c.AddUser("registrar", "svidd-registrar")
+	c.AddUser("web-1", "svidd-host-web-1")
+
+	regCfg, regDir := etcdHostConfig(t, c, "registrar")
+	regCfg.RegistrarOnly = true
+	reg := startAgent(t, regCfg)
+	hostCfg, _ := etcdHostConfig(t, c, "web-1")
+	hostCfg.NodeName = "web-1"
+	host := startAgent(t, hostCfg)
+
+	var created admin.Entry
+	var err error
+	eventually(t, "an entry created on the registrar", func() bool {
+		created, err = reg.CreateEntry(context.Background(), admin.Entry{SPIFFEID: "spiffe://example.org/web", Selectors: []string{"unix:uid:1000"}})
+		return err == nil
+	})
+	eventually(t, "the registrar's entry reaches the host's copy", func() bool {
+		_, err := host.GetEntry(context.Background(), created.ID)
+		return err == nil
+	})
+	if _, err := os.Stat(regCfg.SocketPath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("registrar-only svidd made an api socket: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(regDir, "data")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("registrar-only svidd made a data dir: %v", err)
+	}
+	st, err := reg.Status(context.Background())
+	if err != nil || st.Registry == nil || !st.Registry.Reachable || len(st.Authorities) != 0 {
+		t.Errorf("registrar status: %+v, %v; want the registry reachable and no CA", st, err)
+	}
+
+	_, err = host.CreateEntry(context.Background(), admin.Entry{SPIFFEID: "spiffe://example.org/mine", Selectors: []string{"unix:uid:1"}})
+	var se *admin.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden || !strings.Contains(se.Message, "may not write the registry") ||
+		!strings.Contains(se.Message, "register on a registrar host") {
+		t.Fatalf("write on a read-only host: %v, want 403 saying so", err)
+	}
+	t.Logf("write on a read-only host: %v", err)
+	if _, err := host.DeleteEntry(context.Background(), created.ID); !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		t.Fatalf("delete on a read-only host: %v, want 403", err)
+	}
+	if st, err := host.Status(context.Background()); err != nil || st.Registry == nil || !st.Registry.Reachable {
+		t.Fatalf("host status after a refused write: %+v, %v; want the registry reachable", st.Registry, err)
+	}
+
+	if _, err := reg.DeleteEntry(context.Background(), created.ID); err != nil {
+		t.Fatalf("delete on the registrar: %v", err)
+	}
+	eventually(t, "the registrar's delete reaches the host's copy", func() bool {
+		_, err := host.GetEntry(context.Background(), created.ID)
+		return admin.IsNotFound(err)
+	})
+}
+
+// etcdHostConfig is a host's config for c, authenticating as user, in a short temp dir.
+func etcdHostConfig(t *testing.T, c *etcdtest.Cluster, user string) (conf.Config, string) {
+	t.Helper()
+	cert, key, err := c.CA.ClientFiles(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "svidd-reg") // short: socket paths are limited to 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := conf.Default()
+	cfg.SocketPath = filepath.Join(dir, "api.sock")
+	cfg.AdminSocketPath = filepath.Join(dir, "admin.sock")
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.Telemetry.PrometheusAddress = ""
+	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{
+		Endpoints: c.Endpoints(), Prefix: "/svidd/", CAFile: c.CA.CertFile, CertFile: cert, KeyFile: key,
+	}}
+	return cfg, dir
+}
+
+// startAgent validates cfg, runs an agent until the test ends and returns its admin client.
+func startAgent(t *testing.T, cfg conf.Config) *admin.Client {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return admin.NewClient(cfg.AdminSocketPath)
+}
