@@ -5,11 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/svidd/svidd/agent"
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/internal/etcdtest"
 	"github.com/svidd/svidd/pkg/admin"
@@ -28,12 +26,17 @@ func TestRegistrarOnly(t *testing.T) {
 	c.AddUser("registrar", "svidd-registrar")
 	c.AddUser("web-1", "svidd-host-web-1")
 
-	regCfg, regDir := etcdHostConfig(t, c, "registrar")
-	regCfg.RegistrarOnly = true
-	reg := startAgent(t, regCfg)
-	hostCfg, _ := etcdHostConfig(t, c, "web-1")
-	hostCfg.NodeName = "web-1"
-	host := startAgent(t, hostCfg)
+	as := func(user string) conf.EtcdConfig {
+		cert, key, err := c.CA.ClientFiles(user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conf.EtcdConfig{Endpoints: c.Endpoints(), Prefix: prefix, CAFile: c.CA.CertFile, CertFile: cert, KeyFile: key}
+	}
+	regCfg, _ := runRegistryAgent(t, as("registrar"), func(cfg *conf.Config) { cfg.RegistrarOnly = true })
+	reg := admin.NewClient(regCfg.AdminSocketPath)
+	hostCfg, _ := runRegistryAgent(t, as("web-1"), func(cfg *conf.Config) { cfg.NodeName = "web-1" })
+	host := admin.NewClient(hostCfg.AdminSocketPath)
 
 	var created admin.Entry
 	var err error
@@ -48,7 +51,7 @@ func TestRegistrarOnly(t *testing.T) {
 	if _, err := os.Stat(regCfg.SocketPath); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("registrar-only svidd made an api socket: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(regDir, "data")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(regCfg.DataDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("registrar-only svidd made a data dir: %v", err)
 	}
 	st, err := reg.Status(context.Background())
@@ -77,49 +80,4 @@ func TestRegistrarOnly(t *testing.T) {
 		_, err := host.GetEntry(context.Background(), created.ID)
 		return admin.IsNotFound(err)
 	})
-}
-
-// etcdHostConfig is a host's config for c, authenticating as user, in a short temp dir.
-func etcdHostConfig(t *testing.T, c *etcdtest.Cluster, user string) (conf.Config, string) {
-	t.Helper()
-	cert, key, err := c.CA.ClientFiles(user)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "svidd-reg") // short: socket paths are limited to 107 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := conf.Default()
-	cfg.SocketPath = filepath.Join(dir, "api.sock")
-	cfg.AdminSocketPath = filepath.Join(dir, "admin.sock")
-	cfg.DataDir = filepath.Join(dir, "data")
-	cfg.Telemetry.PrometheusAddress = ""
-	cfg.Store = conf.StoreConfig{Kind: conf.StoreEtcd, Etcd: conf.EtcdConfig{
-		Endpoints: c.Endpoints(), Prefix: "/svidd/", CAFile: c.CA.CertFile, CertFile: cert, KeyFile: key,
-	}}
-	return cfg, dir
-}
-
-// startAgent validates cfg, runs an agent until the test ends and returns its admin client.
-func startAgent(t *testing.T, cfg conf.Config) *admin.Client {
-	t.Helper()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	a, err := agent.New(agent.Config{Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return admin.NewClient(cfg.AdminSocketPath)
 }
