@@ -66,6 +66,10 @@ func call[T any](ctx context.Context, r *registrarStore, fn func(ctx context.Con
 	if st == nil {
 		return zero, r.unreachable(errors.New("not connected yet"))
 	}
+	if ok, _ := r.status(); !ok {
+		// The probe (followRegistry) saw etcd gone: say so at once rather than wait again.
+		return zero, r.unreachable(errors.New("no member answers"))
+	}
 	cctx, cancel := context.WithTimeout(ctx, registrarTimeout)
 	defer cancel()
 	v, err := fn(cctx, st)
@@ -206,6 +210,7 @@ func (a *Agent) followRegistry(ctx context.Context) {
 			a.reg.mu.Lock()
 			a.reg.st = st
 			a.reg.mu.Unlock()
+			a.reg.setReachable(true)
 			break
 		}
 		log.Warn("connecting to the registry", "error", err)

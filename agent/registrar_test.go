@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/internal/etcdtest"
@@ -79,5 +80,23 @@ func TestRegistrarOnly(t *testing.T) {
 	eventually(t, "the registrar's delete reaches the host's copy", func() bool {
 		_, err := host.GetEntry(context.Background(), created.ID)
 		return admin.IsNotFound(err)
+	})
+
+	// etcd down: the registrar says so in its status, and refuses writes at once with 503.
+	c.Stop()
+	eventually(t, "the registrar's status shows etcd unreachable", func() bool {
+		st, err := reg.Status(context.Background())
+		return err == nil && st.Registry != nil && !st.Registry.Reachable
+	})
+	start := time.Now()
+	_, err = reg.CreateEntry(context.Background(), admin.Entry{SPIFFEID: "spiffe://example.org/down", Selectors: []string{"unix:uid:1"}})
+	if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || !strings.Contains(se.Message, "unreachable") || time.Since(start) > time.Second {
+		t.Fatalf("registrar write with etcd down: %v after %v, want 503 saying etcd is unreachable, at once", err, time.Since(start))
+	}
+	t.Logf("registrar write with etcd down: %v", err)
+	c.Start()
+	eventually(t, "the registrar writes again once etcd is back", func() bool {
+		_, err := reg.CreateEntry(context.Background(), admin.Entry{SPIFFEID: "spiffe://example.org/back", Selectors: []string{"unix:uid:1"}})
+		return err == nil
 	})
 }

@@ -81,6 +81,11 @@ func NewClient(cfg Config) (*clientv3.Client, error) {
 		Endpoints: cfg.Endpoints,
 		TLS:       cfg.TLS,
 		Logger:    zap.NewNop(),
+		// A member that vanished without closing its connections (its machine died, the
+		// network between split) is noticed within seconds, so that a watch or a call moves
+		// to another member. etcd refuses pings more often than every 5 s by default.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 3 * time.Second,
 		// gRPC's default reconnect backoff grows to 2 minutes; a host must catch up soon
 		// after etcd is back, not minutes later.
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
@@ -403,7 +408,7 @@ func (s *Store) GetEntry(ctx context.Context, id string) (entry.Entry, error) {
 // getPrefix reads every key under prefix (with retries).
 func (s *Store) getPrefix(ctx context.Context, prefix string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	var resp *clientv3.GetResponse
-	_, err := s.retry(ctx, func(ctx context.Context) (err error) {
+	_, err := s.retryFor(ctx, max(s.attemptTimeout, rangeAttemptTimeout), func(ctx context.Context) (err error) {
 		resp, err = s.cli.Get(ctx, prefix, append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...)
 		return err
 	})
@@ -437,7 +442,10 @@ func (s *Store) ListEntries(ctx context.Context, f store.Filter) ([]entry.Entry,
 
 // Ping checks that etcd answers a linearizable read (a quorum is reachable).
 func (s *Store) Ping(ctx context.Context) error {
-	if _, err := s.getPrefix(ctx, s.entries, clientv3.WithLimit(1), clientv3.WithKeysOnly()); err != nil {
+	if _, err := s.retry(ctx, func(ctx context.Context) error {
+		_, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+		return err
+	}); err != nil {
 		return fmt.Errorf("pinging etcd store: %w", err)
 	}
 	return nil

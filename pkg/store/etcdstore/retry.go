@@ -24,9 +24,13 @@ import (
 const (
 	// DefaultAttemptTimeout bounds one try of one call. A healthy member answers in
 	// milliseconds; a try that takes longer is most likely waiting on a member that is gone
-	// or on an election (1 s with etcd's default timings), so another try, on whichever
-	// member is reachable, is the better bet.
-	DefaultAttemptTimeout = 2 * time.Second
+	// or on an election (1 s with etcd's default timings; a write sent to a follower just as
+	// the leader died waits out etcd's own request timeout, several seconds), so another try,
+	// on whichever member is reachable, is the better bet.
+	DefaultAttemptTimeout = time.Second
+	// rangeAttemptTimeout bounds one try of a read of a whole prefix (every entry), whose
+	// time grows with the registry: 10,000 entries are a few MB.
+	rangeAttemptTimeout = 10 * time.Second
 	// retryPause is the first pause between tries; it doubles up to maxRetryPause.
 	retryPause    = 20 * time.Millisecond
 	maxRetryPause = 500 * time.Millisecond
@@ -60,9 +64,14 @@ func retryable(err error) bool {
 // failed in a way that leaves unknown whether etcd applied it: a write must then check
 // whether its own earlier try committed before it concludes anything.
 func (s *Store) retry(ctx context.Context, try func(ctx context.Context) error) (retried bool, err error) {
+	return s.retryFor(ctx, s.attemptTimeout, try)
+}
+
+// retryFor is retry with each try bounded by timeout.
+func (s *Store) retryFor(ctx context.Context, timeout time.Duration, try func(ctx context.Context) error) (retried bool, err error) {
 	pause := retryPause
 	for n := 1; ; n++ {
-		tctx, cancel := context.WithTimeout(ctx, s.attemptTimeout)
+		tctx, cancel := context.WithTimeout(ctx, timeout)
 		err = try(tctx)
 		cancel()
 		if err == nil || !retryable(err) || ctx.Err() != nil {
