@@ -14,6 +14,14 @@
 //	                              there and nowhere else (README "Running a fleet")
 //
 // An entry's Revision is its etcd key version: 1 when created, +1 per update.
+//
+// Every call to etcd is tried again on another member when one fails for a reason that member
+// alone may have (gone, no leader, too slow), within the caller's context (retry.go): one
+// member of three killed costs a caller about a second, never an error. A retried write checks
+// what its own earlier try may have committed, so it is applied and acknowledged once.
+//
+// With etcd's authentication on (README "Running a fleet": client certificates, CN = etcd
+// user), a write the host's user may not make fails with store.ErrReadOnly.
 package etcdstore
 
 import (
