@@ -242,12 +242,20 @@ func (a *Agent) followRegistry(ctx context.Context) {
 	}
 }
 
+// registrarStatus is a registrar's status: the registry's state and how many entries it
+// holds (read from etcd; left 0 while it cannot be read).
 func (a *Agent) registrarStatus() admin.Status {
 	ok, since := a.reg.status()
-	return admin.Status{
+	out := admin.Status{
 		TrustDomain: a.cfg.TrustDomain.Name(),
 		Now:         time.Now().UTC(),
 		StartedAt:   a.started,
 		Registry:    &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()},
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if entries, err := a.reg.ListEntries(ctx, store.Filter{}); err == nil {
+		out.Entries = len(entries)
+	}
+	return out
 }

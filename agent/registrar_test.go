@@ -56,8 +56,8 @@ func TestRegistrarOnly(t *testing.T) {
 		t.Errorf("registrar-only svidd made a data dir: %v", err)
 	}
 	st, err := reg.Status(context.Background())
-	if err != nil || st.Registry == nil || !st.Registry.Reachable || len(st.Authorities) != 0 {
-		t.Errorf("registrar status: %+v, %v; want the registry reachable and no CA", st, err)
+	if err != nil || st.Registry == nil || !st.Registry.Reachable || len(st.Authorities) != 0 || st.Entries != 1 {
+		t.Errorf("registrar status: %+v, %v; want the registry reachable, its one entry and no CA", st, err)
 	}
 
 	_, err = host.CreateEntry(context.Background(), admin.Entry{SPIFFEID: "spiffe://example.org/mine", Selectors: []string{"unix:uid:1"}})
