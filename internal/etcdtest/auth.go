@@ -94,19 +94,19 @@ func (c *Cluster) AddRole(r Role) {
 		if _, err := cli.RoleAdd(ctx, r.Name); err != nil {
 			return fmt.Errorf("adding role %s: %w", r.Name, err)
 		}
-		grant := func(prefix string, perm clientv3.PermissionType) error {
+		grant := func(prefix, name string, perm clientv3.PermissionType) error {
 			if _, err := cli.RoleGrantPermission(ctx, r.Name, prefix, clientv3.GetPrefixRangeEnd(prefix), perm); err != nil {
-				return fmt.Errorf("granting %s on %s to role %s: %w", perm, prefix, r.Name, err)
+				return fmt.Errorf("granting %s on %s to role %s: %w", name, prefix, r.Name, err)
 			}
 			return nil
 		}
 		for _, p := range r.Read {
-			if err := grant(p, clientv3.PermissionType(clientv3.PermRead)); err != nil {
+			if err := grant(p, "read", clientv3.PermissionType(clientv3.PermRead)); err != nil {
 				return err
 			}
 		}
 		for _, p := range r.ReadWrite {
-			if err := grant(p, clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+			if err := grant(p, "readwrite", clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
 				return err
 			}
 		}
