@@ -79,6 +79,9 @@ type Agent struct {
 	fleet *fleetKeys
 	// sharedBundles fetches federated bundles once per fleet (store "etcd"), else nil.
 	sharedBundles *fleet.SharedBundles
+	// reg is a registrar-only host's store (registrar.go), else nil: then nothing but the
+	// admin API runs.
+	reg *registrarStore
 
 	serving atomic.Bool
 	started time.Time
@@ -102,6 +105,9 @@ var (
 func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RegistrarOnly {
+		return newRegistrar(cfg)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, qready: make(chan struct{}, 1), node: entry.NodeSelectors(cfg.NodeName, cfg.NodeGroups)}
 	if err := prepareDataDir(cfg.DataDir); err != nil {
@@ -343,11 +349,16 @@ func Listen(cfg conf.Config) (ls Listeners, err error) {
 			ls.Close()
 		}
 	}()
-	if ls.API, err = peercred.Listen(cfg.SocketPath, 0o666); err != nil {
-		return ls, fmt.Errorf("api socket: %w", err)
+	if !cfg.RegistrarOnly { // a registrar serves no workload (registrar.go)
+		if ls.API, err = peercred.Listen(cfg.SocketPath, 0o666); err != nil {
+			return ls, fmt.Errorf("api socket: %w", err)
+		}
 	}
 	if ls.Admin, err = peercred.Listen(cfg.AdminSocketPath, 0o600); err != nil {
 		return ls, fmt.Errorf("admin socket: %w", err)
+	}
+	if cfg.RegistrarOnly {
+		return ls, nil
 	}
 	if addr := cfg.Telemetry.PrometheusAddress; addr != "" {
 		if ls.Metrics, err = net.Listen("tcp", addr); err != nil {
@@ -378,6 +389,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Serve serves on ls until ctx is done, then closes them. It returns nil after a clean stop.
 func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
+	if a.reg != nil {
+		return a.serveRegistrar(ctx, ls)
+	}
 	defer a.closeResources()
 	defer a.cache.stop() // ends background minting before the CA and store go
 	defer ls.Close()

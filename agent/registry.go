@@ -25,15 +25,9 @@ func (a *Agent) openStore(local *store.SQLite) (store.Store, error) {
 		return local, nil
 	}
 	ec := a.cfg.Store.Etcd
-	var tc *tls.Config
-	switch {
-	case ec.CAFile != "" || ec.CertFile != "":
-		var err error
-		if tc, err = etcdstore.TLSFromFiles(ec.CAFile, ec.CertFile, ec.KeyFile); err != nil {
-			return nil, err
-		}
-	case strings.HasPrefix(ec.Endpoints[0], "https://"):
-		tc = &tls.Config{MinVersion: tls.VersionTLS12} // the system roots
+	tc, err := etcdTLS(ec)
+	if err != nil {
+		return nil, err
 	}
 	log := a.log.With("component", "registry")
 	// One connection per host, shared by everything that talks to the registry.
@@ -56,6 +50,18 @@ func (a *Agent) openStore(local *store.SQLite) (store.Store, error) {
 	}
 	a.registry = m
 	return m, nil
+}
+
+// etcdTLS is the client TLS of store "etcd": its files, or the system roots for https://
+// endpoints without them; nil for http://.
+func etcdTLS(ec conf.EtcdConfig) (*tls.Config, error) {
+	switch {
+	case ec.CAFile != "" || ec.CertFile != "":
+		return etcdstore.TLSFromFiles(ec.CAFile, ec.CertFile, ec.KeyFile)
+	case strings.HasPrefix(ec.Endpoints[0], "https://"):
+		return &tls.Config{MinVersion: tls.VersionTLS12}, nil // the system roots
+	}
+	return nil, nil
 }
 
 // registryStatus is the registry's state for svidctl status; nil without a registry.

@@ -42,6 +42,11 @@ type Config struct {
 	// duplicates. Every caller on the host has node:name:NodeName and node:group:G for each
 	// (entry.NodeSelectors), so an entry can be scoped to a host or a group of hosts.
 	NodeGroups []string
+	// RegistrarOnly makes this host a registrar and nothing else: it serves the admin
+	// socket, whose entry and bundle writes go straight to the fleet registry (store "etcd",
+	// required), and no Workload API, CA or attestation. Operators register there with
+	// svidctl; the hosts that serve workloads may then hold read-only etcd credentials.
+	RegistrarOnly bool
 
 	CA        CAConfig
 	SDS       SDSConfig

@@ -52,6 +52,8 @@ type fileAgent struct {
 	NodeNameRange        hcl.Range      `hcl:"node_name,attr_range"`
 	NodeGroups           hcl.Expression `hcl:"node_groups,optional"`
 	NodeGroupsRange      hcl.Range      `hcl:"node_groups,attr_range"`
+	RegistrarOnly        *bool          `hcl:"registrar_only,optional"`
+	RegistrarOnlyRange   hcl.Range      `hcl:"registrar_only,attr_range"`
 }
 
 type fileCA struct {
@@ -316,6 +318,10 @@ func (l *loader) applyFile(cfg *Config, f *fileRoot) {
 		l.str("agent.node_name", l.file("agent.node_name", a.NodeName, a.NodeNameRange), &cfg.NodeName)
 		if groups, ok := l.stringList("agent.node_groups", a.NodeGroups, a.NodeGroupsRange); ok {
 			cfg.NodeGroups = groups
+		}
+		if a.RegistrarOnly != nil {
+			l.src["agent.registrar_only"] = where{rng: a.RegistrarOnlyRange.Ptr()}
+			cfg.RegistrarOnly = *a.RegistrarOnly
 		}
 	}
 	if c := f.CA; c != nil {

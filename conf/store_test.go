@@ -36,6 +36,10 @@ func TestStoreEtcd(t *testing.T) {
 	if cfg.Store.Etcd.Prefix != DefaultEtcdPrefix {
 		t.Fatalf("default prefix = %q, want %q", cfg.Store.Etcd.Prefix, DefaultEtcdPrefix)
 	}
+	cfg, err = Load("store.hcl", []byte("agent {\n  registrar_only = true\n}\nstore \"etcd\" {\n  endpoints = [\"http://127.0.0.1:2379\"]\n}\n"), Overrides{})
+	if err != nil || !cfg.RegistrarOnly {
+		t.Fatalf("registrar_only = true: %+v, %v", cfg.RegistrarOnly, err)
+	}
 	if cfg, err := Load("store.hcl", []byte("store \"sqlite\" {}\n"), Overrides{}); err != nil || !reflect.DeepEqual(cfg.Store, Default().Store) {
 		t.Fatalf("store \"sqlite\" {} = %+v, %v; want the default", cfg.Store, err)
 	}
@@ -61,6 +65,9 @@ func init() {
 		{"prefix without slash", "store \"etcd\" {\n  endpoints = [\"http://a:1\"]\n  prefix = \"svidd\"\n}", `prefix "svidd" must start and end with /`, 3},
 		{"cert without key", "store \"etcd\" {\n  endpoints = [\"https://a:1\"]\n  tls {\n    cert_file = \"/c.pem\"\n  }\n}", "cert_file and key_file go together", 4},
 		{"sqlite with endpoints", "store \"sqlite\" {\n  endpoints = [\"http://a:1\"]\n}", `store "sqlite" takes no settings`, 2},
+		{"registrar without etcd", "agent {\n  registrar_only = true\n}", `registrar_only needs store "etcd"`, 2},
+		{"registrar with entries", "agent {\n  registrar_only = true\n}\nstore \"etcd\" {\n  endpoints = [\"http://a:1\"]\n}\nentry \"x\" {\n  spiffe_id = \"spiffe://example.org/x\"\n  selectors = [\"unix:uid:1\"]\n}", "registrar_only serves no workloads", 2},
+		{"registrar not a bool", "agent {\n  registrar_only = \"yes\"\n}", "a bool is required", 2},
 		{"unknown tls key", "store \"etcd\" {\n  endpoints = [\"https://a:1\"]\n  tls {\n    ca = \"/c.pem\"\n  }\n}", `An argument named "ca"`, 4},
 	}...)
 }

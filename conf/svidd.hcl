@@ -28,6 +28,10 @@ agent {
   # whitespace in either). Both take effect at start only.
   # node_name   = "web-1"
   # node_groups = ["web", "eu"]
+
+  # A registrar and nothing else (needs store "etcd"): serves the admin socket, whose entry
+  # writes go straight to the fleet registry; no Workload API socket, CA or attestation.
+  # registrar_only = false
 }
 
 ca {

@@ -88,6 +88,12 @@ func (c Config) validate(src map[string]where, skip map[string]bool) hcl.Diagnos
 
 	v.address("telemetry.prometheus.address", c.Telemetry.PrometheusAddress)
 	v.store(c.Store)
+	if c.RegistrarOnly && c.Store.Kind != StoreEtcd {
+		v.errf("agent.registrar_only", `registrar_only needs store "etcd": a registrar writes the fleet registry, and without it there is nothing to register into`)
+	}
+	if c.RegistrarOnly && len(c.Entries) > 0 {
+		v.errf("agent.registrar_only", "registrar_only serves no workloads, so entry blocks would match nothing here; register fleet entries with svidctl")
+	}
 	v.address("health.address", c.Health.Address)
 	// Port 0 asks the kernel for a free port, so two ":0" listeners never collide.
 	if c.Health.Address != "" && c.Health.Address == c.Telemetry.PrometheusAddress && !strings.HasSuffix(c.Health.Address, ":0") {

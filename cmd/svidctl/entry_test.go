@@ -25,13 +25,19 @@ import (
 // startAdminForCLI serves the admin API over a real SQLite store on a Unix socket.
 func startAdminForCLI(t *testing.T) (sock string, st store.Store) {
 	t.Helper()
+	return startAdminForCLIWith(t, func(st *store.SQLite) store.Store { return st })
+}
+
+// startAdminForCLIWith is startAdminForCLI serving the store wrap makes of the SQLite one.
+func startAdminForCLIWith(t *testing.T, wrap func(*store.SQLite) store.Store) (sock string, st store.Store) {
+	t.Helper()
 	dir := proctest.ShortDir(t)
-	var err error
-	st, err = store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
+	sq, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() { sq.Close() })
+	st = wrap(sq)
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	srv, err := admin.New(admin.Config{
 		TrustDomain: td,

@@ -16,6 +16,7 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	cut   bool
+	drop  bool // DropReplies: the member's bytes are discarded
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
@@ -47,11 +48,39 @@ func (p *Proxy) Cut() {
 	p.mu.Unlock()
 }
 
-// Restore forwards new connections again.
+// Restore forwards new connections again, and the member's answers (after DropReplies).
 func (p *Proxy) Restore() {
 	p.mu.Lock()
-	p.cut = false
+	p.cut, p.drop = false, false
 	p.mu.Unlock()
+}
+
+// DropReplies keeps the connections open and forwards what clients send, but discards what
+// the member answers until Restore: a request is applied and its answer lost, as when a
+// connection breaks just after a request went out.
+func (p *Proxy) DropReplies() {
+	p.mu.Lock()
+	p.drop = true
+	p.mu.Unlock()
+}
+
+func (p *Proxy) dropping() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.drop
+}
+
+// replies writes the member's bytes to the client unless DropReplies is on.
+type replies struct {
+	p   *Proxy
+	out net.Conn
+}
+
+func (r replies) Write(b []byte) (int, error) {
+	if r.p.dropping() {
+		return len(b), nil
+	}
+	return r.out.Write(b)
 }
 
 // Close stops the proxy and waits for its goroutines.
@@ -106,7 +135,7 @@ func (p *Proxy) forward(in net.Conn) {
 	}()
 	done := make(chan struct{}, 2)
 	go func() { _, _ = io.Copy(out, in); out.Close(); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(in, out); in.Close(); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(replies{p, in}, out); in.Close(); done <- struct{}{} }()
 	<-done
 	<-done
 }

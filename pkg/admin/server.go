@@ -319,6 +319,9 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrUnavailable):
 		writeJSON(w, http.StatusServiceUnavailable, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrReadOnly):
+		// This host may not write the shared registry: the text says where to register.
+		writeJSON(w, http.StatusForbidden, Error{Error: err.Error()})
 	default:
 		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 		msg := "internal error: " + err.Error()

@@ -15,6 +15,12 @@ import (
 // 503 with the error's text, which says why.
 var ErrUnavailable = errors.New("store unavailable for writes")
 
+// ErrReadOnly is returned by a write the shared registry refused because this host's
+// credentials may only read it (etcd's authentication: the host's etcd user has no write
+// permission there). Nothing was written and retrying will not help: the operator registers
+// on a registrar host instead. The admin API answers 403 with the error's text.
+var ErrReadOnly = errors.New("this host's etcd user may not write the registry (its credentials are read-only); register on a registrar host")
+
 // Prepare normalizes e for storing and refuses what no store may hold (no SPIFFE ID, no
 // selectors, a malformed selector). Errors wrap entry.ErrInvalid.
 func Prepare(e entry.Entry) (entry.Entry, error) { return prepare(e) }

@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -59,27 +60,42 @@ func (s *Store) SetBundle(ctx context.Context, b store.FederatedBundle) (store.F
 	if err != nil {
 		return store.FederatedBundle{}, err
 	}
-	if _, err := s.cli.Put(ctx, s.bundleKey(b.TrustDomain), string(v)); err != nil {
-		return store.FederatedBundle{}, fmt.Errorf("storing bundle of %s: %w", b.TrustDomain.Name(), err)
+	// A Put of the same value is idempotent: a try whose answer was lost is simply made again.
+	if _, err := s.retry(ctx, func(ctx context.Context) error {
+		_, err := s.cli.Put(ctx, s.bundleKey(b.TrustDomain), string(v))
+		return err
+	}); err != nil {
+		return store.FederatedBundle{}, writeErr("storing bundle of "+b.TrustDomain.Name(), err)
 	}
 	return b, nil
 }
 
 // GetBundle implements store.Store.
 func (s *Store) GetBundle(ctx context.Context, td spiffeid.TrustDomain) (store.FederatedBundle, error) {
-	resp, err := s.cli.Get(ctx, s.bundleKey(td))
+	b, _, err := s.getBundle(ctx, td)
+	return b, err
+}
+
+// getBundle reads one bundle (with retries) and its key's modification revision.
+func (s *Store) getBundle(ctx context.Context, td spiffeid.TrustDomain) (store.FederatedBundle, int64, error) {
+	var resp *clientv3.GetResponse
+	_, err := s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.cli.Get(ctx, s.bundleKey(td))
+		return err
+	})
 	if err != nil {
-		return store.FederatedBundle{}, fmt.Errorf("reading bundle of %s: %w", td.Name(), err)
+		return store.FederatedBundle{}, 0, fmt.Errorf("reading bundle of %s: %w", td.Name(), err)
 	}
 	if len(resp.Kvs) == 0 {
-		return store.FederatedBundle{}, fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name())
+		return store.FederatedBundle{}, 0, fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name())
 	}
-	return DecodeBundle(resp.Kvs[0].Value)
+	b, err := DecodeBundle(resp.Kvs[0].Value)
+	return b, resp.Kvs[0].ModRevision, err
 }
 
 // ListBundles implements store.Store: by trust domain name (etcd returns keys in order).
 func (s *Store) ListBundles(ctx context.Context) ([]store.FederatedBundle, error) {
-	resp, err := s.cli.Get(ctx, s.bundles, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	resp, err := s.getPrefix(ctx, s.bundles, clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	if err != nil {
 		return nil, fmt.Errorf("listing bundles: %w", err)
 	}
@@ -97,14 +113,33 @@ func (s *Store) ListBundles(ctx context.Context) ([]store.FederatedBundle, error
 	return out, nil
 }
 
-// DeleteBundle implements store.Store.
+// DeleteBundle implements store.Store. It deletes the bundle as read (compare-and-swap), so
+// that after a try whose answer was lost, finding it gone means that try committed.
 func (s *Store) DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) (store.FederatedBundle, error) {
-	resp, err := s.cli.Delete(ctx, s.bundleKey(td), clientv3.WithPrevKV())
-	if err != nil {
-		return store.FederatedBundle{}, fmt.Errorf("deleting bundle of %s: %w", td.Name(), err)
+	what := "deleting bundle of " + td.Name()
+	var sent *store.FederatedBundle // what a try whose answer was lost deleted, if it committed
+	for {
+		old, modRev, err := s.getBundle(ctx, td)
+		if sent != nil && errors.Is(err, store.ErrBundleNotFound) {
+			return *sent, nil
+		}
+		if err != nil {
+			return store.FederatedBundle{}, err
+		}
+		k := s.bundleKey(td)
+		var resp *clientv3.TxnResponse
+		retried, err := s.retry(ctx, func(ctx context.Context) (err error) {
+			resp, err = s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", modRev)).Then(clientv3.OpDelete(k)).Commit()
+			return err
+		})
+		if retried {
+			sent = &old
+		}
+		if err != nil {
+			return store.FederatedBundle{}, writeErr(what, err)
+		}
+		if resp.Succeeded {
+			return old, nil
+		}
 	}
-	if len(resp.PrevKvs) == 0 {
-		return store.FederatedBundle{}, fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name())
-	}
-	return DecodeBundle(resp.PrevKvs[0].Value)
 }

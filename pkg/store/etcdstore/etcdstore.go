@@ -14,9 +14,18 @@
 //	                              there and nowhere else (README "Running a fleet")
 //
 // An entry's Revision is its etcd key version: 1 when created, +1 per update.
+//
+// Every call to etcd is tried again on another member when one fails for a reason that member
+// alone may have (gone, no leader, too slow), within the caller's context (retry.go): one
+// member of three killed costs a caller about a second, never an error. A retried write checks
+// what its own earlier try may have committed, so it is applied and acknowledged once.
+//
+// With etcd's authentication on (README "Running a fleet": client certificates, CN = etcd
+// user), a write the host's user may not make fails with store.ErrReadOnly.
 package etcdstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -30,6 +39,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -60,6 +70,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock for CreatedAt and UpdatedAt (default time.Now).
 	Now func() time.Time
+	// AttemptTimeout bounds each try of a call to etcd; a try that fails or times out is
+	// made again within the caller's context (default DefaultAttemptTimeout).
+	AttemptTimeout time.Duration
 	// Client, when set, is the connection to use (one per host: the registry mirror, the
 	// JWT key publisher and the node record share it); Close leaves it open. Endpoints and
 	// TLS are then unused. Without it Open makes its own with NewClient.
@@ -76,6 +89,11 @@ func NewClient(cfg Config) (*clientv3.Client, error) {
 		Endpoints: cfg.Endpoints,
 		TLS:       cfg.TLS,
 		Logger:    zap.NewNop(),
+		// A member that vanished without closing its connections (its machine died, the
+		// network between split) is noticed within seconds, so that a watch or a call moves
+		// to another member. etcd refuses pings more often than every 5 s by default.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 3 * time.Second,
 		// gRPC's default reconnect backoff grows to 2 minutes; a host must catch up soon
 		// after etcd is back, not minutes later.
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
@@ -98,6 +116,8 @@ type Store struct {
 	bundles string // Prefix + "bundles/": one key per federated trust domain
 	log     *slog.Logger
 	now     func() time.Time
+	// attemptTimeout bounds one try of a call (see retry).
+	attemptTimeout time.Duration
 
 	mu sync.Mutex
 	// mirror is every entry as of revision delivered: the watch turns etcd's events into
@@ -133,21 +153,25 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("opening etcd store: prefix %q must end with /", prefix)
 	}
 	s := &Store{
-		entries:  prefix + "entries/",
-		unique:   prefix + "unique/",
-		bundles:  prefix + "bundles/",
-		log:      cfg.Logger,
-		now:      cfg.Now,
-		mirror:   map[string]mirrored{},
-		progress: make(chan struct{}),
-		watchers: map[uint64]func(store.Change){},
-		done:     make(chan struct{}),
+		entries:        prefix + "entries/",
+		unique:         prefix + "unique/",
+		bundles:        prefix + "bundles/",
+		log:            cfg.Logger,
+		now:            cfg.Now,
+		attemptTimeout: cfg.AttemptTimeout,
+		mirror:         map[string]mirrored{},
+		progress:       make(chan struct{}),
+		watchers:       map[uint64]func(store.Change){},
+		done:           make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.attemptTimeout <= 0 {
+		s.attemptTimeout = DefaultAttemptTimeout
 	}
 	s.cli = cfg.Client
 	if s.cli == nil {
@@ -204,7 +228,7 @@ func (s *Store) load(ctx context.Context) (int64, error) {
 }
 
 func (s *Store) readAll(ctx context.Context) (map[string]mirrored, int64, error) {
-	resp, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix())
+	resp, err := s.getPrefix(ctx, s.entries)
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading entries: %w", err)
 	}
@@ -220,6 +244,10 @@ func (s *Store) readAll(ctx context.Context) (map[string]mirrored, int64, error)
 }
 
 // CreateEntry stores e with a new ID (unless e.ID is set), Revision 1 and the current time.
+//
+// A try whose answer was lost may have committed: a later try then finds the entry key
+// holding exactly what this call wrote (same ID, same creation time to the nanosecond) and
+// answers success, so a create is acknowledged once and stored once.
 func (s *Store) CreateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error) {
 	e, err := store.Prepare(e)
 	if err != nil {
@@ -234,79 +262,121 @@ func (s *Store) CreateEntry(ctx context.Context, e entry.Entry) (entry.Entry, er
 	if err != nil {
 		return entry.Entry{}, fmt.Errorf("creating entry for %s: encoding: %w", e.SPIFFEID, err)
 	}
+	what := "creating entry for " + e.SPIFFEID.String()
 	ek, uk := s.entryKey(e.ID), s.uniqueKey(e)
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(ek), "=", 0), clientv3.Compare(clientv3.CreateRevision(uk), "=", 0)).
-		Then(clientv3.OpPut(ek, string(val)), clientv3.OpPut(uk, e.ID)).
-		Else(clientv3.OpGet(ek, clientv3.WithCountOnly())).
-		Commit()
+	var resp *clientv3.TxnResponse
+	_, err = s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(ek), "=", 0), clientv3.Compare(clientv3.CreateRevision(uk), "=", 0)).
+			Then(clientv3.OpPut(ek, string(val)), clientv3.OpPut(uk, e.ID)).
+			Else(clientv3.OpGet(ek)).
+			Commit()
+		return err
+	})
 	if err != nil {
-		return entry.Entry{}, fmt.Errorf("creating entry for %s: %w", e.SPIFFEID, err)
+		return entry.Entry{}, writeErr(what, err)
 	}
+	rev := resp.Header.Revision
 	if !resp.Succeeded {
-		if resp.Responses[0].GetResponseRange().Count > 0 {
-			return entry.Entry{}, fmt.Errorf("creating entry for %s: entry ID is already in use: %w", e.SPIFFEID, store.ErrAlreadyExists)
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		switch {
+		case len(kvs) == 1 && kvs[0].Version == 1 && bytes.Equal(kvs[0].Value, val):
+			rev = kvs[0].ModRevision // an earlier try of this call committed
+		case len(kvs) > 0:
+			return entry.Entry{}, fmt.Errorf("%s: entry ID is already in use: %w", what, store.ErrAlreadyExists)
+		default:
+			return entry.Entry{}, fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
 		}
-		return entry.Entry{}, fmt.Errorf("creating entry for %s: %w", e.SPIFFEID, store.ErrAlreadyExists)
 	}
-	s.awaitDelivery(ctx, resp.Header.Revision)
+	s.awaitDelivery(ctx, rev)
 	return store.Clone(e), nil
 }
 
 // UpdateEntry replaces every field of the entry with e.ID but CreatedAt, and bumps Revision.
 // Concurrent updates of one entry are serialized by compare-and-swap on its etcd revision.
+// A try whose answer was lost may have committed: the next try's comparison then fails on
+// a key that holds exactly what this call wrote (its UpdatedAt to the nanosecond), which is
+// success, not a reason to update again.
 func (s *Store) UpdateEntry(ctx context.Context, e entry.Entry) (entry.Entry, error) {
 	e, err := store.Prepare(e)
 	if err != nil {
 		return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, err)
 	}
+	what := "updating entry " + e.ID
 	ek := s.entryKey(e.ID)
 	for {
-		old, modRev, err := s.get(ctx, e.ID)
+		old, kv, err := s.get(ctx, e.ID)
 		if err != nil {
-			return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, err)
+			return entry.Entry{}, fmt.Errorf("%s: %w", what, err)
 		}
 		e.Revision, e.CreatedAt, e.UpdatedAt = old.Revision+1, old.CreatedAt, store.Timestamp(s.now())
 		val, err := json.Marshal(e)
 		if err != nil {
-			return entry.Entry{}, fmt.Errorf("updating entry %s: encoding: %w", e.ID, err)
+			return entry.Entry{}, fmt.Errorf("%s: encoding: %w", what, err)
 		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ek), "=", modRev)}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(ek), "=", kv.ModRevision)}
 		ops := []clientv3.Op{clientv3.OpPut(ek, string(val))}
 		if oldU, newU := s.uniqueKey(old), s.uniqueKey(e); oldU != newU {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(newU), "=", 0))
 			ops = append(ops, clientv3.OpDelete(oldU), clientv3.OpPut(newU, e.ID))
 		}
-		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(ek, clientv3.WithKeysOnly())).Commit()
+		var resp *clientv3.TxnResponse
+		_, err = s.retry(ctx, func(ctx context.Context) (err error) {
+			resp, err = s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(ek)).Commit()
+			return err
+		})
 		if err != nil {
-			return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, err)
+			return entry.Entry{}, writeErr(what, err)
 		}
 		if resp.Succeeded {
 			s.awaitDelivery(ctx, resp.Header.Revision)
 			return store.Clone(e), nil
 		}
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 1 && bytes.Equal(kvs[0].Value, val) {
+			s.awaitDelivery(ctx, kvs[0].ModRevision) // an earlier try of this call committed
+			return store.Clone(e), nil
+		}
 		// The entry is as we read it, so the other comparison failed: another entry holds
 		// the new (SPIFFE ID, selector set). Otherwise someone else wrote first: read again.
-		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && kvs[0].ModRevision == modRev {
-			return entry.Entry{}, fmt.Errorf("updating entry %s: %w", e.ID, store.ErrAlreadyExists)
+		if len(kvs) == 1 && kvs[0].ModRevision == kv.ModRevision {
+			return entry.Entry{}, fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
 		}
 	}
 }
 
-// DeleteEntry removes the entry and returns it as it was.
+// DeleteEntry removes the entry and returns it as it was. After a try whose answer was lost,
+// finding the entry gone (or replaced by a new entry with the same ID) means that try
+// committed: the call succeeds with the entry it deleted.
 func (s *Store) DeleteEntry(ctx context.Context, id string) (entry.Entry, error) {
+	what := "deleting entry " + id
 	ek := s.entryKey(id)
+	var (
+		ambiguous bool
+		sent      entry.Entry // what the ambiguous try deleted, if it committed
+		sentKV    *mvccpb.KeyValue
+	)
 	for {
-		old, modRev, err := s.get(ctx, id)
-		if err != nil {
-			return entry.Entry{}, fmt.Errorf("deleting entry %s: %w", id, err)
+		old, kv, err := s.get(ctx, id)
+		if ambiguous && (errors.Is(err, store.ErrNotFound) || err == nil && kv.CreateRevision != sentKV.CreateRevision) {
+			return sent, nil
 		}
-		resp, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(ek), "=", modRev)).
-			Then(clientv3.OpDelete(ek), clientv3.OpDelete(s.uniqueKey(old))).
-			Commit()
 		if err != nil {
-			return entry.Entry{}, fmt.Errorf("deleting entry %s: %w", id, err)
+			return entry.Entry{}, fmt.Errorf("%s: %w", what, err)
+		}
+		var resp *clientv3.TxnResponse
+		retried, err := s.retry(ctx, func(ctx context.Context) (err error) {
+			resp, err = s.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(ek), "=", kv.ModRevision)).
+				Then(clientv3.OpDelete(ek), clientv3.OpDelete(s.uniqueKey(old))).
+				Commit()
+			return err
+		})
+		if retried {
+			ambiguous, sent, sentKV = true, old, kv
+		}
+		if err != nil {
+			return entry.Entry{}, writeErr(what, err)
 		}
 		if resp.Succeeded {
 			s.awaitDelivery(ctx, resp.Header.Revision)
@@ -315,17 +385,22 @@ func (s *Store) DeleteEntry(ctx context.Context, id string) (entry.Entry, error)
 	}
 }
 
-func (s *Store) get(ctx context.Context, id string) (entry.Entry, int64, error) {
-	resp, err := s.cli.Get(ctx, s.entryKey(id))
+// get reads one entry (with retries) and its key's metadata, or ErrNotFound.
+func (s *Store) get(ctx context.Context, id string) (entry.Entry, *mvccpb.KeyValue, error) {
+	var resp *clientv3.GetResponse
+	_, err := s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.cli.Get(ctx, s.entryKey(id))
+		return err
+	})
 	if err != nil {
-		return entry.Entry{}, 0, err
+		return entry.Entry{}, nil, err
 	}
 	if len(resp.Kvs) == 0 {
-		return entry.Entry{}, 0, fmt.Errorf("%w: %s", store.ErrNotFound, id)
+		return entry.Entry{}, nil, fmt.Errorf("%w: %s", store.ErrNotFound, id)
 	}
 	kv := resp.Kvs[0]
 	e, err := decode(kv.Key, kv.Value, kv.Version)
-	return e, kv.ModRevision, err
+	return e, kv, err
 }
 
 // GetEntry returns the entry with the given ID, or ErrNotFound. Reads are linearizable: they
@@ -338,9 +413,19 @@ func (s *Store) GetEntry(ctx context.Context, id string) (entry.Entry, error) {
 	return e, nil
 }
 
+// getPrefix reads every key under prefix (with retries).
+func (s *Store) getPrefix(ctx context.Context, prefix string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	var resp *clientv3.GetResponse
+	_, err := s.retryFor(ctx, max(s.attemptTimeout, rangeAttemptTimeout), func(ctx context.Context) (err error) {
+		resp, err = s.cli.Get(ctx, prefix, append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...)
+		return err
+	})
+	return resp, err
+}
+
 // ListEntries returns the entries matching f, ordered by SPIFFE ID then ID.
 func (s *Store) ListEntries(ctx context.Context, f store.Filter) ([]entry.Entry, error) {
-	resp, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix())
+	resp, err := s.getPrefix(ctx, s.entries)
 	if err != nil {
 		return nil, fmt.Errorf("listing entries: %w", err)
 	}
@@ -365,7 +450,10 @@ func (s *Store) ListEntries(ctx context.Context, f store.Filter) ([]entry.Entry,
 
 // Ping checks that etcd answers a linearizable read (a quorum is reachable).
 func (s *Store) Ping(ctx context.Context) error {
-	if _, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly()); err != nil {
+	if _, err := s.retry(ctx, func(ctx context.Context) error {
+		_, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+		return err
+	}); err != nil {
 		return fmt.Errorf("pinging etcd store: %w", err)
 	}
 	return nil

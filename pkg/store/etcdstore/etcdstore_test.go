@@ -3,6 +3,7 @@ package etcdstore_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/url"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/svidd/svidd/internal/etcdtest"
+	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/store/etcdstore"
 	"github.com/svidd/svidd/pkg/store/storetest"
@@ -37,9 +39,14 @@ func newPrefix() string { return fmt.Sprintf("/svidd-test/%d/", prefixes.Add(1))
 
 func open(t *testing.T, endpoints []string, tc *tls.Config, prefix string) *etcdstore.Store {
 	t.Helper()
+	return openWith(t, etcdstore.Config{Endpoints: endpoints, TLS: tc, Prefix: prefix})
+}
+
+func openWith(t *testing.T, cfg etcdstore.Config) *etcdstore.Store {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: endpoints, TLS: tc, Prefix: prefix})
+	s, err := etcdstore.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,4 +118,32 @@ func TestShared(t *testing.T) {
 	storetest.RunShared(t, func(t *testing.T) storetest.Shared {
 		return &backend{c: c, tls: tc, prefix: newPrefix(), proxies: map[store.Store]*etcdtest.Proxy{}}
 	})
+}
+
+// TestCreateRetryFindsItsOwnEntry: a create tried again after a try whose answer was lost
+// finds the entry key holding exactly what it wrote and succeeds; the same ID holding
+// anything else is still ErrAlreadyExists. A frozen clock and a fixed ID make a second call
+// write the very bytes a second try of the first call would.
+func TestCreateRetryFindsItsOwnEntry(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{})
+	at := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	s := openWith(t, etcdstore.Config{Endpoints: c.Endpoints(), Now: func() time.Time { return at }})
+	defer s.Close()
+	ctx := context.Background()
+	e := entry.Entry{ID: "fixed", SPIFFEID: spiffeID("/retry"), Selectors: []entry.Selector{{Type: "unix", Value: "uid:1"}}}
+	first, err := s.CreateEntry(ctx, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.CreateEntry(ctx, e)
+	if err != nil || again.ID != first.ID || again.Revision != 1 {
+		t.Fatalf("second try of the same create = %+v, %v; want success", again, err)
+	}
+	if list, _ := s.ListEntries(ctx, store.Filter{}); len(list) != 1 {
+		t.Fatalf("%d entries stored, want 1", len(list))
+	}
+	e.DNSNames = []string{"other.example.org"}
+	if _, err := s.CreateEntry(ctx, e); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Fatalf("create of another entry with the same ID: %v, want ErrAlreadyExists", err)
+	}
 }

@@ -437,6 +437,10 @@ func (m *Mirror) write(ctx context.Context, fn func(ctx context.Context, r store
 	wctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 	defer cancel()
 	e, err := fn(wctx, r)
+	if errors.Is(err, store.ErrReadOnly) {
+		// Refused by the registry, which answered: reachable, and the caller is told why.
+		return entry.Entry{}, err
+	}
 	if err != nil && ctx.Err() == nil && errors.Is(wctx.Err(), context.DeadlineExceeded) {
 		m.setReachable(false)
 		return entry.Entry{}, fmt.Errorf("%w; the write may not have been applied (%w): %v", ErrUnreachable, store.ErrUnavailable, err)
