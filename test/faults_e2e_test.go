@@ -293,7 +293,9 @@ func killAfter() time.Duration { return time.Duration(mrand.IntN(30)) * time.Mil
 // 0); every tenth round and at the end the database file itself, read by the test, passes
 // SQLite's integrity check and holds them all.
 func TestKillDuringWritesLosesNothing(t *testing.T) {
-	proctest.NoRaceExitDelay(t)
+	// It measures no time, and its 200 restarts use the CPU the rotation tests leave idle.
+	// (Its svidd and svidctl are plain builds: no race detector exit delay to turn off.)
+	waitsInParallel(t)
 	a := startAgent(t, withArgs("-logLevel", "warn"), plainBinaries())
 
 	var (
