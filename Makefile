@@ -39,9 +39,10 @@ test: tools ## Vet, then every test with the race detector (what CI runs)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet $(PKGS)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m $(PKGS)
-	@# Under -race the two long-haul tests run scaled down; run them at full size too
-	@# (100,000 stream cycles, 200 SIGKILL rounds), without the race detector.
-	$(GO) test -count=1 -timeout 5m -run 'TestHygieneStreamCycles|TestKillDuringWritesLosesNothing' ./test
+	@# Under -race the stream-cycle test runs scaled down (its client is the race-built test
+	@# itself); run it at full size too (100,000 cycles), without the race detector. The
+	@# SIGKILL test already did its full 200 rounds above, with plain svidd and svidctl.
+	$(GO) test -count=1 -timeout 5m -run 'TestHygieneStreamCycles' ./test
 
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector (quick loop)

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,36 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-var (
-	plainSviddOnce sync.Once
-	plainSvidd     string
-	plainSviddErr  error
-)
-
-// withPlainBinary runs the svidd built as operators get it, without the race detector even
-// under -race: a test that measures svidd's RSS and latency would otherwise measure the race
-// detector's shadow memory and slowdown (5-10×). The code paths run under -race in the unit
-// tests and the other e2e tests.
-func withPlainBinary() agentOpt {
-	return func(a *agent) {
-		plainSviddOnce.Do(func() {
-			plainSvidd = bins.svidd
-			if !raceEnabled {
-				return
-			}
-			plainSvidd = filepath.Join(bins.dir, "svidd-norace")
-			out, err := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", plainSvidd, "github.com/svidd/svidd/cmd/svidd").CombinedOutput()
-			if err != nil {
-				plainSviddErr = fmt.Errorf("building svidd without -race: %v: %s", err, out)
-			}
-		})
-		if plainSviddErr != nil {
-			a.t.Fatal(plainSviddErr)
-		}
-		a.bin = plainSvidd
-	}
-}
 
 // readRSS reads a process's resident set size from /proc/PID/status (VmRSS).
 func readRSS(pid int) (int64, error) {
@@ -159,7 +127,7 @@ func TestNamesFloodBoundedByBudget(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// A fresh svidd for each attacker: the first flood's heap, freed but not yet
 			// returned to the kernel, would otherwise blur the second one's growth.
-			a := startAgent(t, withConfig(budgetLimits), withPlainBinary())
+			a := startAgent(t, withConfig(budgetLimits), plainBinaries())
 			a.createEntry(backendID, "-selector", "unix:uid:1002")
 			a.createEntry(floodID, "-selector", "unix:uid:"+strconv.Itoa(uidEntitledFlood))
 			pid := a.cmd.Process.Pid

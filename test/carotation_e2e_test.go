@@ -72,6 +72,7 @@ func follow(ctx context.Context, s *envoy.SotW, id string, h *heldSecrets, errc 
 // and 5s SVIDs, the shortest accepted: a new CA signs every 15s, the second from about 34s on); not one handshake fails. This is the promise of rotation with overlap: the next
 // CA reaches every stream before any SVID it signs is served.
 func TestHandshakesThroughCARotations(t *testing.T) {
+	waitsInParallel(t)
 	a := startAgent(t, withConfig("ca {\n  ca_ttl = \"30s\"\n  svid_ttl = \"5s\"\n}\n"))
 	const (
 		server = "spiffe://example.org/rot-server"

@@ -35,6 +35,7 @@ import (
 // config sends removed_resources for spiffe://b.test on a delta stream.
 func TestFederationTwoTrustDomains(t *testing.T) {
 	requireRoot(t)
+	waitsInParallel(t)
 	dir := proctest.ShortDir(t)
 	web := newWebPKI(t, dir)
 	const (

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,6 +26,10 @@ import (
 var bins struct {
 	dir                                     string
 	svidd, svidctl, fakeenvoy, spiffeclient string
+	// plainSvidd and plainSvidctl are built without the race detector even when the tests
+	// run with it (the same files as svidd and svidctl otherwise), for the tests that
+	// plainBinaries says.
+	plainSvidd, plainSvidctl string
 }
 
 func TestMain(m *testing.M) {
@@ -44,6 +49,14 @@ func runMain(m *testing.M) int {
 	}
 	bins.dir = dir
 	defer proctest.RemoveHelperBinary()
+	// One go build for the four: it compiles their shared packages once and links them in
+	// parallel. The tags `make build` ships with (Makefile BUILDTAGS), so the tests run the
+	// same binary operators do.
+	args := []string{"build", "-tags", "grpcnotrace", "-o", dir + "/"}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	var pkgs []string
 	for _, b := range []struct {
 		dst *string
 		pkg string
@@ -54,22 +67,49 @@ func runMain(m *testing.M) int {
 		{&bins.spiffeclient, "github.com/svidd/svidd/test/cmd/spiffeclient"},
 	} {
 		*b.dst = filepath.Join(dir, filepath.Base(b.pkg))
-		// The tags `make build` ships with (Makefile BUILDTAGS), so the tests run the same
-		// binary operators do.
-		args := []string{"build", "-tags", "grpcnotrace", "-o", *b.dst}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, b.pkg)...)
+		pkgs = append(pkgs, b.pkg)
+	}
+	bins.plainSvidd, bins.plainSvidctl = bins.svidd, bins.svidctl
+	builds := [][]string{append(args, pkgs...)}
+	if raceEnabled {
+		plain := filepath.Join(dir, "plain")
+		bins.plainSvidd, bins.plainSvidctl = filepath.Join(plain, "svidd"), filepath.Join(plain, "svidctl")
+		builds = append(builds, []string{"build", "-tags", "grpcnotrace", "-o", plain + "/", pkgs[0], pkgs[1]})
+	}
+	for _, b := range builds {
+		cmd := exec.Command("go", b...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", b.pkg, err)
+			fmt.Fprintf(os.Stderr, "go %s: %v\n", strings.Join(b, " "), err)
 			return 1
 		}
+	}
+	flag.Parse()
+	if !flagSet("test.parallel") {
+		// The waitsInParallel tests sleep through CA lifetimes; let them all wait at once.
+		_ = flag.Set("test.parallel", "8")
 	}
 	// Race-built binaries otherwise sleep a second on every exit; the suite runs hundreds.
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	return m.Run()
+}
+
+// flagSet reports whether the command line set the named flag.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// waitsInParallel marks a test whose wall time goes to waiting for CA lifetimes and
+// rotations (30s CAs, 5s SVIDs), not to measuring how fast svidd is, and whose assertions
+// have seconds of margin. Such tests run together (-test.parallel is 8 here unless the
+// command line sets it), and only once every sequential test of the package has finished:
+// testing starts top-level parallel tests after the last sequential one returns, so the
+// latency and flood tests never share the machine with them.
+func waitsInParallel(t *testing.T) {
+	t.Helper()
+	t.Parallel()
 }
 
 // requireRoot: tests that start workloads under other uids need root (CI runs as root).
@@ -91,6 +131,7 @@ type agent struct {
 	extra   []string
 	env     []string
 	bin     string // the svidd binary; "" is bins.svidd
+	ctl     string // the svidctl binary a.svidctl runs; "" is bins.svidctl
 	cmd     *exec.Cmd
 	logs    *proctest.Buffer
 	exited  chan struct{}
@@ -116,6 +157,18 @@ func withEnv(kv ...string) agentOpt {
 // withArgs adds flags to `svidd run`.
 func withArgs(args ...string) agentOpt {
 	return func(a *agent) { a.extra = append(a.extra, args...) }
+}
+
+// plainBinaries runs this agent's svidd, and svidctl through a.svidctl, as operators get them:
+// built without the race detector even when the tests run with it. For tests that measure
+// svidd's RSS or latency (they would otherwise measure the race detector's shadow memory and
+// 5-10× slowdown), and for tests whose time goes to what -race only slows and does not check:
+// svidd killed and started hundreds of times, or decrypting a step-ca provisioner key (600,000
+// PBKDF2 rounds) at every start. Every other test runs the race-built binaries: the sds, ops,
+// CA rotation, Workload API, hygiene, federation, abuse, attestation and disk-upstream fleet
+// tests are the suite that checks svidd under -race (and the unit tests, all of svidd's code).
+func plainBinaries() agentOpt {
+	return func(a *agent) { a.bin, a.ctl = bins.plainSvidd, bins.plainSvidctl }
 }
 
 // startAgent starts svidd and waits until svidctl healthcheck says it is ready.
@@ -262,14 +315,20 @@ func (a *agent) restart() {
 
 // svidctl runs the svidctl binary against this agent's admin socket.
 func (a *agent) svidctl(args ...string) (string, error) {
-	return runSvidctl(append([]string{"-socketPath", a.admin}, args...)...)
+	bin := a.ctl
+	if bin == "" {
+		bin = bins.svidctl
+	}
+	return runSvidctlBin(bin, append([]string{"-socketPath", a.admin}, args...)...)
 }
 
-func runSvidctl(args ...string) (string, error) {
+func runSvidctl(args ...string) (string, error) { return runSvidctlBin(bins.svidctl, args...) }
+
+func runSvidctlBin(bin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var out, errb bytes.Buffer
-	cmd := exec.CommandContext(ctx, bins.svidctl, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	if err != nil {

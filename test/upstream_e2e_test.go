@@ -38,14 +38,14 @@ func (h *fleetHost) serverID() string { return "spiffe://example.org/" + h.name 
 
 // startFleet starts n svidd hosts with caHCL as their ca {} body (plus node_name), registers
 // on each a server (uid 1001) and a client (uid 1002) identity, and starts the server
-// workloads. Clients are started by startClients.
-func startFleet(t *testing.T, n int, caHCL string) []*fleetHost {
+// workloads (opts apply to every host's agent). Clients are started by startClients.
+func startFleet(t *testing.T, n int, caHCL string, opts ...agentOpt) []*fleetHost {
 	t.Helper()
 	var hosts []*fleetHost
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("host-%d", i)
 		h := &fleetHost{name: name}
-		h.a = startAgent(t, withConfig(fmt.Sprintf("agent {\n  node_name = %q\n}\nca {\n%s\n}\n", name, caHCL)))
+		h.a = startAgent(t, append([]agentOpt{withConfig(fmt.Sprintf("agent {\n  node_name = %q\n}\nca {\n%s\n}\n", name, caHCL))}, opts...)...)
 		h.a.createEntry(h.serverID(), "-selector", "unix:uid:1001")
 		h.a.createEntry("spiffe://example.org/"+name+"/client", "-selector", "unix:uid:1002")
 		h.server = startAs(t, 1001, 1001, nil, bins.spiffeclient, "-socket", h.a.api, "-timeout", "10m", "mesh-serve")
@@ -164,6 +164,7 @@ func sameBundles(t *testing.T, hosts []*fleetHost, want []byte) {
 // byte for byte, throughout.
 func TestFleetDiskUpstream(t *testing.T) {
 	requireRoot(t)
+	waitsInParallel(t)
 	dir := t.TempDir()
 	root := testpki.Root(t, "fleet root", testpki.NoPathLen, 48*time.Hour)
 	inter := root.Intermediate(t, "fleet upstream intermediate", 1, 24*time.Hour)
@@ -198,6 +199,7 @@ func TestFleetDiskUpstream(t *testing.T) {
 // and rotation resumes on every host once step-ca is back.
 func TestFleetStepCAUpstream(t *testing.T) {
 	requireRoot(t)
+	waitsInParallel(t)
 	s := testpki.StartStepCA(t, t.TempDir(), 5*time.Second)
 	hosts := startFleet(t, 3, fmt.Sprintf(`  ca_ttl   = "30s"
   svid_ttl = "5s"
@@ -207,7 +209,7 @@ func TestFleetStepCAUpstream(t *testing.T) {
     provisioner          = %q
     provisioner_key_file = %q
     password_file        = %q
-  }`, s.URL, s.RootFile, s.Provisioner, s.KeyFile, s.PasswordFile))
+  }`, s.URL, s.RootFile, s.Provisioner, s.KeyFile, s.PasswordFile), plainBinaries())
 	want := testpki.CertPEM(s.Root.Cert)
 	sameBundles(t, hosts, want)
 	for _, h := range hosts {
