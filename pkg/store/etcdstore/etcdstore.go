@@ -127,6 +127,9 @@ type Store struct {
 	progress  chan struct{} // closed and replaced whenever delivered advances
 	watchers  map[uint64]func(store.Change)
 	nextWatch uint64
+	// lastChange is the revision of the newest entry change known to the watchers (the node
+	// record publishes it: a delete leaves no key to find it by later).
+	lastChange int64
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -223,8 +226,28 @@ func (s *Store) load(ctx context.Context) (int64, error) {
 	}
 	s.mu.Lock()
 	s.mirror = m
+	s.lastChange = max(s.lastChange, newest(m))
 	s.mu.Unlock()
 	return rev, nil
+}
+
+// newest is the highest ModRevision in m (0 if empty).
+func newest(m map[string]mirrored) int64 {
+	var n int64
+	for _, e := range m {
+		n = max(n, e.modRevision)
+	}
+	return n
+}
+
+// Progress says how far the watchers are: every change up to revision delivered has been
+// delivered, and lastChange is the revision of the newest entry change among them (an entry
+// written or deleted; after a load or reload, the newest entry written, as a delete then
+// leaves no trace). Both only grow.
+func (s *Store) Progress() (delivered, lastChange int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.delivered, s.lastChange
 }
 
 func (s *Store) readAll(ctx context.Context) (map[string]mirrored, int64, error) {

@@ -112,7 +112,7 @@ func (s *Store) watchFrom(ctx context.Context, from int64) error {
 				// An entry this svidd cannot read (written by a newer version?) is skipped
 				// rather than stopping every later change.
 				s.log.Error("skipping unreadable registry change", "key", string(ev.Kv.Key), "error", err)
-				s.advance(ev.Kv.ModRevision)
+				s.advanceChange(ev.Kv.ModRevision)
 			}
 		}
 		if resp.IsProgressNotify() {
@@ -150,13 +150,13 @@ func (s *Store) apply(ev *clientv3.Event) error {
 		delete(s.mirror, id)
 		s.mu.Unlock()
 		if !had {
-			s.advance(rev)
+			s.advanceChange(rev)
 			return nil
 		}
 		ch = store.Change{Op: store.OpDelete, Entry: prev.e}
 	}
 	s.notify([]store.Change{ch})
-	s.advance(rev)
+	s.advanceChange(rev)
 	return nil
 }
 
@@ -169,6 +169,7 @@ func (s *Store) reload(ctx context.Context) error {
 	s.mu.Lock()
 	old := s.mirror
 	s.mirror = m
+	s.lastChange = max(s.lastChange, newest(m))
 	s.mu.Unlock()
 	var changes []store.Change
 	for id, o := range old {
@@ -225,6 +226,14 @@ func (s *Store) notify(changes []store.Change) {
 			fn(store.Change{Op: ch.Op, Entry: store.Clone(ch.Entry), Old: store.Clone(ch.Old)})
 		}
 	}
+}
+
+// advanceChange advances past an entry change at rev.
+func (s *Store) advanceChange(rev int64) {
+	s.mu.Lock()
+	s.lastChange = max(s.lastChange, rev)
+	s.mu.Unlock()
+	s.advance(rev)
 }
 
 func (s *Store) advance(rev int64) {

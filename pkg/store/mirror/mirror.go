@@ -60,6 +60,8 @@ type Mirror struct {
 	remote    store.Store // nil until Run connects
 	reachable bool
 	since     time.Time // when reachable last changed
+	// progress is the registry's Progress as of the last call while connected.
+	delivered, lastChange int64
 	// applyMu orders a full sync, changes from the registry's Watch and writes of the
 	// host's own entries (Own).
 	applyMu sync.Mutex
@@ -92,6 +94,25 @@ func (m *Mirror) Status() (reachable bool, since time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.reachable, m.since
+}
+
+// progresser is what a registry store may report of how far its Watch has delivered
+// (etcdstore does).
+type progresser interface {
+	Progress() (delivered, lastChange int64)
+}
+
+// Progress says how far this host's copy has followed the registry: every change up to
+// revision delivered is in the copy, and lastChange is the revision of the newest entry change
+// among them. Both are 0 before the copy was first brought up to date; while the registry is
+// unreachable they stay where the copy is.
+func (m *Mirror) Progress() (delivered, lastChange int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p, ok := m.remote.(progresser); ok {
+		m.delivered, m.lastChange = p.Progress()
+	}
+	return m.delivered, m.lastChange
 }
 
 func (m *Mirror) setReachable(ok bool) {
