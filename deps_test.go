@@ -44,7 +44,7 @@ var allowed = map[string]struct{ use, test []string }{
 
 	"pkg/admin":                 {use: []string{"pkg/entry", "pkg/federation", "pkg/store", "pkg/workload"}, test: []string{"internal/proctest", "pkg/workload/workloadtest"}},
 	"pkg/federation":            {use: []string{"pkg/store", "pkg/workload"}, test: []string{"pkg/workload/workloadtest"}},
-	"pkg/fleet":                 {use: []string{"pkg/store", "pkg/store/etcdstore", "pkg/workload"}, test: []string{"internal/etcdtest", "internal/proctest", "pkg/federation", "pkg/workload/workloadtest"}},
+	"pkg/fleet":                 {use: []string{"pkg/entry", "pkg/store", "pkg/store/etcdstore", "pkg/workload"}, test: []string{"internal/etcdtest", "internal/proctest", "pkg/federation", "pkg/workload/workloadtest"}},
 	"pkg/ownership":             {},
 	"pkg/admission":             {use: []string{"pkg/peercred"}, test: []string{"conf", "internal/proctest"}},
 	"pkg/entry":                 {},
@@ -65,7 +65,7 @@ var allowed = map[string]struct{ use, test []string }{
 
 	// End-to-end tests and load tools drive the binaries from outside; profsvidd is svidd's
 	// main with profiling, so it may import what cmd/svidd does.
-	"test":                  {test: []string{"conf", "internal/proctest", "internal/testpki", "pkg/admin", "pkg/svidfiles", "test/envoy"}},
+	"test":                  {test: []string{"conf", "internal/etcdtest", "internal/proctest", "internal/testpki", "pkg/admin", "pkg/svidfiles", "test/envoy"}},
 	"test/envoy":            {test: []string{"internal/proctest"}},
 	"test/cmd/fakeenvoy":    {use: []string{"test/envoy"}, test: []string{"internal/proctest"}},
 	"test/cmd/flood":        {use: []string{"test/envoy"}},

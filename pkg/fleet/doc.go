@@ -17,4 +17,8 @@
 // SharedBundles (federation.Sharing) makes the hosts fetch each federated trust domain's
 // bundle once: one fetcher per trust domain, elected under Prefix + "locks/federation/<td>"
 // with a lease, writes it to Prefix + "bundles/<td>", and every host takes that copy.
+//
+// NodeRecord keeps each host's node record (Prefix + "hosts/<node>/node": what it runs and how
+// far its copy follows the registry) and its alive key under a lease; List reads every host's
+// and Judge says which are up, behind or gone (nodes.go).
 package fleet
