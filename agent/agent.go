@@ -449,6 +449,11 @@ func (a *Agent) Serve(ctx context.Context, ls Listeners) (err error) {
 	if a.registry != nil {
 		run("registry", func() error { return a.registry.Run(ctx) })
 	}
+	if err := a.runNodeRecord(ctx, run); err != nil {
+		cancel()
+		wg.Wait()
+		return err
+	}
 	run("api", func() error { return gs.Serve(preattestListener{Listener: apiLn, ctx: ctx, a: a}) })
 	if ls.Metrics != nil {
 		a.log.Info("metrics serving", "address", ls.Metrics.Addr().String(), "path", "/metrics")
@@ -581,6 +586,7 @@ func (a *Agent) adminServer() (*admin.Server, error) {
 		Federation:  admin.NewFederation(a.fed),
 		Ready:       a.ready,
 		Explainer:   a,
+		Nodes:       a.nodesAdmin(),
 		Logger:      a.log,
 	})
 }

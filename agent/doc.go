@@ -23,5 +23,7 @@
 //     re-minting itself.
 //   - fleet.go: with store "etcd", the fleet's JWT keys: this host's published, every host's
 //     followed and kept in the data dir, and the bundle served with all of them (pkg/fleet).
+//   - nodes.go: this host's node record in the fleet registry (store "etcd") and the
+//     fleet's host list for svidctl node.
 //   - status.go: the operator's status (admin API) and the gauges set at scrape time.
 package agent

@@ -41,7 +41,9 @@ type Config struct {
 	// Explainer answers /v1/explain and /v1/callers and warns about entries written (nil: the
 	// endpoints answer 404, no warnings).
 	Explainer Explainer
-	Logger    *slog.Logger
+	// Nodes lists the fleet's hosts (nil: no fleet registry; /v1/nodes answers 404 saying so).
+	Nodes  Nodes
+	Logger *slog.Logger
 }
 
 // CA is the part of the CA the operator may drive: list the authorities, and force the
@@ -91,6 +93,7 @@ func New(cfg Config) (*Server, error) {
 		s.mux.HandleFunc("POST /v1/ca/activate", s.caStep("activate", cfg.CA.Activate))
 	}
 	s.registerExplain()
+	s.registerNodes()
 	return s, nil
 }
 
