@@ -95,6 +95,9 @@ Commands:
   explain         why a workload gets (no) identity: -pid PID or -uid UID: its selectors, the entries
                   they match, and the nearest entries with the selectors missing [-output json]
   callers         the last callers svidd saw, their selectors and what they got [-n N] [-output json]
+  node list       the fleet's hosts (store "etcd"): groups, state (up, behind, gone), version, CA expiry,
+                  registry revision, last seen [-output json]
+  node forget     delete the record of a host that is gone: node forget NAME
   ca show         the CAs in the trust bundle [-output json]
   ca prepare      publish the next CA in the bundle now (normally at half the active CA's life)
   ca activate     sign with the prepared CA now (normally when a sixth of the active CA's life is left)
@@ -133,7 +136,7 @@ func Run(ctx context.Context, args []string, env Env) error {
 	}
 	cmd, rest := rest[0], rest[1:]
 	switch cmd {
-	case "entry", "bundle", "ca", "svid":
+	case "entry", "bundle", "ca", "svid", "node":
 		if len(rest) == 0 {
 			fmt.Fprint(env.Stderr, usage)
 			return usageError{fmt.Sprintf("%s: which subcommand?", cmd)}
@@ -225,4 +228,6 @@ var commands = map[string]func(context.Context, globalFlags, []string, Env) erro
 	"ca activate":   runCAActivate,
 	"svid fetch":    runSVIDFetch,
 	"svid watch":    runSVIDWatch,
+	"node list":     runNodeList,
+	"node forget":   runNodeForget,
 }
