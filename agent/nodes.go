@@ -55,10 +55,18 @@ func (a *Agent) runNodeRecord(ctx context.Context, run func(string, func() error
 
 // nodesAdmin is the fleet's host list for the admin API; nil without a registry.
 func (a *Agent) nodesAdmin() admin.Nodes {
-	if a.etcd == nil || a.registry == nil {
+	var status func() (bool, time.Time)
+	switch {
+	case a.etcd == nil:
+		return nil
+	case a.registry != nil:
+		status = a.registry.Status
+	case a.reg != nil: // a registrar-only host
+		status = a.reg.status
+	default:
 		return nil
 	}
-	return nodesAdmin{cli: a.etcd, prefix: a.cfg.Store.Etcd.Prefix, self: a.cfg.NodeName, status: a.registry.Status}
+	return nodesAdmin{cli: a.etcd, prefix: a.cfg.Store.Etcd.Prefix, self: a.cfg.NodeName, status: status}
 }
 
 // nodesAdmin reads and forgets node records through cli; status is the registry's

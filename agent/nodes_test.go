@@ -88,3 +88,20 @@ func TestNodeList(t *testing.T) {
 		t.Fatalf("node list without a registry: %v", err)
 	}
 }
+
+// TestNodeListOnRegistrar: a registrar-only host (no record of its own) lists the fleet's
+// hosts and may forget a gone one.
+func TestNodeListOnRegistrar(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{})
+	fleetHost(t, c, "web-1", []string{"web"})
+	reg, _ := runRegistryAgent(t, conf.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/svidd/"}, func(cfg *conf.Config) { cfg.RegistrarOnly = true })
+	cli := adminOf(t, reg)
+	eventually(t, "the registrar lists web-1 up", func() bool {
+		nl, err := cli.Nodes(context.Background())
+		return err == nil && len(nl.Nodes) == 1 && nl.Nodes[0].Name == "web-1" && nl.Nodes[0].State == "up"
+	})
+	var se *admin.StatusError
+	if _, err := cli.ForgetNode(context.Background(), "web-1"); !errors.As(err, &se) || se.Code != http.StatusConflict {
+		t.Fatalf("forgetting an up host: %v, want 409", err)
+	}
+}

@@ -176,6 +176,7 @@ func (a *Agent) serveRegistrar(ctx context.Context, ls Listeners) error {
 		CATTL:       a.cfg.CA.CATTL,
 		Status:      a.registrarStatus,
 		Ready:       a.reg.Ping,
+		Nodes:       a.nodesAdmin(),
 		Logger:      a.log,
 	})
 	if err != nil {
