@@ -7,11 +7,13 @@
 //	hosts/<name>/alive  empty, under a lease the host keeps alive: no key, the host is gone
 //
 // Cost, with 1,000 hosts: lease keep-alives are answered by the etcd leader without a write
-// (one per host every TTL/3: 33/s at the 30 s default); the record is written when what it
-// says changes (at most once per Every: 10 s) and otherwise once per Heartbeat (1 min) so that
-// last_seen moves: ~17 small writes a second in a quiet fleet, at most 100 a second while
-// entries change, each a few hundred bytes. Node records are outside entries/, so no host's
-// registry watch sees them.
+// (one per host every TTL/3: 33/s at the 30 s default); the record is written when what the
+// host is changes (groups, version, CA, at most once per Every: 10 s) and otherwise once per
+// Heartbeat (1 min), which also carries how far its copy is: ~17 small writes a second, busy
+// registry or quiet. How far a copy is does not trigger a write of its own: every entry
+// change would otherwise make every host write (1,000 writes per change), and every host's
+// JWT key follower, which watches hosts/, would receive them all. Node records are outside
+// entries/, so no host's registry watch sees them.
 
 package fleet
 
@@ -270,11 +272,11 @@ func (p *NodeRecord) publish(ctx context.Context, l *lease, rec Record, written 
 	return nil
 }
 
+// sameRecord reports whether a and b say the same about the host; how far its copy is
+// (Revision, LastChange, LastChangeAt) waits for the heartbeat (see the package comment).
 func sameRecord(a, b Record) bool {
-	a.LastSeen, b.LastSeen = time.Time{}, time.Time{}
 	return a.Name == b.Name && slices.Equal(a.Groups, b.Groups) && a.Version == b.Version &&
-		a.CANotAfter.Equal(b.CANotAfter) && a.Revision == b.Revision && a.LastChange == b.LastChange &&
-		a.LastChangeAt.Equal(b.LastChangeAt) && a.Started.Equal(b.Started)
+		a.CANotAfter.Equal(b.CANotAfter) && a.Started.Equal(b.Started)
 }
 
 // stop writes the record a last time (last_seen: now) and revokes the lease, within a
