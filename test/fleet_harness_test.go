@@ -147,21 +147,6 @@ func (f *registryFleet) restore(h *fleetHost) {
 	}
 }
 
-// leader returns the index of the member that leads the cluster now.
-func (f *registryFleet) leader(t *testing.T) int {
-	t.Helper()
-	for i, m := range f.etcd.Members() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		st, err := f.cli.Status(ctx, m.ClientURL)
-		cancel()
-		if err == nil && st.Header.MemberId == st.Leader {
-			return i
-		}
-	}
-	t.Fatal("no etcd member says it is the leader")
-	return -1
-}
-
 // waitRegistry waits until h's status shows the registry reachable (or not).
 func waitRegistry(t *testing.T, h *fleetHost, reachable bool, within time.Duration) {
 	t.Helper()
