@@ -136,8 +136,8 @@ func (f *registryFleet) acrossCompaction(t *testing.T) {
 	for _, a := range added {
 		addedEntries = append(addedEntries, registerEntry(t, h1.a, a, "-selector", "unix:uid:0"))
 	}
-	waitEntries(t, f.hosts[:2], goneEntries, false, 10*time.Second)
-	waitEntries(t, f.hosts[:2], addedEntries, true, 10*time.Second)
+	waitEntries(t, f.hosts[:2], 0, goneEntries, false, 10*time.Second)
+	waitEntries(t, f.hosts[:2], 0, addedEntries, true, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := f.cli.Get(ctx, fleetPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -148,7 +148,7 @@ func (f *registryFleet) acrossCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Cut off, host-3 still serves what it had: the change comes from the reload, below.
-	waitEntries(t, f.hosts[2:], append(goneEntries, keptEntry), true, time.Second)
+	waitEntries(t, f.hosts[2:], 0, append(goneEntries, keptEntry), true, time.Second)
 	if !delta.holds(gone[0]) || !sotw.holds(gone[0]) {
 		t.Fatal("host-3 stopped serving its copy while cut off from etcd")
 	}
@@ -157,8 +157,8 @@ func (f *registryFleet) acrossCompaction(t *testing.T) {
 	f.restore(h3)
 	waitHolds(t, streams, gone, false, 20*time.Second)
 	waitHolds(t, streams, append([]string{kept}, added...), true, 20*time.Second)
-	waitEntries(t, f.hosts[2:], goneEntries, false, time.Second)
-	waitEntries(t, f.hosts[2:], append(addedEntries, keptEntry), true, time.Second)
+	waitEntries(t, f.hosts[2:], 0, goneEntries, false, time.Second)
+	waitEntries(t, f.hosts[2:], 0, append(addedEntries, keptEntry), true, time.Second)
 	waitRegistry(t, h3, true, 10*time.Second)
 	if logCount(h3.a, "reloading every entry") <= reloads {
 		t.Errorf("host-3 caught up without the full reload a compacted revision needs:\n%s", h3.a.logs.String())
@@ -183,7 +183,7 @@ func (f *registryFleet) clusterDown(t *testing.T) {
 		outage = 12 * time.Second
 	)
 	rotEntry := registerEntry(t, f.hosts[0].a, rotID, "-selector", "unix:uid:0")
-	waitEntries(t, f.hosts, []string{rotEntry}, true, 10*time.Second)
+	waitEntries(t, f.hosts, 0, []string{rotEntry}, true, 10*time.Second)
 	var rotating, later []*sdsFollower
 	for _, h := range f.hosts {
 		rotating = append(rotating, followSotW(t, h, rotID, tdID))

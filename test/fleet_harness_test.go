@@ -156,30 +156,30 @@ func waitRegistry(t *testing.T, h *fleetHost, reachable bool, within time.Durati
 	})
 }
 
-// waitEntries waits until every host's copy holds each of ids (present) or none of them.
-func waitEntries(t *testing.T, hosts []*fleetHost, ids []string, present bool, within time.Duration) {
+// waitEntries waits until every host would serve each of ids (entry IDs) to a process of uid
+// (present), or none of them: what svidctl explain -uid says, from the entries the host
+// serves from (its copy of the registry), not from etcd.
+func waitEntries(t *testing.T, hosts []*fleetHost, uid uint32, ids []string, present bool, within time.Duration) {
 	t.Helper()
 	for _, h := range hosts {
 		c := admin.NewClient(h.a.admin)
-		var missing []string
-		eventually(t, within, fmt.Sprintf("%s holds entries %v = %v", h.name, ids, present), func() bool {
+		eventually(t, within, fmt.Sprintf("%s serves entries %v to uid %d = %v", h.name, ids, uid, present), func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			es, err := c.ListEntries(ctx, "", nil)
+			x, err := c.ExplainUID(ctx, uid)
 			if err != nil {
 				return false
 			}
 			have := map[string]bool{}
-			for _, e := range es {
+			for _, e := range x.Matched {
 				have[e.ID] = true
 			}
-			missing = missing[:0]
 			for _, id := range ids {
 				if have[id] != present {
-					missing = append(missing, id)
+					return false
 				}
 			}
-			return len(missing) == 0
+			return true
 		})
 	}
 }
