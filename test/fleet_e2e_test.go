@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/test/envoy"
 )
 
@@ -19,6 +21,7 @@ import (
 func TestFleetRegistry(t *testing.T) {
 	f := startRegistryFleet(t)
 	t.Run("RegisteredOnceServedEverywhere", f.servedEverywhere)
+	t.Run("ScopedToHosts", f.scoped)
 	t.Run("HostCutOffAcrossCompaction", f.acrossCompaction)
 	t.Run("ClusterDownLongerThanSVIDs", f.clusterDown)
 }
@@ -106,6 +109,63 @@ func containsResource(s envoy.Summary, name string) bool {
 		}
 	}
 	return false
+}
+
+// scoped: entries registered once (on host-3, where none of them is served) with node
+// selectors are served only on the hosts they name: node:name:host-1 on host-1, node:group:web
+// on host-1 and host-2, node:group:web with node:group:eu on host-1 only; host-2's own config
+// entry is served on host-2 only and never written to etcd. The other hosts do not even copy
+// them (svidctl explain), while svidctl entry list on any host shows every registered entry.
+func (f *registryFleet) scoped(t *testing.T) {
+	id := func(s string) string { return "spiffe://example.org/fleet/scoped/" + s }
+	onlyH1, web, webEU, everywhere := id("host-1"), id("web"), id("web-eu"), id("everywhere")
+	names := []string{tdID, onlyH1, web, webEU, everywhere, fleetOwnID}
+	var streams []*sdsFollower
+	for _, h := range f.hosts {
+		streams = append(streams, followSotW(t, h, names...))
+	}
+	h3 := f.hosts[2]
+	entries := map[string]string{
+		onlyH1: registerEntry(t, h3.a, onlyH1, "-selector", "unix:uid:0", "-selector", "node:name:host-1"),
+		web:    registerEntry(t, h3.a, web, "-selector", "unix:uid:0", "-selector", "node:group:web"),
+		webEU:  registerEntry(t, h3.a, webEU, "-selector", "unix:uid:0", "-selector", "node:group:web", "-selector", "node:group:eu"),
+	}
+	// Registered last: a host serving it has applied every change before it (one order).
+	registerEntry(t, h3.a, everywhere, "-selector", "unix:uid:0")
+	waitHolds(t, streams, []string{everywhere}, true, 20*time.Second)
+	want := map[string][]string{"host-1": {onlyH1, web, webEU}, "host-2": {web, fleetOwnID}, "host-3": nil}
+	for i, h := range f.hosts {
+		for _, n := range []string{onlyH1, web, webEU, fleetOwnID} {
+			if got, w := streams[i].holds(n), slices.Contains(want[h.name], n); got != w {
+				t.Errorf("%s (groups %v) serves %s = %v, want %v", h.name, fleetGroups[h.name], n, got, w)
+			}
+		}
+		x, err := admin.NewClient(h.a.admin).ExplainUID(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range x.Matched {
+			if _, ok := entries[e.SPIFFEID]; ok && !slices.Contains(want[h.name], e.SPIFFEID) {
+				t.Errorf("%s holds %s in its copy; its node selectors %v never match here", h.name, e.SPIFFEID, e.Selectors)
+			}
+		}
+		if err := streams[i].failure(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The registry is one: host-2, which does not serve it, lists host-1's entry.
+	if es, err := admin.NewClient(f.hosts[1].a.admin).ListEntries(context.Background(), onlyH1, nil); err != nil || len(es) != 1 || es[0].ID != entries[onlyH1] {
+		t.Errorf("svidctl entry list on host-2 for %s: %+v, %v", onlyH1, es, err)
+	}
+	resp, err := f.cli.Get(context.Background(), fleetPrefix+"entries/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if strings.Contains(string(kv.Value), fleetOwnID) {
+			t.Errorf("host-2's own config entry was written to etcd: %s", kv.Value)
+		}
+	}
 }
 
 // acrossCompaction: host-3 is cut off from every etcd member while entries it serves are

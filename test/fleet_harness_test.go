@@ -30,7 +30,13 @@ const (
 	fleetClientID = "spiffe://example.org/fleet/client"
 	// fleetPrefix is the registry's key prefix (store "etcd" default).
 	fleetPrefix = "/svidd/"
+	// fleetOwnID is host-2's own entry, from its config file: served there only, never in etcd.
+	fleetOwnID = "spiffe://example.org/fleet/host-2-own"
 )
+
+// fleetGroups are the hosts' node groups: web on host-1 and host-2, eu on host-1 only, db on
+// host-3.
+var fleetGroups = map[string][]string{"host-1": {"web", "eu"}, "host-2": {"web"}, "host-3": {"db"}}
 
 // registryFleet is three svidd hosts following one registry: a three-member etcd cluster
 // (TLS, a client certificate per host, CN = node name) and one trust domain under a disk
@@ -92,7 +98,8 @@ func startRegistryFleet(t *testing.T) *registryFleet {
 	return f
 }
 
-// hostConfig is one host's svidd.hcl: its node name, the shared upstream, the registry through
+// hostConfig is one host's svidd.hcl: its node name and groups (and host-2 an entry of its
+// own), the shared upstream, the registry through
 // this host's proxies with this host's client certificate, and health and metrics listeners
 // on free ports.
 func (f *registryFleet) hostConfig(t *testing.T, name string) string {
@@ -111,8 +118,17 @@ func (f *registryFleet) hostConfig(t *testing.T, name string) string {
 		f.proxies[name] = append(f.proxies[name], p)
 		eps = append(eps, fmt.Sprintf("%q", "https://"+p.Addr()))
 	}
+	var groups []string
+	for _, g := range fleetGroups[name] {
+		groups = append(groups, fmt.Sprintf("%q", g))
+	}
+	own := ""
+	if name == "host-2" {
+		own = fmt.Sprintf("entry \"own\" {\n  spiffe_id = %q\n  selectors = [\"unix:uid:0\"]\n}\n", fleetOwnID)
+	}
 	return fmt.Sprintf(`agent {
-  node_name = %q
+  node_name   = %q
+  node_groups = [%s]
 }
 ca {
   ca_ttl   = "1m"
@@ -131,7 +147,7 @@ store "etcd" {
 health {
   address = "127.0.0.1:0"
 }
-%s`, name, f.up.hcl, strings.Join(eps, ", "), fleetPrefix, f.etcd.CA.CertFile, cert, key, testListeners)
+%s%s`, name, strings.Join(groups, ", "), f.up.hcl, strings.Join(eps, ", "), fleetPrefix, f.etcd.CA.CertFile, cert, key, own, testListeners)
 }
 
 // cut disconnects host h from every etcd member; restore reconnects it.
