@@ -190,7 +190,7 @@ func (f *registryFleet) acrossCompaction(t *testing.T) {
 	f.cut(h3)
 	waitRegistry(t, h3, false, 10*time.Second)
 	for _, e := range goneEntries {
-		f.hosts[1].a.mustSvidctl("entry", "delete", "-entryID", e)
+		svidctlOK(t, f.hosts[1], "entry", "delete", "-entryID", e)
 	}
 	var addedEntries []string
 	for _, a := range added {
@@ -264,10 +264,10 @@ func (f *registryFleet) clusterDown(t *testing.T) {
 	}
 	t.Logf("every host saw the registry unreachable %s after the cluster stopped", time.Since(stopped).Round(time.Millisecond))
 	for _, h := range f.hosts {
-		if out := h.a.mustSvidctl("status"); !strings.Contains(out, "Registry: etcd UNREACHABLE since") {
+		if out := svidctlOK(t, h, "status"); !strings.Contains(out, "Registry: etcd UNREACHABLE since") {
 			t.Errorf("%s: svidctl status while etcd is down:\n%s", h.name, out)
 		}
-		if m := scrape(t, h.a.metricsAddr()); m["svidd_registry_reachable"] != 0 {
+		if m := scrape(t, f.metrics[h.name]); m["svidd_registry_reachable"] != 0 {
 			t.Errorf("%s: svidd_registry_reachable = %v while etcd is down", h.name, m["svidd_registry_reachable"])
 		}
 		begin := time.Now()
@@ -283,10 +283,10 @@ func (f *registryFleet) clusterDown(t *testing.T) {
 	}
 	health := func() {
 		for _, h := range f.hosts {
-			if code := httpStatus(t, "http://"+h.a.loggedAddr("health serving")+"/ready"); code != http.StatusOK {
+			if code := httpStatus(t, "http://"+f.health[h.name]+"/ready"); code != http.StatusOK {
 				t.Errorf("%s: /ready = %d while etcd is down", h.name, code)
 			}
-			h.a.mustSvidctl("healthcheck")
+			svidctlOK(t, h, "healthcheck")
 		}
 	}
 	health()

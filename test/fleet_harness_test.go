@@ -48,6 +48,8 @@ type registryFleet struct {
 	up      diskUpstream
 	hosts   []*fleetHost
 	proxies map[string][]*etcdtest.Proxy // by host name, one per member
+	// health and metrics are each host's listener addresses, by host name.
+	health, metrics map[string]string
 }
 
 // startRegistryFleet starts the cluster and the hosts (SVID TTL 5 s, the shortest accepted,
@@ -60,6 +62,8 @@ func startRegistryFleet(t *testing.T) *registryFleet {
 		up:      newDiskUpstream(t),
 		etcd:    etcdtest.Start(t, etcdtest.Options{Members: 3, TLS: true}),
 		proxies: map[string][]*etcdtest.Proxy{},
+		health:  map[string]string{},
+		metrics: map[string]string{},
 	}
 	tc, err := f.etcd.ClientTLS("root")
 	if err != nil {
@@ -74,6 +78,7 @@ func startRegistryFleet(t *testing.T) *registryFleet {
 		name := fmt.Sprintf("host-%d", i)
 		h := &fleetHost{name: name, id: fleetServerID}
 		h.a = startAgent(t, withConfig(f.hostConfig(t, name)))
+		f.health[name], f.metrics[name] = h.a.loggedAddr("health serving"), h.a.metricsAddr()
 		f.hosts = append(f.hosts, h)
 	}
 	for _, h := range f.hosts {
@@ -198,6 +203,17 @@ func waitEntries(t *testing.T, hosts []*fleetHost, uid uint32, ids []string, pre
 			return true
 		})
 	}
+}
+
+// svidctlOK runs svidctl against h and fails t (a subtest's, where a.mustSvidctl would fail
+// the test that started the agent) on error.
+func svidctlOK(t *testing.T, h *fleetHost, args ...string) string {
+	t.Helper()
+	out, err := h.a.svidctl(args...)
+	if err != nil {
+		t.Fatalf("%s: %v", h.name, err)
+	}
+	return out
 }
 
 // waitCaller waits until h has attested a caller under uid on rpc (its stream is open).
