@@ -3,12 +3,17 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/svidd/svidd/pkg/admin"
@@ -22,6 +27,7 @@ func TestFleetRegistry(t *testing.T) {
 	f := startRegistryFleet(t)
 	t.Run("RegisteredOnceServedEverywhere", f.servedEverywhere)
 	t.Run("ScopedToHosts", f.scoped)
+	t.Run("JWTFromHost1ValidOnHost3", f.jwtAcrossHosts)
 	t.Run("HostCutOffAcrossCompaction", f.acrossCompaction)
 	t.Run("ClusterDownLongerThanSVIDs", f.clusterDown)
 }
@@ -164,6 +170,80 @@ func (f *registryFleet) scoped(t *testing.T) {
 	for _, kv := range resp.Kvs {
 		if strings.Contains(string(kv.Value), fleetOwnID) {
 			t.Errorf("host-2's own config entry was written to etcd: %s", kv.Value)
+		}
+	}
+}
+
+// jwtAcrossHosts: a JWT-SVID fetched on host-1 validates on host-3, through its Workload API
+// (ValidateJWTSVID) and with go-spiffe's jwtsvid.ParseAndValidate against the JWT bundle
+// host-3 serves; every host serves the same JWT keys; a token for another audience is
+// refused.
+func (f *registryFleet) jwtAcrossHosts(t *testing.T) {
+	const jwtID, aud = "spiffe://example.org/fleet/jwt", "fleet-audience"
+	registerEntry(t, f.hosts[0].a, jwtID, "-selector", "unix:uid:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clients := make([]*workloadapi.Client, len(f.hosts))
+	for i, h := range f.hosts {
+		c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+h.a.api))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients[i] = c
+	}
+	var svid *jwtsvid.SVID
+	eventually(t, 20*time.Second, "host-1 issues a JWT-SVID for "+jwtID, func() bool {
+		var err error
+		svid, err = clients[0].FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud, Subject: spiffeid.RequireFromString(jwtID)})
+		return err == nil
+	})
+	token := svid.Marshal()
+	// host-3 learns host-1's keys through etcd: give it the time a watch takes.
+	var validated *jwtsvid.SVID
+	var lastErr error
+	eventually(t, 10*time.Second, "host-3 validates host-1's JWT-SVID", func() bool {
+		validated, lastErr = clients[2].ValidateJWTSVID(ctx, token, aud)
+		return lastErr == nil
+	})
+	if validated.ID.String() != jwtID {
+		t.Fatalf("host-3 validated the token as %s, want %s", validated.ID, jwtID)
+	}
+	bundles, err := clients[2].FetchJWTBundles(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := jwtsvid.ParseAndValidate(token, bundles, []string{aud})
+	if err != nil {
+		t.Fatalf("jwtsvid.ParseAndValidate with host-3's JWT bundle: %v", err)
+	}
+	if parsed.ID.String() != jwtID {
+		t.Fatalf("ParseAndValidate: %s, want %s", parsed.ID, jwtID)
+	}
+	if _, err := clients[2].ValidateJWTSVID(ctx, token, "another-audience"); err == nil {
+		t.Fatal("host-3 validated the token for an audience it was not issued to")
+	}
+	// Every host holds every host's keys: one JWT bundle across the fleet.
+	var want []string
+	for i, c := range clients {
+		var kids []string
+		eventually(t, 10*time.Second, fmt.Sprintf("%s serves the fleet's JWT keys", f.hosts[i].name), func() bool {
+			set, err := c.FetchJWTBundles(ctx)
+			if err != nil {
+				return false
+			}
+			b, err := set.GetJWTBundleForTrustDomain(td)
+			if err != nil {
+				return false
+			}
+			kids = slices.Sorted(maps.Keys(b.JWTAuthorities()))
+			return i == 0 || slices.Equal(kids, want)
+		})
+		if i == 0 {
+			want = kids
+			if len(want) < len(f.hosts) {
+				t.Fatalf("host-1's JWT bundle has %d keys, want one per host at least: %v", len(want), want)
+			}
 		}
 	}
 }
