@@ -3,11 +3,13 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/svidd/svidd/internal/etcdtest"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/test/envoy"
 )
@@ -29,7 +32,9 @@ func TestFleetRegistry(t *testing.T) {
 	t.Run("ScopedToHosts", f.scoped)
 	t.Run("JWTFromHost1ValidOnHost3", f.jwtAcrossHosts)
 	t.Run("HostCutOffAcrossCompaction", f.acrossCompaction)
+	t.Run("MemberKilledUnderLoad", f.memberKilled)
 	t.Run("ClusterDownLongerThanSVIDs", f.clusterDown)
+	t.Run("EtcdRolesHostsReadOnly", f.readOnlyHosts)
 }
 
 // servedEverywhere: an entry created with svidctl on host-1 reaches SDS streams already open
@@ -310,6 +315,102 @@ func (f *registryFleet) acrossCompaction(t *testing.T) {
 	}
 }
 
+// memberKilled: the etcd leader is SIGKILLed while host-1 registers a stream of entries and
+// Envoy streams on host-2 and host-3 wait for some of them, and mesh workloads on every host
+// do mTLS with the next host. Every write is acknowledged, every entry reaches every host,
+// no stream errs, no handshake fails; the member, restarted, catches up with the cluster.
+func (f *registryFleet) memberKilled(t *testing.T) {
+	const writes, killAt = 60, 20
+	id := func(i int) string { return fmt.Sprintf("spiffe://example.org/fleet/load/%d", i) }
+	// Every fifth entry is for uid 0 and awaited by the Envoys; the rest are for a uid no
+	// process runs, so nothing is minted for them: the load is on the registry.
+	var awaited []string
+	for i := 0; i < writes; i += 5 {
+		awaited = append(awaited, id(i))
+	}
+	var streams []*sdsFollower
+	for _, h := range f.hosts[1:] {
+		streams = append(streams, followSotW(t, h, append([]string{tdID}, awaited...)...))
+	}
+	startClients(t, f.hosts)
+	meshFrom := time.Now()
+
+	type result struct {
+		entryID string
+		err     error
+		took    time.Duration
+	}
+	results := make([]result, writes)
+	kill := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		c := admin.NewClient(f.hosts[0].a.admin)
+		for i := range writes {
+			if i == killAt {
+				close(kill)
+			}
+			uid := "1009"
+			if i%5 == 0 {
+				uid = "0"
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			begin := time.Now()
+			e, err := c.CreateEntry(ctx, admin.Entry{SPIFFEID: id(i), Selectors: []string{"unix:uid:" + uid}})
+			cancel()
+			results[i] = result{e.ID, err, time.Since(begin)}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	<-kill
+	leader := f.etcd.Leader()
+	f.etcd.Kill(leader)
+	killed := time.Now()
+	wg.Wait()
+	var created0, created1009 []string
+	var slowest time.Duration
+	for i, r := range results {
+		slowest = max(slowest, r.took)
+		if r.err != nil {
+			t.Errorf("write %d (%s) not acknowledged: %v", i, id(i), r.err)
+			continue
+		}
+		if i%5 == 0 {
+			created0 = append(created0, r.entryID)
+		} else {
+			created1009 = append(created1009, r.entryID)
+		}
+	}
+	t.Logf("killed member m%d (the leader) at write %d of %d; the last write returned %s later; slowest write %s",
+		leader, killAt, writes, time.Since(killed).Round(time.Millisecond), slowest.Round(time.Millisecond))
+	waitEntries(t, f.hosts, 1009, created1009, true, 20*time.Second)
+	waitEntries(t, f.hosts, 0, created0, true, 20*time.Second)
+	waitHolds(t, streams, awaited, true, 20*time.Second)
+
+	f.etcd.Restart(leader)
+	m := f.etcd.Members()[leader]
+	one := f.etcd.Client("root")
+	one.SetEndpoints(m.ClientURL)
+	// Rejoined: the restarted member's own (serializable) view has every entry the cluster has.
+	eventually(t, 20*time.Second, fmt.Sprintf("m%d catches up with the cluster", leader), func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		want, err := f.cli.Get(ctx, fleetPrefix+"entries/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return false
+		}
+		got, err := one.Get(ctx, fleetPrefix+"entries/", clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithSerializable())
+		return err == nil && got.Count == want.Count && got.Header.Revision >= want.Header.Revision
+	})
+	for _, s := range streams {
+		if err := s.failure(); err != nil {
+			t.Error(err)
+		}
+	}
+	// The mesh clients report at least 50 dials each (150 ms apart).
+	time.Sleep(time.Until(meshFrom.Add(9 * time.Second)))
+	stopClients(t, f.hosts, 1)
+}
+
 // clusterDown: every etcd member is killed for 12 s, longer than two SVID lifetimes (5 s).
 // Every host keeps serving and rotating from its copy: each Envoy stream receives every new
 // SVID before the one it holds expires, and each verifies; mesh handshakes never fail; /ready
@@ -406,4 +507,72 @@ func (f *registryFleet) clusterDown(t *testing.T) {
 	}
 	time.Sleep(time.Until(meshFrom.Add(9 * time.Second)))
 	stopClients(t, f.hosts, 1)
+}
+
+// readOnlyHosts turns etcd's authentication on with the README's roles: each host's user may
+// only read the registry (and write under hosts/<its name>/), a registrar-only svidd's user
+// may write it. An entry registered on the registrar reaches every host; a host's own write
+// is refused with the read-only error (403), and the host stays reachable and keeps
+// following. Last: it leaves authentication on.
+func (f *registryFleet) readOnlyHosts(t *testing.T) {
+	f.etcd.AddRole(etcdtest.RegistrarRole(fleetPrefix))
+	f.etcd.AddUser("registrar", "svidd-registrar")
+	for _, h := range f.hosts {
+		r := etcdtest.HostRole(fleetPrefix, h.name)
+		f.etcd.AddRole(r)
+		f.etcd.AddUser(h.name, r.Name)
+	}
+	f.etcd.EnableAuth()
+	reg := startAgent(t, withConfig(f.registrarConfig(t)))
+
+	const id = "spiffe://example.org/fleet/registered-on-registrar"
+	var streams []*sdsFollower
+	for _, h := range f.hosts {
+		streams = append(streams, followSotW(t, h, id, tdID))
+	}
+	registerEntry(t, reg, id, "-selector", "unix:uid:0")
+	waitHolds(t, streams, []string{id}, true, 20*time.Second)
+
+	for _, h := range f.hosts {
+		_, err := h.a.svidctl("entry", "create", "-spiffeID", "spiffe://example.org/fleet/refused", "-selector", "unix:uid:0")
+		if err == nil || !strings.Contains(err.Error(), "credentials are read-only") || !strings.Contains(err.Error(), "register on a registrar host") {
+			t.Errorf("%s: entry create with a read-only etcd user: %v", h.name, err)
+		}
+		if st := statusOf(t, h.a); st.Registry == nil || !st.Registry.Reachable {
+			t.Errorf("%s: registry %+v after a refused write; etcd answered, so it is reachable", h.name, st.Registry)
+		}
+	}
+	var se *admin.StatusError
+	_, err := admin.NewClient(f.hosts[1].a.admin).CreateEntry(context.Background(), admin.Entry{SPIFFEID: "spiffe://example.org/fleet/refused", Selectors: []string{"unix:uid:0"}})
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		t.Errorf("admin API entry create on a read-only host: %v, want 403", err)
+	}
+	// Still following: the registrar's next entry reaches every host.
+	const next = "spiffe://example.org/fleet/registered-on-registrar-2"
+	for i, h := range f.hosts {
+		streams[i] = followSotW(t, h, next, tdID)
+	}
+	registerEntry(t, reg, next, "-selector", "unix:uid:0")
+	waitHolds(t, streams, []string{next}, true, 20*time.Second)
+}
+
+// registrarConfig is a registrar-only svidd's: the registry with the user "registrar".
+func (f *registryFleet) registrarConfig(t *testing.T) string {
+	t.Helper()
+	cert, key, err := f.etcd.CA.ClientFiles("registrar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(`agent {
+  registrar_only = true
+}
+store "etcd" {
+  endpoints = [%s]
+  tls {
+    ca_file   = %q
+    cert_file = %q
+    key_file  = %q
+  }
+}
+`, `"`+strings.Join(f.etcd.Endpoints(), `", "`)+`"`, f.etcd.CA.CertFile, cert, key)
 }
