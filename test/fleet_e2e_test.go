@@ -31,6 +31,7 @@ func TestFleetRegistry(t *testing.T) {
 	t.Run("RegisteredOnceServedEverywhere", f.servedEverywhere)
 	t.Run("ScopedToHosts", f.scoped)
 	t.Run("JWTFromHost1ValidOnHost3", f.jwtAcrossHosts)
+	t.Run("NodeListShowsEveryHost", f.nodeList)
 	t.Run("HostCutOffAcrossCompaction", f.acrossCompaction)
 	t.Run("MemberKilledUnderLoad", f.memberKilled)
 	t.Run("ClusterDownLongerThanSVIDs", f.clusterDown)
@@ -250,6 +251,39 @@ func (f *registryFleet) jwtAcrossHosts(t *testing.T) {
 				t.Fatalf("host-1's JWT bundle has %d keys, want one per host at least: %v", len(want), want)
 			}
 		}
+	}
+}
+
+// nodeList: svidctl node list on any host shows the three hosts up, each with its groups, its
+// CA's expiry and the registry revision its copy is at.
+func (f *registryFleet) nodeList(t *testing.T) {
+	var list admin.NodeList
+	eventually(t, 20*time.Second, "svidctl node list shows host-1, host-2 and host-3 up", func() bool {
+		out, err := f.hosts[1].a.svidctl("node", "list", "-output", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			t.Fatalf("node list -output json: %v: %s", err, out)
+		}
+		var up []string
+		for _, n := range list.Nodes {
+			if n.State == "up" {
+				up = append(up, n.Name)
+			}
+		}
+		return slices.Equal(up, []string{"host-1", "host-2", "host-3"})
+	})
+	for _, n := range list.Nodes {
+		if !slices.Equal(n.Groups, fleetGroups[n.Name]) {
+			t.Errorf("node %s: groups %v, want %v", n.Name, n.Groups, fleetGroups[n.Name])
+		}
+		if !n.CANotAfter.After(list.Now) || n.Revision <= 0 || n.StartedAt.IsZero() || n.LastSeen.IsZero() || n.Problem != "" {
+			t.Errorf("node %s: %+v", n.Name, n)
+		}
+	}
+	if out := f.hosts[2].a.mustSvidctl("node", "list"); !strings.Contains(out, "host-1") || !strings.Contains(out, "host-3") {
+		t.Errorf("svidctl node list on host-3:\n%s", out)
 	}
 }
 
