@@ -350,12 +350,21 @@ func (a *agent) mustSvidctl(args ...string) string {
 // createEntry registers an entry and returns its ID.
 func (a *agent) createEntry(spiffeID string, extra ...string) string {
 	a.t.Helper()
-	out := a.mustSvidctl(append([]string{"entry", "create", "-spiffeID", spiffeID, "-output", "json"}, extra...)...)
+	return registerEntry(a.t, a, spiffeID, extra...)
+}
+
+// registerEntry is createEntry failing t, for subtests of a test that started a.
+func registerEntry(t *testing.T, a *agent, spiffeID string, extra ...string) string {
+	t.Helper()
+	out, err := a.svidctl(append([]string{"entry", "create", "-spiffeID", spiffeID, "-output", "json"}, extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var e struct {
 		ID string `json:"id"`
 	}
 	if err := json.Unmarshal([]byte(out), &e); err != nil || e.ID == "" {
-		a.t.Fatalf("entry create output %q: %v", out, err)
+		t.Fatalf("entry create output %q: %v", out, err)
 	}
 	return e.ID
 }

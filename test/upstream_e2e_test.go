@@ -32,9 +32,40 @@ type fleetHost struct {
 	server *child
 	addr   string
 	client *child
+	// id is the server workload's SPIFFE ID when every host's server has the same one (a
+	// fleet registry); "" is spiffe://example.org/<name>/server.
+	id string
 }
 
-func (h *fleetHost) serverID() string { return "spiffe://example.org/" + h.name + "/server" }
+func (h *fleetHost) serverID() string {
+	if h.id != "" {
+		return h.id
+	}
+	return "spiffe://example.org/" + h.name + "/server"
+}
+
+// diskUpstream is a fleet's upstream PKI on disk: a root, which every host serves as its
+// bundle, and an intermediate whose key signs every host's CA.
+type diskUpstream struct {
+	root, inter *testpki.CA
+	hcl         string // the upstream "disk" {} block for ca {}
+}
+
+func newDiskUpstream(t *testing.T) diskUpstream {
+	t.Helper()
+	dir := t.TempDir()
+	up := diskUpstream{root: testpki.Root(t, "fleet root", testpki.NoPathLen, 48*time.Hour)}
+	up.inter = up.root.Intermediate(t, "fleet upstream intermediate", 1, 24*time.Hour)
+	testpki.Write(t, filepath.Join(dir, "up.pem"), testpki.CertPEM(up.inter.Cert), 0o644)
+	testpki.Write(t, filepath.Join(dir, "up.key"), up.inter.KeyPEM(t), 0o600)
+	testpki.Write(t, filepath.Join(dir, "roots.pem"), testpki.CertPEM(up.root.Cert), 0o644)
+	up.hcl = fmt.Sprintf(`  upstream "disk" {
+    cert_file   = %q
+    key_file    = %q
+    bundle_file = %q
+  }`, filepath.Join(dir, "up.pem"), filepath.Join(dir, "up.key"), filepath.Join(dir, "roots.pem"))
+	return up
+}
 
 // startFleet starts n svidd hosts with caHCL as their ca {} body (plus node_name), registers
 // on each a server (uid 1001) and a client (uid 1002) identity, and starts the server
@@ -165,22 +196,11 @@ func sameBundles(t *testing.T, hosts []*fleetHost, want []byte) {
 func TestFleetDiskUpstream(t *testing.T) {
 	requireRoot(t)
 	waitsInParallel(t)
-	dir := t.TempDir()
-	root := testpki.Root(t, "fleet root", testpki.NoPathLen, 48*time.Hour)
-	inter := root.Intermediate(t, "fleet upstream intermediate", 1, 24*time.Hour)
-	testpki.Write(t, filepath.Join(dir, "up.pem"), testpki.CertPEM(inter.Cert), 0o644)
-	testpki.Write(t, filepath.Join(dir, "up.key"), inter.KeyPEM(t), 0o600)
-	testpki.Write(t, filepath.Join(dir, "roots.pem"), testpki.CertPEM(root.Cert), 0o644)
-	hosts := startFleet(t, 3, fmt.Sprintf(`  ca_ttl   = "30s"
-  svid_ttl = "5s"
-  upstream "disk" {
-    cert_file   = %q
-    key_file    = %q
-    bundle_file = %q
-  }`, filepath.Join(dir, "up.pem"), filepath.Join(dir, "up.key"), filepath.Join(dir, "roots.pem")))
-	want := testpki.CertPEM(root.Cert)
+	up := newDiskUpstream(t)
+	hosts := startFleet(t, 3, "  ca_ttl   = \"30s\"\n  svid_ttl = \"5s\"\n"+up.hcl)
+	want := testpki.CertPEM(up.root.Cert)
 	sameBundles(t, hosts, want)
-	checkChainsServed(t, hosts[0].a, inter.Cert)
+	checkChainsServed(t, hosts[0].a, up.inter.Cert)
 	startClients(t, hosts)
 	for range 2 {
 		waitActivations(t, hosts, activations(hosts[len(hosts)-1].a)+1, 60*time.Second)
