@@ -28,7 +28,7 @@ func TestNodeRecordRoles(t *testing.T) {
 	web1, reg := c.Client("web-1"), c.Client("registrar")
 	runNodeRecord(t, web1, "web-1", &progress{})
 	stop2 := runNodeRecord(t, c.Client("web-2"), "web-2", &progress{})
-	waitFor(t, "both hosts up, listed by a host", 10*time.Second, func() bool {
+	eventually(t, "both hosts up, listed by a host", 10*time.Second, func() bool {
 		f := list(t, web1, time.Minute)
 		return len(f.Hosts) == 2 && f.Hosts[0].State == fleet.StateUp && f.Hosts[1].State == fleet.StateUp
 	})

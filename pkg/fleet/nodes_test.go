@@ -89,17 +89,6 @@ func hostNamed(f fleet.Fleet, name string) (fleet.Host, bool) {
 	return fleet.Host{}, false
 }
 
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestRecordLifecycle: a host's record is written with what it says, rewritten when that
 // changes and, unchanged, at every heartbeat; a host cut off from etcd shows as gone once its
 // lease expires, with its last record, and up again when etcd is back; a host stopped cleanly
@@ -118,7 +107,7 @@ func TestRecordLifecycle(t *testing.T) {
 	stop := runNodeRecord(t, client(t, "http://"+px.Addr()), "web-1", pr)
 
 	var h fleet.Host
-	waitFor(t, "the host's record", 5*time.Second, func() bool {
+	eventually(t, "the host's record", 5*time.Second, func() bool {
 		var ok bool
 		h, ok = hostNamed(list(t, view, time.Minute), "web-1")
 		return ok
@@ -130,12 +119,12 @@ func TestRecordLifecycle(t *testing.T) {
 	}
 
 	pr.set(fleet.Progress{CANotAfter: ca, Revision: 9, LastChange: 9})
-	waitFor(t, "the record follows the host's copy", 2*time.Second, func() bool {
+	eventually(t, "the record follows the host's copy", 2*time.Second, func() bool {
 		h2, _ := hostNamed(list(t, view, time.Minute), "web-1")
 		return h2.Revision == 9 && h2.LastChange == 9
 	})
 	h, _ = hostNamed(list(t, view, time.Minute), "web-1")
-	waitFor(t, "an unchanged record is rewritten at the heartbeat", 3*time.Second, func() bool {
+	eventually(t, "an unchanged record is rewritten at the heartbeat", 3*time.Second, func() bool {
 		h2, _ := hostNamed(list(t, view, time.Minute), "web-1")
 		return h2.LastSeen.After(h.LastSeen)
 	})
@@ -143,7 +132,7 @@ func TestRecordLifecycle(t *testing.T) {
 	// Cut off: the lease (2 s) expires; the record stays.
 	px.Cut()
 	cut := time.Now()
-	waitFor(t, "a host cut off shows as gone", 6*time.Second, func() bool {
+	eventually(t, "a host cut off shows as gone", 6*time.Second, func() bool {
 		h2, _ := hostNamed(list(t, view, time.Minute), "web-1")
 		return h2.State == fleet.StateGone
 	})
@@ -153,7 +142,7 @@ func TestRecordLifecycle(t *testing.T) {
 		t.Fatalf("gone host = %+v, want its last record", h)
 	}
 	px.Restore()
-	waitFor(t, "up again when etcd is back", 10*time.Second, func() bool {
+	eventually(t, "up again when etcd is back", 10*time.Second, func() bool {
 		h2, _ := hostNamed(list(t, view, time.Minute), "web-1")
 		return h2.State == fleet.StateUp
 	})
@@ -178,7 +167,7 @@ func TestBehind(t *testing.T) {
 	runNodeRecord(t, cli, "current", cur)
 	runNodeRecord(t, cli, "stuck", stuck)
 	const grace = time.Second
-	waitFor(t, "both hosts up", 5*time.Second, func() bool {
+	eventually(t, "both hosts up", 5*time.Second, func() bool {
 		f := list(t, cli, grace)
 		return len(f.Hosts) == 2 && f.Hosts[0].State == fleet.StateUp && f.Hosts[1].State == fleet.StateUp
 	})
@@ -194,7 +183,7 @@ func TestBehind(t *testing.T) {
 	rev := put.Header.Revision
 	cur.set(fleet.Progress{Revision: rev, LastChange: rev})
 	var f fleet.Fleet
-	waitFor(t, "the stuck host is behind", 5*time.Second, func() bool {
+	eventually(t, "the stuck host is behind", 5*time.Second, func() bool {
 		f = list(t, cli, grace)
 		s, _ := hostNamed(f, "stuck")
 		return s.State == fleet.StateBehind && f.LastChange == rev
@@ -208,7 +197,7 @@ func TestBehind(t *testing.T) {
 	// The stuck host catches up; then the entry is deleted, which only the current host's
 	// record tells.
 	stuck.set(fleet.Progress{Revision: rev, LastChange: rev})
-	waitFor(t, "caught up", 5*time.Second, func() bool {
+	eventually(t, "caught up", 5*time.Second, func() bool {
 		s, _ := hostNamed(list(t, cli, grace), "stuck")
 		return s.State == fleet.StateUp
 	})
@@ -217,7 +206,7 @@ func TestBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	cur.set(fleet.Progress{Revision: del.Header.Revision, LastChange: del.Header.Revision})
-	waitFor(t, "behind on a delete", 5*time.Second, func() bool {
+	eventually(t, "behind on a delete", 5*time.Second, func() bool {
 		f = list(t, cli, grace)
 		s, _ := hostNamed(f, "stuck")
 		return s.State == fleet.StateBehind && f.LastChange == del.Header.Revision
@@ -280,7 +269,7 @@ func TestForget(t *testing.T) {
 	cli := client(t, c.Endpoints()[0])
 	ctx := context.Background()
 	stop := runNodeRecord(t, cli, "web-2", &progress{})
-	waitFor(t, "up", 5*time.Second, func() bool { h, _ := hostNamed(list(t, cli, time.Minute), "web-2"); return h.State == fleet.StateUp })
+	eventually(t, "up", 5*time.Second, func() bool { h, _ := hostNamed(list(t, cli, time.Minute), "web-2"); return h.State == fleet.StateUp })
 	if _, err := fleet.Forget(ctx, cli, recPrefix, "web-2"); !errors.Is(err, fleet.ErrHostUp) {
 		t.Fatalf("forgetting an up host: %v", err)
 	}
