@@ -290,9 +290,17 @@ func (m *Mirror) put(ctx context.Context, e entry.Entry) error {
 	switch {
 	case errors.Is(err, store.ErrOwnEntry):
 		// An update that now collides with an own entry: its older version, copied before,
-		// must not stay served either.
-		if err := m.cfg.Local.Remove(ctx, e.ID); err != nil {
-			return err
+		// must not stay served either. Unless the collision is the ID itself: then what the
+		// copy holds under it is the host's own entry, which stays.
+		cur, gerr := m.cfg.Local.GetEntry(ctx, e.ID)
+		switch {
+		case errors.Is(gerr, store.ErrNotFound):
+		case gerr != nil:
+			return gerr
+		case cur.Name == "":
+			if err := m.cfg.Local.Remove(ctx, e.ID); err != nil {
+				return err
+			}
 		}
 		if !was {
 			m.log.Warn("registry entry not served on this host: one of this host's config entries has the same SPIFFE ID and selectors, and wins",
@@ -326,7 +334,14 @@ func (m *Mirror) apply(ch store.Change) {
 	cur, err := m.cfg.Local.GetEntry(ctx, e.ID)
 	have := err == nil
 	if have && cur.Name != "" {
-		return // an ID of the host's own: never the registry's to change
+		// An ID of the host's own: never the registry's to change. The registry's entry is
+		// kept as shadowed, so that its latest version is copied once the own entry goes.
+		if ch.Op == store.OpDelete || !m.inScope(e) {
+			delete(m.shadowed, e.ID)
+		} else {
+			m.shadowed[e.ID] = e
+		}
+		return
 	}
 	if sh, ok := m.shadowed[e.ID]; ok && !have {
 		cur, have = sh, true
