@@ -48,7 +48,9 @@ func (s *SQLite) Apply(ctx context.Context, puts []entry.Entry, removes []string
 		}
 	}
 	return s.writeMany(ctx, func(tx *sql.Tx) ([]Change, error) {
-		var changes []Change
+		// Sized up front: a full sync's thousands of Changes (two entries each) were
+		// copied over and over by append.
+		changes := make([]Change, 0, len(removes)+len(puts))
 		st := &stmts{tx: tx, m: map[string]*sql.Stmt{}}
 		for _, id := range removes {
 			ch, err := removeTx(ctx, st, id)

@@ -316,7 +316,7 @@ func (m *Mirror) sync(ctx context.Context, remote store.Store) (err error) {
 	for _, e := range have {
 		current[e.ID] = e
 	}
-	var puts []entry.Entry
+	puts := make([]entry.Entry, 0, len(want))
 	for _, e := range want {
 		if c, ok := current[e.ID]; ok && c.Revision == e.Revision && c.UpdatedAt.Equal(e.UpdatedAt) {
 			continue
