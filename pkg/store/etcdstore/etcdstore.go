@@ -463,12 +463,7 @@ func (s *Store) ListEntries(ctx context.Context, f store.Filter) ([]entry.Entry,
 			out = append(out, e)
 		}
 	}
-	slices.SortFunc(out, func(a, b entry.Entry) int {
-		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	sortEntries(out)
 	return out, nil
 }
 
@@ -504,12 +499,26 @@ func (s *Store) Connected() bool {
 // full sync takes it rather than reading every entry from etcd again right after Open.
 func (s *Store) Snapshot() ([]entry.Entry, int64) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	out := make([]entry.Entry, 0, len(s.mirror))
 	for _, m := range s.mirror {
 		out = append(out, store.Clone(m.e))
 	}
-	return out, s.delivered
+	rev := s.delivered
+	s.mu.Unlock()
+	// In ListEntries' order, not the map's random one: a copy of thousands of entries is
+	// inserted into SQLite's index on (SPIFFE ID, selectors) in that index's order.
+	sortEntries(out)
+	return out, rev
+}
+
+// sortEntries orders entries by SPIFFE ID, then ID.
+func sortEntries(es []entry.Entry) {
+	slices.SortFunc(es, func(a, b entry.Entry) int {
+		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 }
 
 // Close stops following changes and closes the client. It is idempotent.
