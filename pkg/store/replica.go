@@ -48,7 +48,9 @@ func (s *SQLite) Apply(ctx context.Context, puts []entry.Entry, removes []string
 		}
 	}
 	return s.writeMany(ctx, func(tx *sql.Tx) ([]Change, error) {
-		var changes []Change
+		// Sized up front: a full sync's thousands of Changes (two entries each) were
+		// copied over and over by append.
+		changes := make([]Change, 0, len(removes)+len(puts))
 		st := &stmts{tx: tx, m: map[string]*sql.Stmt{}}
 		for _, id := range removes {
 			ch, err := removeTx(ctx, st, id)
@@ -57,8 +59,37 @@ func (s *SQLite) Apply(ctx context.Context, puts []entry.Entry, removes []string
 			}
 			changes = append(changes, ch...)
 		}
+		// Into an empty table (a host's first copy of the registry) nothing can be replaced
+		// and no duplicate can be stale but one from this batch: such a put is a plain insert,
+		// without putTx's query (a fifth of a 10,000-entry first sync's CPU). Only a second
+		// put of an ID or (SPIFFE ID, selectors) of the batch goes through putTx.
+		var fresh bool
+		var seenID, seenKey map[string]bool
+		if len(prepared) > 1 {
+			var one int
+			err := tx.QueryRowContext(ctx, "SELECT 1 FROM entries LIMIT 1").Scan(&one)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return nil, err
+			}
+			fresh = errors.Is(err, sql.ErrNoRows)
+			seenID, seenKey = make(map[string]bool, len(prepared)), make(map[string]bool, len(prepared))
+		}
 		for i, e := range prepared {
-			ch, err := putTx(ctx, st, e, rows[i])
+			r := rows[i]
+			key := r.spiffeID + "\n" + r.selectors
+			if fresh && !seenID[r.id] && !seenKey[key] {
+				seenID[r.id], seenKey[key] = true, true
+				err := st.exec(ctx, insertEntry, r.id, r.name, r.spiffeID, r.selectors, r.ttl, r.dnsNames, r.federatesWith, r.revision, r.createdAt, r.updatedAt)
+				if err != nil {
+					return nil, mapWriteErr(err)
+				}
+				changes = append(changes, Change{Op: OpCreate, Entry: e})
+				continue
+			}
+			if fresh {
+				seenID[r.id], seenKey[key] = true, true
+			}
+			ch, err := putTx(ctx, st, e, r)
 			if err != nil {
 				return nil, err
 			}

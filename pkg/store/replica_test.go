@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -121,5 +122,51 @@ func TestSQLiteApply(t *testing.T) {
 	}
 	if len(heard) != 3 || heard[0].Op != store.OpDelete || heard[1].Op != store.OpCreate || heard[2].Op != store.OpCreate {
 		t.Fatalf("watchers heard %+v", heard)
+	}
+}
+
+// TestSQLiteApplyFreshCopy: a batch into an empty copy (a host's first sync, which skips the
+// per-entry query) ends as the same puts one by one do, when the batch repeats an ID or a
+// (SPIFFE ID, selectors): the later one replaces the earlier.
+func TestSQLiteApplyFreshCopy(t *testing.T) {
+	ctx := context.Background()
+	mk := func(id, path string) entry.Entry {
+		return entry.Entry{ID: id, SPIFFEID: spiffeid.RequireFromString("spiffe://example.org" + path),
+			Selectors: []entry.Selector{{Type: "unix", Value: "uid:1"}}, Revision: 1}
+	}
+	batch := []entry.Entry{mk("a", "/x"), mk("b", "/b"), mk("a", "/y"), mk("c", "/z"), mk("d", "/z"), mk("e", "/e")}
+	state := func(s *store.SQLite) map[string]string {
+		es, err := s.ListEntries(ctx, store.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, e := range es {
+			out[e.ID] = e.SPIFFEID.String()
+		}
+		return out
+	}
+	one, _ := openTemp(t)
+	defer one.Close()
+	var heardOne []string
+	defer one.Watch(func(c store.Change) { heardOne = append(heardOne, c.Op.String()+" "+c.Entry.ID) })()
+	for _, e := range batch {
+		if err := one.Put(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, _ := openTemp(t)
+	defer all.Close()
+	var heardAll []string
+	defer all.Watch(func(c store.Change) { heardAll = append(heardAll, c.Op.String()+" "+c.Entry.ID) })()
+	if err := all.Apply(ctx, batch, nil); err != nil {
+		t.Fatal(err)
+	}
+	want, got := state(one), state(all)
+	if len(got) != 4 || got["a"] != "spiffe://example.org/y" || got["c"] != "" || got["d"] != "spiffe://example.org/z" {
+		t.Fatalf("fresh Apply left %v; want a=/y, b, d=/z, e (one by one: %v)", got, want)
+	}
+	if fmt.Sprint(want) != fmt.Sprint(got) || fmt.Sprint(heardOne) != fmt.Sprint(heardAll) {
+		t.Fatalf("fresh Apply: %v, heard %v; one by one: %v, heard %v", got, heardAll, want, heardOne)
 	}
 }

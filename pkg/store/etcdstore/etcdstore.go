@@ -44,6 +44,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/store"
@@ -462,24 +463,62 @@ func (s *Store) ListEntries(ctx context.Context, f store.Filter) ([]entry.Entry,
 			out = append(out, e)
 		}
 	}
-	slices.SortFunc(out, func(a, b entry.Entry) int {
-		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	sortEntries(out)
 	return out, nil
 }
 
-// Ping checks that etcd answers a linearizable read (a quorum is reachable).
+// Ping checks that a member answers and has a leader, so that a quorum is there (a member
+// cut off from the others loses its leader within an election timeout). It asks for one key
+// that never exists, without a quorum round (serializable): every host of a fleet probes
+// with it, and a linearizable read of the entries' prefix cost each of those probes a
+// round through the leader and a count of every entry.
 func (s *Store) Ping(ctx context.Context) error {
 	if _, err := s.retry(ctx, func(ctx context.Context) error {
-		_, err := s.cli.Get(ctx, s.entries, clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+		_, err := s.cli.Get(clientv3.WithRequireLeader(ctx), s.entries, clientv3.WithSerializable(), clientv3.WithKeysOnly())
 		return err
 	}); err != nil {
 		return fmt.Errorf("pinging etcd store: %w", err)
 	}
 	return nil
+}
+
+// Connected reports whether the client's connection to etcd is up (some member connected,
+// or no call attempted yet), without asking etcd: the registry mirror checks it every second
+// between its probes.
+func (s *Store) Connected() bool {
+	switch s.cli.ActiveConnection().GetState() {
+	case connectivity.Ready, connectivity.Idle:
+		return true
+	}
+	return false
+}
+
+// Snapshot returns every entry as of the revision it returns (or a change later, being
+// delivered): what Open read, kept current by the watch, so that every change after that
+// revision reaches the watchers. The registry mirror's
+// full sync takes it rather than reading every entry from etcd again right after Open.
+func (s *Store) Snapshot() ([]entry.Entry, int64) {
+	s.mu.Lock()
+	out := make([]entry.Entry, 0, len(s.mirror))
+	for _, m := range s.mirror {
+		out = append(out, store.Clone(m.e))
+	}
+	rev := s.delivered
+	s.mu.Unlock()
+	// In ListEntries' order, not the map's random one: a copy of thousands of entries is
+	// inserted into SQLite's index on (SPIFFE ID, selectors) in that index's order.
+	sortEntries(out)
+	return out, rev
+}
+
+// sortEntries orders entries by SPIFFE ID, then ID.
+func sortEntries(es []entry.Entry) {
+	slices.SortFunc(es, func(a, b entry.Entry) int {
+		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 }
 
 // Close stops following changes and closes the client. It is idempotent.

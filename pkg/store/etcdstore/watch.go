@@ -99,7 +99,9 @@ func (s *Store) follow(ctx context.Context) {
 func (s *Store) watchFrom(ctx context.Context, from int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := s.cli.Watch(wctx, s.entries, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithPrevKV(), clientv3.WithProgressNotify())
+	// No WithPrevKV: apply takes an entry's previous version from the mirror, which holds
+	// every entry, so each event carries the entry once, not twice, to every host.
+	wch := s.cli.Watch(wctx, s.entries, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
 	for resp := range wch {
 		if resp.CompactRevision != 0 {
 			return rpctypes.ErrCompacted

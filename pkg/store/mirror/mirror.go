@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -41,8 +42,15 @@ type Config struct {
 	// Open connects to the registry; Run retries it until it succeeds. The registry's Watch
 	// must report every write by any instance (etcdstore does).
 	Open func(ctx context.Context) (store.Store, error)
-	// CheckEvery is how often reachability is probed (default 1 s); a probe or a write
-	// waits at most Timeout (default 2 s).
+	// CheckEvery is how often a reachable registry is probed (default 5 s, each wait
+	// lengthened by up to a quarter at random so that a fleet's probes spread out); an
+	// unreachable one is probed every min(CheckEvery, 1 s) so that a host catches up soon
+	// after it is back. A probe or a write waits at most Timeout (default 2 s). Between
+	// probes reachability follows the traffic the host has anyway: a call to the registry
+	// that times out marks it unreachable at once, one that succeeds or a change delivered
+	// by its watch marks it reachable, and a registry that reports its connection (the
+	// optional interface{ Connected() bool }, which etcdstore implements) is checked every
+	// min(CheckEvery, 1 s) at no cost to it.
 	CheckEvery, Timeout time.Duration
 	// NodeName and NodeGroups are the host's (agent.node_name, node_groups): only the
 	// registry's entries that can match on this host are copied (entry.CanMatchNode).
@@ -76,7 +84,9 @@ func New(cfg Config) (*Mirror, error) {
 		return nil, errors.New("mirror: Local and Open are required")
 	}
 	if cfg.CheckEvery <= 0 {
-		cfg.CheckEvery = time.Second
+		// Each probe is a read etcd answers; at 1 s, a thousand hosts' probes were most of
+		// an idle cluster's CPU (docs/BENCHMARKS.md, "Fleet registry").
+		cfg.CheckEvery = 5 * time.Second
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
@@ -115,6 +125,31 @@ func (m *Mirror) Progress() (delivered, lastChange int64) {
 	return m.delivered, m.lastChange
 }
 
+// heard marks the registry reachable when its watch delivers a change (a commit the
+// cluster made), once follow has connected.
+func (m *Mirror) heard() {
+	m.mu.Lock()
+	following := m.remote != nil
+	m.mu.Unlock()
+	if following {
+		m.setReachable(true)
+	}
+}
+
+// answered records what a call to the registry says about reachability: a call that timed
+// out (and whose caller had not given up) marks it unreachable at once, so that the next
+// writes fail without waiting for the probe; one that succeeded marks it reachable.
+func (m *Mirror) answered(ctx, cctx context.Context, err error) (timedOut bool) {
+	switch {
+	case err == nil:
+		m.setReachable(true)
+	case ctx.Err() == nil && errors.Is(cctx.Err(), context.DeadlineExceeded):
+		m.setReachable(false)
+		return true
+	}
+	return false
+}
+
 func (m *Mirror) setReachable(ok bool) {
 	m.mu.Lock()
 	changed := m.reachable != ok
@@ -147,7 +182,7 @@ func (m *Mirror) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(m.cfg.CheckEvery):
+		case <-time.After(min(m.cfg.CheckEvery, time.Second)):
 		}
 	}
 }
@@ -169,22 +204,52 @@ func (m *Mirror) follow(ctx context.Context, remote store.Store) error {
 		m.remote = nil
 		m.mu.Unlock()
 	}()
-	t := time.NewTicker(m.cfg.CheckEvery)
+	t := time.NewTicker(min(m.cfg.CheckEvery, time.Second))
 	defer t.Stop()
+	conn, _ := remote.(connected)
+	next := time.Now().Add(m.probeWait())
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			pctx, pcancel := context.WithTimeout(ctx, m.cfg.Timeout)
-			err := remote.Ping(pctx)
-			pcancel()
-			if ctx.Err() != nil {
-				return nil
-			}
-			m.setReachable(err == nil)
 		}
+		if conn != nil && !conn.Connected() {
+			m.setReachable(false)
+			continue
+		}
+		if ok, _ := m.Status(); ok && time.Now().Before(next) {
+			continue
+		}
+		pctx, pcancel := context.WithTimeout(ctx, m.cfg.Timeout)
+		err := remote.Ping(pctx)
+		pcancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		m.setReachable(err == nil)
+		next = time.Now().Add(m.probeWait())
 	}
+}
+
+// connected is implemented by a registry store that knows, without asking the registry,
+// whether its connection is up (etcdstore: the gRPC connection's state).
+type connected interface{ Connected() bool }
+
+// snapshotter is implemented by a registry store that holds every entry in memory
+// (etcdstore: read by Open, kept current by its watch). The full sync takes the entries from
+// it rather than reading and decoding every entry from the registry a second time right
+// after Open did: about 15 % of a joining host's CPU with 10,000 entries. The entries are as
+// of the revision returned, and every change after it reaches the store's watchers, which
+// the mirror has registered before the sync.
+type snapshotter interface {
+	Snapshot() (entries []entry.Entry, revision int64)
+}
+
+// probeWait is the wait before the next probe of a reachable registry: CheckEvery plus up to
+// a quarter more, so that hosts started together do not probe together.
+func (m *Mirror) probeWait() time.Duration {
+	return m.cfg.CheckEvery + rand.N(m.cfg.CheckEvery/4+1)
 }
 
 func (m *Mirror) connect(ctx context.Context) (store.Store, error) {
@@ -214,11 +279,13 @@ func (m *Mirror) inScope(e entry.Entry) bool {
 // sync makes the copy equal to the registry's entries in scope: what the copy holds that is
 // not one of them (deleted while this host was away, or moved to other hosts) is removed, the
 // rest copied. The host's own entries are left as they are.
-func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
+func (m *Mirror) sync(ctx context.Context, remote store.Store) (err error) {
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
-	all, err := remote.ListEntries(ctx, store.Filter{})
-	if err != nil {
+	var all []entry.Entry
+	if snap, ok := remote.(snapshotter); ok {
+		all, _ = snap.Snapshot()
+	} else if all, err = remote.ListEntries(ctx, store.Filter{}); err != nil {
 		return fmt.Errorf("reading the registry: %w", err)
 	}
 	have, err := m.cfg.Local.ListEntries(ctx, store.Filter{})
@@ -249,7 +316,7 @@ func (m *Mirror) sync(ctx context.Context, remote store.Store) error {
 	for _, e := range have {
 		current[e.ID] = e
 	}
-	var puts []entry.Entry
+	puts := make([]entry.Entry, 0, len(want))
 	for _, e := range want {
 		if c, ok := current[e.ID]; ok && c.Revision == e.Revision && c.UpdatedAt.Equal(e.UpdatedAt) {
 			continue
@@ -290,9 +357,17 @@ func (m *Mirror) put(ctx context.Context, e entry.Entry) error {
 	switch {
 	case errors.Is(err, store.ErrOwnEntry):
 		// An update that now collides with an own entry: its older version, copied before,
-		// must not stay served either.
-		if err := m.cfg.Local.Remove(ctx, e.ID); err != nil {
-			return err
+		// must not stay served either. Unless the collision is the ID itself: then what the
+		// copy holds under it is the host's own entry, which stays.
+		cur, gerr := m.cfg.Local.GetEntry(ctx, e.ID)
+		switch {
+		case errors.Is(gerr, store.ErrNotFound):
+		case gerr != nil:
+			return gerr
+		case cur.Name == "":
+			if err := m.cfg.Local.Remove(ctx, e.ID); err != nil {
+				return err
+			}
 		}
 		if !was {
 			m.log.Warn("registry entry not served on this host: one of this host's config entries has the same SPIFFE ID and selectors, and wins",
@@ -318,6 +393,7 @@ func (m *Mirror) unshadow(e entry.Entry) {
 // was already part of a sync) is skipped. An entry updated out of this host's scope is
 // removed from the copy; one updated into it is copied.
 func (m *Mirror) apply(ch store.Change) {
+	m.heard()
 	m.applyMu.Lock()
 	defer m.applyMu.Unlock()
 	ctx := context.Background()
@@ -326,7 +402,14 @@ func (m *Mirror) apply(ch store.Change) {
 	cur, err := m.cfg.Local.GetEntry(ctx, e.ID)
 	have := err == nil
 	if have && cur.Name != "" {
-		return // an ID of the host's own: never the registry's to change
+		// An ID of the host's own: never the registry's to change. The registry's entry is
+		// kept as shadowed, so that its latest version is copied once the own entry goes.
+		if ch.Op == store.OpDelete || !m.inScope(e) {
+			delete(m.shadowed, e.ID)
+		} else {
+			m.shadowed[e.ID] = e
+		}
+		return
 	}
 	if sh, ok := m.shadowed[e.ID]; ok && !have {
 		cur, have = sh, true
@@ -462,8 +545,7 @@ func (m *Mirror) write(ctx context.Context, fn func(ctx context.Context, r store
 		// Refused by the registry, which answered: reachable, and the caller is told why.
 		return entry.Entry{}, err
 	}
-	if err != nil && ctx.Err() == nil && errors.Is(wctx.Err(), context.DeadlineExceeded) {
-		m.setReachable(false)
+	if m.answered(ctx, wctx, err) {
 		return entry.Entry{}, fmt.Errorf("%w; the write may not have been applied (%w): %v", ErrUnreachable, store.ErrUnavailable, err)
 	}
 	return e, err
@@ -517,6 +599,11 @@ func (f fleet) GetEntry(ctx context.Context, id string) (entry.Entry, error) {
 	rctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
 	defer cancel()
 	re, rerr := r.GetEntry(rctx, id)
+	if errors.Is(rerr, store.ErrNotFound) {
+		f.answered(ctx, rctx, nil) // an answer
+	} else {
+		f.answered(ctx, rctx, rerr)
+	}
 	if rerr != nil {
 		return e, err
 	}
@@ -532,6 +619,7 @@ func (f fleet) ListEntries(ctx context.Context, flt store.Filter) ([]entry.Entry
 	rctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
 	defer cancel()
 	out, err := r.ListEntries(rctx, flt)
+	f.answered(ctx, rctx, err)
 	if err != nil {
 		f.log.Warn("listing the registry failed; listing this host's copy", "error", err)
 		return f.cfg.Local.ListEntries(ctx, flt)

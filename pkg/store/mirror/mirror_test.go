@@ -198,3 +198,36 @@ func TestStartWhileRegistryDown(t *testing.T) {
 	h.proxy.Restore()
 	eventually(t, "the copy drops the entry deleted meanwhile", func() bool { return reachable(h2) && !has(h2, gone.ID) && has(h2, kept.ID) })
 }
+
+// TestReachabilityBetweenProbes: with the probe all but off (CheckEvery an hour), a host
+// still notices within seconds that its connection to the registry is gone (the registry
+// store's connection state, checked every second for free), refuses writes at once, and is
+// reachable again soon after the registry is back (an unreachable registry is probed every
+// second).
+func TestReachabilityBetweenProbes(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{})
+	h := startHost(t, c, filepath.Join(t.TempDir(), "h.db"), func(c *mirror.Config) { c.CheckEvery = time.Hour })
+	eventually(t, "reachable", func() bool { return reachable(h) })
+	ctx := context.Background()
+	if _, err := h.m.CreateEntry(ctx, newEntry("/before")); err != nil {
+		t.Fatal(err)
+	}
+	h.proxy.Cut()
+	start := time.Now()
+	eventually(t, "the host notices the registry is gone without a probe", func() bool { return !reachable(h) })
+	t.Logf("unreachable noticed after %s", time.Since(start).Round(time.Millisecond))
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("unreachable noticed after %s, want within a few seconds", d)
+	}
+	start = time.Now()
+	if _, err := h.m.CreateEntry(ctx, newEntry("/refused")); !errors.Is(err, mirror.ErrUnreachable) || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("write while unreachable: %v after %s; want ErrUnreachable at once", err, time.Since(start))
+	}
+	h.proxy.Restore()
+	start = time.Now()
+	eventually(t, "reachable again", func() bool { return reachable(h) })
+	t.Logf("reachable again after %s", time.Since(start).Round(time.Millisecond))
+	if _, err := h.m.CreateEntry(ctx, newEntry("/after")); err != nil {
+		t.Fatalf("write after the registry is back: %v", err)
+	}
+}
