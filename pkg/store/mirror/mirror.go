@@ -52,6 +52,11 @@ type Config struct {
 	// optional interface{ Connected() bool }, which etcdstore implements) is checked every
 	// min(CheckEvery, 1 s) at no cost to it.
 	CheckEvery, Timeout time.Duration
+	// WriteTimeout bounds a write (default 5 s): longer than a probe's Timeout because a
+	// write caught by an etcd leader's death waits for the election (1 s by etcd's default
+	// election timeout, more under load) and the registry's retry on another member; a
+	// write that times out marks the registry unreachable, failing the writes after it.
+	WriteTimeout time.Duration
 	// NodeName and NodeGroups are the host's (agent.node_name, node_groups): only the
 	// registry's entries that can match on this host are copied (entry.CanMatchNode).
 	NodeName   string
@@ -90,6 +95,9 @@ func New(cfg Config) (*Mirror, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 5 * time.Second
 	}
 	m := &Mirror{cfg: cfg, log: cfg.Logger, since: time.Now(), shadowed: make(map[string]entry.Entry)}
 	if m.log == nil {
@@ -531,14 +539,14 @@ func (m *Mirror) writable() (store.Store, error) {
 	return m.remote, nil
 }
 
-// write runs fn against the registry within Timeout. A timeout marks the registry unreachable
-// at once, so the next writes fail without waiting.
+// write runs fn against the registry within WriteTimeout. A timeout marks the registry
+// unreachable at once, so the next writes fail without waiting.
 func (m *Mirror) write(ctx context.Context, fn func(ctx context.Context, r store.Store) (entry.Entry, error)) (entry.Entry, error) {
 	r, err := m.writable()
 	if err != nil {
 		return entry.Entry{}, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	wctx, cancel := context.WithTimeout(ctx, m.cfg.WriteTimeout)
 	defer cancel()
 	e, err := fn(wctx, r)
 	if errors.Is(err, store.ErrReadOnly) {
