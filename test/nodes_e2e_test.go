@@ -1,19 +1,14 @@
 package test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/svidd/svidd/internal/etcdtest"
 	"github.com/svidd/svidd/pkg/admin"
-	"github.com/svidd/svidd/pkg/entry"
-	"github.com/svidd/svidd/pkg/store/etcdstore"
 )
 
 // TestNodeListE2E: two svidd processes share one etcd; `svidctl node list` on host A shows
@@ -22,19 +17,14 @@ import (
 // forgotten (A's, up, is not).
 func TestNodeListE2E(t *testing.T) {
 	c := etcdtest.Start(t, etcdtest.Options{})
-	reg, err := etcdstore.Open(context.Background(), etcdstore.Config{Endpoints: c.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := reg.CreateEntry(context.Background(), entry.Entry{SPIFFEID: spiffeid.RequireFromString("spiffe://example.org/web"),
-		Selectors: []entry.Selector{{Type: "unix", Value: "uid:1000"}}}); err != nil {
-		t.Fatal(err)
-	}
-	reg.Close()
 	cfg := func(name string) agentOpt {
 		return withConfig(fmt.Sprintf("agent {\n  node_name   = %q\n  node_groups = [\"web\"]\n}\nstore \"etcd\" {\n  endpoints = [%q]\n}\n", name, c.Endpoints()[0]))
 	}
 	a := startAgent(t, cfg("host-a"))
+	// The entry exists before host-b starts and before host-a restarts: each publishes its
+	// record once its copy is up to date, holding it.
+	a.createEntry("spiffe://example.org/web", "-selector", "unix:uid:1000")
+	a.restart()
 	b := startAgent(t, cfg("host-b"))
 
 	list := func() admin.NodeList {
@@ -65,9 +55,8 @@ func TestNodeListE2E(t *testing.T) {
 		return time.Since(start)
 	}
 
-	// The entry exists before the hosts publish: each publishes its record once its copy is
-	// up to date, holding it. (Later changes reach the records with the heartbeat, a minute
-	// by default; pkg/fleet's tests follow them with a short one.)
+	// (Later changes reach the records with the heartbeat, a minute by default; pkg/fleet's
+	// tests follow them with a short one.)
 	var nl admin.NodeList
 	within("both hosts up, holding the newest entry", 20*time.Second, func() bool {
 		nl = list()
