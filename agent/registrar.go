@@ -251,10 +251,11 @@ func (a *Agent) followRegistry(ctx context.Context) {
 func (a *Agent) registrarStatus() admin.Status {
 	ok, since := a.reg.status()
 	out := admin.Status{
-		TrustDomain: a.cfg.TrustDomain.Name(),
-		Now:         time.Now().UTC(),
-		StartedAt:   a.started,
-		Registry:    &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()},
+		TrustDomain:   a.cfg.TrustDomain.Name(),
+		Now:           time.Now().UTC(),
+		StartedAt:     a.started,
+		Registry:      &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()},
+		RegistrarOnly: true,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

@@ -58,7 +58,7 @@ func TestRegistrarOnly(t *testing.T) {
 		t.Errorf("registrar-only svidd made a data dir: %v", err)
 	}
 	st, err := reg.Status(context.Background())
-	if err != nil || st.Registry == nil || !st.Registry.Reachable || len(st.Authorities) != 0 || st.Entries != 1 {
+	if err != nil || st.Registry == nil || !st.Registry.Reachable || len(st.Authorities) != 0 || st.Entries != 1 || !st.RegistrarOnly {
 		t.Errorf("registrar status: %+v, %v; want the registry reachable, its one entry and no CA", st, err)
 	}
 

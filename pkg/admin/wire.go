@@ -192,6 +192,8 @@ type Status struct {
 	Upstream *Upstream `json:"upstream,omitempty"`
 	// Registry is the fleet registry's state; nil without one (store "sqlite").
 	Registry *Registry `json:"registry,omitempty"`
+	// RegistrarOnly: a registrar-only host, with no CA and no identities by design.
+	RegistrarOnly bool `json:"registrar_only,omitempty"`
 }
 
 // Upstream is the state of the PKI that signs the host's CA.
