@@ -38,6 +38,7 @@ func (a *Agent) runNodeRecord(ctx context.Context, run func(string, func() error
 	if err != nil {
 		return err
 	}
+	a.nodeRecord.Store(p)
 	run("node record", func() error {
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()

@@ -14,13 +14,15 @@ func TestStatusRegistryGolden(t *testing.T) {
 	for _, tc := range []struct {
 		golden    string
 		reachable bool
+		conflict  string
 	}{
-		{"status-registry-down.golden", false},
-		{"status-registry-up.golden", true},
+		{"status-registry-down.golden", false, ""},
+		{"status-registry-up.golden", true, ""},
+		{"status-node-conflict.golden", true, "/svidd/hosts/web-1/alive is held under lease 694d7e1b2c3a4f10, not this host's (since 2026-11-23T11:55:00Z)"},
 	} {
 		st := statusFixture()
 		st.Identities = nil
-		st.Registry = &admin.Registry{Kind: "etcd", Reachable: tc.reachable, Since: st.Now.Add(-7 * time.Minute)}
+		st.Registry = &admin.Registry{Kind: "etcd", Reachable: tc.reachable, Since: st.Now.Add(-7 * time.Minute), NodeNameConflict: tc.conflict}
 		var buf bytes.Buffer
 		if err := renderStatus(&buf, st); err != nil {
 			t.Fatal(err)

@@ -48,6 +48,9 @@ func renderStatus(w io.Writer, st admin.Status) error {
 		} else {
 			fmt.Fprintf(w, "Registry: %s UNREACHABLE since %s (%s); serving this host's copy, writes refused\n\n", r.Kind, stamp(r.Since), roundDur(now.Sub(r.Since)))
 		}
+		if r.NodeNameConflict != "" {
+			fmt.Fprintf(w, "NODE NAME CONFLICT: another host runs with this host's node_name; this host publishes no node record\n  (%s)\n\n", r.NodeNameConflict)
+		}
 	}
 	if st.RegistrarOnly {
 		// No CA and no Workload API here by design: say so rather than show empty tables.

@@ -213,4 +213,7 @@ type Registry struct {
 	Kind      string    `json:"kind"`
 	Reachable bool      `json:"reachable"`
 	Since     time.Time `json:"since"` // when Reachable last changed (or svidd started)
+	// NodeNameConflict says why another host is taken to run with this host's node_name
+	// (this host then publishes no node record); empty when none is.
+	NodeNameConflict string `json:"node_name_conflict,omitempty"`
 }
