@@ -33,6 +33,11 @@ func (a *Agent) runNodeRecord(ctx context.Context, run func(string, func() error
 			delivered, last := a.registry.Progress()
 			return fleet.Progress{CANotAfter: a.ca.NotAfter(), Revision: delivered, LastChange: last}
 		},
+		OnHeld: func() {
+			if a.fleet != nil {
+				a.fleet.pub.Trigger()
+			}
+		},
 		Logger: a.log.With("component", "fleet"),
 	})
 	if err != nil {

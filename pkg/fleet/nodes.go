@@ -28,6 +28,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -86,6 +87,9 @@ type NodeRecordConfig struct {
 	// so that hosts started together do not write together); Heartbeat how often an
 	// unchanged one is written again; TTL the alive key's lease (whole seconds, ≥ 2 s).
 	Every, Heartbeat, TTL time.Duration
+	// OnHeld, when set, is called (on Run's goroutine, not blocking) each time the host
+	// takes its alive key: Holds has become true.
+	OnHeld func()
 	// Timeout bounds each etcd call (default 5 s).
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -110,9 +114,14 @@ type NodeRecord struct {
 	foreign   clientv3.LeaseID
 	foreignAt time.Time
 
+	held atomic.Bool // the alive key is under this host's lease, as last seen
+
 	mu       sync.Mutex
 	conflict string // why the alive key is another host's; "" when it is not
 }
+
+// Holds reports whether this host holds its node name: its alive key is under its lease.
+func (p *NodeRecord) Holds() bool { return p.held.Load() }
 
 // Conflict says why another host is taken to run with this host's node name (its alive key
 // held under a lease that is not this host's for longer than TTL), or "" when none is.
@@ -246,12 +255,14 @@ func (p *NodeRecord) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			p.held.Store(false)
 			p.stop(rec, l.id)
 			return nil
 		case _, ok := <-l.ka:
 			if !ok {
 				// Closed: the lease expired (etcd unreachable for a TTL) or was revoked.
 				p.log.Warn("this host's liveness lease ended; renewing it", "node_name", p.cfg.Name)
+				p.held.Store(false)
 				l.cancel()
 				l = lease{}
 				timer.Reset(0)
@@ -311,6 +322,7 @@ func (p *NodeRecord) publish(ctx context.Context, l *lease, rec Record, written 
 		}
 		// The alive key is gone (the lease ended before KeepAlive said so) or another
 		// host's: give the lease up and take the key again when it is free.
+		p.held.Store(false)
 		_, _ = p.cfg.Client.Revoke(cctx, l.id)
 		l.cancel()
 		*l = lease{}
@@ -344,10 +356,15 @@ func (p *NodeRecord) publish(ctx context.Context, l *lease, rec Record, written 
 	ka, err := p.cfg.Client.KeepAlive(kctx, g.ID)
 	if err != nil {
 		kcancel()
+		_, _ = p.cfg.Client.Revoke(cctx, g.ID) // else the next try would find the key another lease's
 		return fmt.Errorf("keeping the lease alive: %w", err)
 	}
 	*l = lease{id: g.ID, ka: ka, cancel: kcancel}
 	*written = rec
+	p.held.Store(true)
+	if p.cfg.OnHeld != nil {
+		p.cfg.OnHeld()
+	}
 	p.log.Info("node record published", "node_name", p.cfg.Name, "lease_ttl", p.cfg.TTL.String())
 	return nil
 }
