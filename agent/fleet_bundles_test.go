@@ -2,14 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net/url"
 	"os"
 	"strconv"
 	"testing"
@@ -20,32 +12,15 @@ import (
 
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/internal/etcdtest"
+	"github.com/svidd/svidd/internal/testpki"
 	"github.com/svidd/svidd/pkg/admin"
 )
 
-// foreignRoot is a self-signed CA certificate of td, PEM-encoded: a foreign trust domain's
-// bundle as an operator would set it by hand.
+// foreignRoot is a CA certificate of td, PEM-encoded: a foreign trust domain's bundle as an
+// operator would set it by hand.
 func foreignRoot(t *testing.T, td spiffeid.TrustDomain) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: td.Name() + " root"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs: []*url.URL{td.ID().URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return string(testpki.CertPEM(testpki.Root(t, td.Name()+" root", testpki.NoPathLen, time.Hour).Cert))
 }
 
 // hasX509Bundle reports whether the Workload API on cfg's socket gives this process td's
