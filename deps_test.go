@@ -31,7 +31,7 @@ var allowed = map[string]struct{ use, test []string }{
 		use: []string{"attestor", "ca", "conf", "pkg/admin", "pkg/admission", "pkg/entry", "pkg/federation",
 			"pkg/fleet", "pkg/ownership", "pkg/peercred", "pkg/sds", "pkg/store", "pkg/store/etcdstore", "pkg/store/mirror",
 			"pkg/telemetry", "pkg/wire", "pkg/workload", "pkg/workloadapi"},
-		test: []string{"internal/etcdtest", "internal/proctest"},
+		test: []string{"internal/etcdtest", "internal/proctest", "internal/testpki"},
 	},
 	"attestor": {use: []string{"pkg/entry", "pkg/peercred"}, test: []string{"internal/proctest"}},
 	"ca":       {use: []string{"pkg/entry", "pkg/ownership", "pkg/workload"}, test: []string{"internal/testpki"}},

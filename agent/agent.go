@@ -79,6 +79,9 @@ type Agent struct {
 	fleet *fleetKeys
 	// sharedBundles fetches federated bundles once per fleet (store "etcd"), else nil.
 	sharedBundles *fleet.SharedBundles
+	// nodeRecord publishes this host's node record (store "etcd"), else nil; set while
+	// Serve starts, read by the admin API.
+	nodeRecord atomic.Pointer[fleet.NodeRecord]
 	// reg is a registrar-only host's store (registrar.go), else nil: then nothing but the
 	// admin API runs.
 	reg *registrarStore

@@ -12,6 +12,7 @@ import (
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/federation"
 	"github.com/svidd/svidd/pkg/fleet"
+	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload"
 )
 
@@ -30,9 +31,14 @@ func (a *Agent) newFederation() error {
 		s, err := fleet.NewSharedBundles(fleet.SharedBundlesConfig{
 			Client: a.etcd, Prefix: a.cfg.Store.Etcd.Prefix, Node: a.cfg.NodeName,
 			Reachable: a.registryReachable,
-			OnBundle: func(td spiffeid.TrustDomain, doc []byte) {
-				if err := a.fed.Shared(context.Background(), td, doc); err != nil {
+			OnBundle: func(td spiffeid.TrustDomain, doc []byte, src store.BundleSource) {
+				if err := a.fed.Shared(context.Background(), td, doc, src); err != nil {
 					a.log.Warn("federation: the fleet's shared bundle was not taken", "trust_domain", td.Name(), "error", err)
+				}
+			},
+			OnRemoved: func(td spiffeid.TrustDomain) {
+				if err := a.fed.SharedRemoved(context.Background(), td); err != nil {
+					a.log.Warn("federation: the fleet's deleted bundle was not dropped", "trust_domain", td.Name(), "error", err)
 				}
 			},
 			Logger: a.log.With("component", "federation"),

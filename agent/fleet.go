@@ -39,6 +39,12 @@ func (a *Agent) newFleet(local *store.SQLite) error {
 	var err error
 	f.pub, err = fleet.NewPublisher(fleet.PublisherConfig{
 		Client: a.etcd, Prefix: prefix, Node: a.cfg.NodeName, Keys: a.caJWTKeys, Logger: log,
+		// Until this host holds its node name, another host with the same name may
+		// publish under it: neither deletes the other's keys (runNodeRecord triggers).
+		Hold: func() bool {
+			p := a.nodeRecord.Load()
+			return p == nil || !p.Holds()
+		},
 	})
 	if err != nil {
 		return err

@@ -33,11 +33,17 @@ func (a *Agent) runNodeRecord(ctx context.Context, run func(string, func() error
 			delivered, last := a.registry.Progress()
 			return fleet.Progress{CANotAfter: a.ca.NotAfter(), Revision: delivered, LastChange: last}
 		},
+		OnHeld: func() {
+			if a.fleet != nil {
+				a.fleet.pub.Trigger()
+			}
+		},
 		Logger: a.log.With("component", "fleet"),
 	})
 	if err != nil {
 		return err
 	}
+	a.nodeRecord.Store(p)
 	run("node record", func() error {
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()

@@ -7,11 +7,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/pkg/admin"
 	"github.com/svidd/svidd/pkg/entry"
+	"github.com/svidd/svidd/pkg/federation"
 	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/store/etcdstore"
 	"github.com/svidd/svidd/pkg/store/mirror"
@@ -177,6 +179,7 @@ func (a *Agent) serveRegistrar(ctx context.Context, ls Listeners) error {
 		Status:      a.registrarStatus,
 		Ready:       a.reg.Ping,
 		Nodes:       a.nodesAdmin(),
+		Federation:  registrarFederation{a.reg},
 		Logger:      a.log,
 	})
 	if err != nil {
@@ -248,10 +251,11 @@ func (a *Agent) followRegistry(ctx context.Context) {
 func (a *Agent) registrarStatus() admin.Status {
 	ok, since := a.reg.status()
 	out := admin.Status{
-		TrustDomain: a.cfg.TrustDomain.Name(),
-		Now:         time.Now().UTC(),
-		StartedAt:   a.started,
-		Registry:    &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()},
+		TrustDomain:   a.cfg.TrustDomain.Name(),
+		Now:           time.Now().UTC(),
+		StartedAt:     a.started,
+		Registry:      &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()},
+		RegistrarOnly: true,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -259,4 +263,77 @@ func (a *Agent) registrarStatus() admin.Status {
 		out.Entries = len(entries)
 	}
 	return out
+}
+
+// registrarFederation is svidctl bundle on a registrar: the fleet's shared bundles under
+// bundles/ in etcd, which every host takes (fleet.SharedBundles). A bundle set here is
+// checked against the shared one by the rules a host applies (federation.NextVersion).
+type registrarFederation struct{ r *registrarStore }
+
+func (f registrarFederation) List() []admin.FederatedBundle {
+	ctx, cancel := context.WithTimeout(context.Background(), registrarTimeout)
+	defer cancel()
+	rows, err := f.r.ListBundles(ctx)
+	if err != nil {
+		return nil
+	}
+	out := make([]admin.FederatedBundle, 0, len(rows))
+	for _, row := range rows {
+		fb := admin.FederatedBundle{TrustDomain: row.TrustDomain.Name(), Source: string(row.Source), Version: row.Sequence,
+			UpdatedAt: row.UpdatedAt}
+		if b, err := spiffebundle.Parse(row.TrustDomain, row.Doc); err == nil {
+			fb.HasBundle, fb.X509Authorities, fb.JWTAuthorities = true, len(b.X509Authorities()), len(b.JWTAuthorities())
+		}
+		out = append(out, fb)
+	}
+	return out
+}
+
+func (f registrarFederation) Get(td spiffeid.TrustDomain) (admin.Bundle, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), registrarTimeout)
+	defer cancel()
+	row, err := f.r.GetBundle(ctx, td)
+	if err != nil {
+		return admin.Bundle{}, false
+	}
+	b, err := spiffebundle.Parse(td, row.Doc)
+	if err != nil {
+		return admin.Bundle{}, false
+	}
+	return admin.Bundle{TrustDomain: td.Name(), Sequence: row.Sequence, PEM: string(federation.ToWorkload(b, row.Sequence).PEM),
+		SPIFFE: row.Doc}, true
+}
+
+func (f registrarFederation) Set(ctx context.Context, td spiffeid.TrustDomain, format string, data []byte) error {
+	b, err := federation.ParseBundle(td, format, data)
+	if err != nil {
+		return err
+	}
+	var cur *spiffebundle.Bundle
+	var curVersion uint64
+	row, err := f.r.GetBundle(ctx, td)
+	switch {
+	case err == nil:
+		if cur, err = spiffebundle.Parse(td, row.Doc); err != nil {
+			cur = nil // unreadable: replaced
+		}
+		curVersion = row.Sequence
+	case !errors.Is(err, store.ErrBundleNotFound):
+		return err
+	}
+	version, err := federation.NextVersion(cur, b, curVersion)
+	if err != nil {
+		return err
+	}
+	doc, err := federation.Marshal(b)
+	if err != nil {
+		return err
+	}
+	_, err = f.r.SetBundle(ctx, store.FederatedBundle{TrustDomain: td, Doc: doc, Source: store.BundleManual, Sequence: version})
+	return err
+}
+
+func (f registrarFederation) Delete(ctx context.Context, td spiffeid.TrustDomain) error {
+	_, err := f.r.DeleteBundle(ctx, td)
+	return err
 }

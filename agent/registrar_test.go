@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/svidd/svidd/conf"
 	"github.com/svidd/svidd/internal/etcdtest"
 	"github.com/svidd/svidd/pkg/admin"
@@ -56,7 +58,7 @@ func TestRegistrarOnly(t *testing.T) {
 		t.Errorf("registrar-only svidd made a data dir: %v", err)
 	}
 	st, err := reg.Status(context.Background())
-	if err != nil || st.Registry == nil || !st.Registry.Reachable || len(st.Authorities) != 0 || st.Entries != 1 {
+	if err != nil || st.Registry == nil || !st.Registry.Reachable || len(st.Authorities) != 0 || st.Entries != 1 || !st.RegistrarOnly {
 		t.Errorf("registrar status: %+v, %v; want the registry reachable, its one entry and no CA", st, err)
 	}
 
@@ -81,6 +83,26 @@ func TestRegistrarOnly(t *testing.T) {
 		_, err := host.GetEntry(context.Background(), created.ID)
 		return admin.IsNotFound(err)
 	})
+
+	// Federated bundles: the read-only host may not set one (403); the registrar's reaches it.
+	other := spiffeid.RequireTrustDomainFromString("other.org")
+	_, err = host.SetBundle(context.Background(), "other.org", "pem", []byte(foreignRoot(t, other)))
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden || !strings.Contains(se.Message, "may not write the registry") {
+		t.Fatalf("bundle set on a read-only host: %v, want 403 saying so", err)
+	}
+	if _, err := host.FederatedBundle(context.Background(), "other.org"); !admin.IsNotFound(err) {
+		t.Fatalf("the refused bundle on the read-only host: %v, want not found", err)
+	}
+	if _, err := reg.SetBundle(context.Background(), "other.org", "pem", []byte(foreignRoot(t, other))); err != nil {
+		t.Fatalf("bundle set on the registrar: %v", err)
+	}
+	eventually(t, "the registrar's bundle reaches the read-only host", func() bool {
+		bs, err := host.ListBundles(context.Background())
+		return err == nil && len(bs) == 1 && bs[0].Source == "manual"
+	})
+	if err := host.DeleteBundle(context.Background(), "other.org"); !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		t.Fatalf("bundle delete on a read-only host: %v, want 403", err)
+	}
 
 	// etcd down: the registrar says so in its status, and refuses writes at once with 503.
 	c.Stop()

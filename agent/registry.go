@@ -70,7 +70,11 @@ func (a *Agent) registryStatus() *admin.Registry {
 		return nil
 	}
 	ok, since := a.registry.Status()
-	return &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()}
+	r := &admin.Registry{Kind: conf.StoreEtcd, Reachable: ok, Since: since.UTC()}
+	if p := a.nodeRecord.Load(); p != nil {
+		r.NodeNameConflict = p.Conflict()
+	}
+	return r
 }
 
 func (a *Agent) registryMetrics() {

@@ -36,14 +36,29 @@ const barWidth = 20
 // pure function of st (golden-tested).
 func renderStatus(w io.Writer, st admin.Status) error {
 	now := st.Now
-	fmt.Fprintf(w, "Trust domain: %s    up %s    entries %d    streams %d\n\n",
-		st.TrustDomain, roundDur(now.Sub(st.StartedAt)), st.Entries, st.Streams)
+	if st.RegistrarOnly {
+		fmt.Fprintf(w, "Trust domain: %s    up %s    entries %d    registrar only\n\n", st.TrustDomain, roundDur(now.Sub(st.StartedAt)), st.Entries)
+	} else {
+		fmt.Fprintf(w, "Trust domain: %s    up %s    entries %d    streams %d\n\n",
+			st.TrustDomain, roundDur(now.Sub(st.StartedAt)), st.Entries, st.Streams)
+	}
 	if r := st.Registry; r != nil {
 		if r.Reachable {
 			fmt.Fprintf(w, "Registry: %s reachable since %s (%s)\n\n", r.Kind, stamp(r.Since), roundDur(now.Sub(r.Since)))
 		} else {
 			fmt.Fprintf(w, "Registry: %s UNREACHABLE since %s (%s); serving this host's copy, writes refused\n\n", r.Kind, stamp(r.Since), roundDur(now.Sub(r.Since)))
 		}
+		if r.NodeNameConflict != "" {
+			fmt.Fprintf(w, "NODE NAME CONFLICT: another host runs with this host's node_name; this host publishes no node record\n  (%s)\n\n", r.NodeNameConflict)
+		}
+	}
+	if st.RegistrarOnly {
+		// No CA and no Workload API here by design: say so rather than show empty tables.
+		_, err := fmt.Fprintln(w, "Registrar only: this host writes the operators' changes to the registry; it has no CA and serves no workload")
+		if err == nil {
+			_, err = fmt.Fprintln(w, "(svidctl node list shows the hosts that serve).")
+		}
+		return err
 	}
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

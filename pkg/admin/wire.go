@@ -192,6 +192,8 @@ type Status struct {
 	Upstream *Upstream `json:"upstream,omitempty"`
 	// Registry is the fleet registry's state; nil without one (store "sqlite").
 	Registry *Registry `json:"registry,omitempty"`
+	// RegistrarOnly: a registrar-only host, with no CA and no identities by design.
+	RegistrarOnly bool `json:"registrar_only,omitempty"`
 }
 
 // Upstream is the state of the PKI that signs the host's CA.
@@ -211,4 +213,7 @@ type Registry struct {
 	Kind      string    `json:"kind"`
 	Reachable bool      `json:"reachable"`
 	Since     time.Time `json:"since"` // when Reachable last changed (or svidd started)
+	// NodeNameConflict says why another host is taken to run with this host's node_name
+	// (this host then publishes no node record); empty when none is.
+	NodeNameConflict string `json:"node_name_conflict,omitempty"`
 }

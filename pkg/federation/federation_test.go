@@ -452,3 +452,53 @@ func writeServerCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey
 		}
 	}
 }
+
+// TestManagerShared: what a host takes from the fleet's shared bundles keeps its source. A
+// bundle set by hand on another host is held whatever the relationships, and stays when a
+// relationship ends; a fetched one only for a relationship with an endpoint. Either obeys the
+// sequence rules, and SharedRemoved drops a bundle as Delete does.
+func TestManagerShared(t *testing.T) {
+	ctx := context.Background()
+	m, _, snaps := newManager(t, t.TempDir(), nil)
+	third := spiffeid.RequireTrustDomainFromString("third.test")
+	fourth := spiffeid.RequireTrustDomainFromString("fourth.test")
+	caO, caT, caF := workloadtest.NewCA(t, otherTD, "o"), workloadtest.NewCA(t, third, "t"), workloadtest.NewCA(t, fourth, "f")
+	if err := m.Configure(ctx, []Relationship{{TrustDomain: otherTD, URL: "https://127.0.0.1:1/", Profile: ProfileHTTPSWeb}}); err != nil {
+		t.Fatal(err)
+	}
+	source := func(td spiffeid.TrustDomain) store.BundleSource {
+		for _, s := range m.Status() {
+			if s.TrustDomain == td && s.HasBundle {
+				return s.Source
+			}
+		}
+		return ""
+	}
+	if err := m.Shared(ctx, otherTD, spiffeDoc(t, caO, 5), store.BundleManual); err != nil || source(otherTD) != store.BundleManual {
+		t.Fatalf("manual bundle of a trust domain with an endpoint: %v, source %q", err, source(otherTD))
+	}
+	if err := m.Shared(ctx, third, spiffeDoc(t, caT, 1), store.BundleManual); err != nil || source(third) != store.BundleManual {
+		t.Fatalf("manual bundle without a relationship: %v, source %q", err, source(third))
+	}
+	if err := m.Shared(ctx, fourth, spiffeDoc(t, caF, 1), store.BundleFromEndpoint); err != nil || source(fourth) != "" {
+		t.Fatalf("fetched bundle without a relationship: %v, source %q; want ignored", err, source(fourth))
+	}
+	if err := m.Shared(ctx, otherTD, spiffeDoc(t, caO, 4), store.BundleManual); !errors.Is(err, ErrInvalidBundle) {
+		t.Fatalf("shared manual bundle with a lower sequence: %v, want ErrInvalidBundle", err)
+	}
+	if err := m.Shared(ctx, otherTD, spiffeDoc(t, caO, 6), store.BundleFromEndpoint); err != nil || source(otherTD) != store.BundleFromEndpoint {
+		t.Fatalf("fetched bundle after a manual one: %v, source %q; want the fetched one, as on one host", err, source(otherTD))
+	}
+	if err := m.Configure(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if source(otherTD) != "" || source(third) != store.BundleManual {
+		t.Fatalf("after the relationship ended: other.org %q, third.test %q; want only the hand-set one kept", source(otherTD), source(third))
+	}
+	if err := m.SharedRemoved(ctx, third); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := snaps.get(); len(s.Bundles) != 0 {
+		t.Fatalf("after SharedRemoved: %v", s.Bundles)
+	}
+}

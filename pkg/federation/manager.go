@@ -101,6 +101,13 @@ type Sharing interface {
 	// for longer than a fetcher's lease): no fetcher can be elected or heard from, so the
 	// host fetches for itself, as without a fleet, and shares nothing until it is back.
 	Alone() bool
+	// SetManual makes doc, td's bundle as the operator set it (svidctl bundle set), the one
+	// every host holds. Its errors wrap store.ErrReadOnly when this host may not write the
+	// shared bundles, store.ErrUnavailable when the registry is unreachable.
+	SetManual(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error
+	// Remove deletes td's shared bundle (svidctl bundle delete): every host drops its copy
+	// (Manager.SharedRemoved). It reports whether one was shared; errors as SetManual's.
+	Remove(ctx context.Context, td spiffeid.TrustDomain) (bool, error)
 }
 
 // Manager owns the federated bundles: it loads them from the store, fetches them from bundle
@@ -301,33 +308,9 @@ func (m *Manager) accept(ctx context.Context, b *spiffebundle.Bundle, src store.
 // The resource version Views carry grows by at least one on every change. m.wmu must be held.
 func (m *Manager) acceptLocked(ctx context.Context, b *spiffebundle.Bundle, src store.BundleSource) (bool, error) {
 	td := b.TrustDomain()
-	if td == m.cfg.TrustDomain {
-		return false, fmt.Errorf("%w: %s is svidd's own trust domain; its bundle comes from svidd's CA", ErrInvalidBundle, td.Name())
-	}
-	m.mu.Lock()
-	cur := m.current[td]
-	m.mu.Unlock()
-	newSeq, hasSeq := b.SequenceNumber()
-	version := uint64(1)
-	if hasSeq && newSeq > 0 {
-		version = newSeq
-	}
-	if cur != nil {
-		curSeq, curHasSeq := cur.bundle.SequenceNumber()
-		same := SameKeys(cur.bundle, b)
-		switch {
-		case hasSeq && curHasSeq && newSeq < curSeq:
-			return false, fmt.Errorf("%w: spiffe_sequence %d of %s is lower than the held bundle's %d (a replayed or rolled-back bundle); delete the held bundle to replace it by hand",
-				ErrInvalidBundle, newSeq, td.Name(), curSeq)
-		case hasSeq && curHasSeq && newSeq == curSeq && !same:
-			return false, fmt.Errorf("%w: the keys of %s changed but spiffe_sequence stayed %d", ErrInvalidBundle, td.Name(), newSeq)
-		case same && src == cur.source:
-			if hint, _ := b.RefreshHint(); hint != refreshHintOf(cur.bundle) || newSeq != curSeqOr0(cur.bundle) {
-				break // same keys, new metadata: keep it (the hint drives polling)
-			}
-			return false, nil
-		}
-		version = max(version, cur.version+1)
+	version, changed, err := m.checkLocked(b, src)
+	if err != nil || !changed {
+		return false, err
 	}
 	doc, err := Marshal(b)
 	if err != nil {
@@ -346,6 +329,55 @@ func (m *Manager) acceptLocked(ctx context.Context, b *spiffebundle.Bundle, src 
 	return true, nil
 }
 
+// checkLocked applies acceptLocked's rules to b: the version it would be held with, or
+// changed false when it is the bundle held. m.wmu must be held.
+func (m *Manager) checkLocked(b *spiffebundle.Bundle, src store.BundleSource) (version uint64, changed bool, err error) {
+	td := b.TrustDomain()
+	if td == m.cfg.TrustDomain {
+		return 0, false, fmt.Errorf("%w: %s is svidd's own trust domain; its bundle comes from svidd's CA", ErrInvalidBundle, td.Name())
+	}
+	m.mu.Lock()
+	cur := m.current[td]
+	m.mu.Unlock()
+	if cur == nil {
+		v, err := NextVersion(nil, b, 0)
+		return v, err == nil, err
+	}
+	if version, err = NextVersion(cur.bundle, b, cur.version); err != nil {
+		return 0, false, err
+	}
+	if src == cur.source && SameKeys(cur.bundle, b) && refreshHintOf(b) == refreshHintOf(cur.bundle) && curSeqOr0(b) == curSeqOr0(cur.bundle) {
+		return 0, false, nil // same keys, same metadata (new metadata is kept: the hint drives polling)
+	}
+	return version, true, nil
+}
+
+// NextVersion applies the rules of a bundle replacing another (Trust Domain and Bundle
+// §4.1.2: spiffe_sequence only grows, and changes whenever the content does) to next
+// replacing cur (nil: none held; curVersion its resource version). It returns the version
+// next is held with, which grows by at least one on every change. Its errors wrap
+// ErrInvalidBundle.
+func NextVersion(cur, next *spiffebundle.Bundle, curVersion uint64) (uint64, error) {
+	td := next.TrustDomain()
+	newSeq, hasSeq := next.SequenceNumber()
+	version := uint64(1)
+	if hasSeq && newSeq > 0 {
+		version = newSeq
+	}
+	if cur == nil {
+		return version, nil
+	}
+	curSeq, curHasSeq := cur.SequenceNumber()
+	switch {
+	case hasSeq && curHasSeq && newSeq < curSeq:
+		return 0, fmt.Errorf("%w: spiffe_sequence %d of %s is lower than the held bundle's %d (a replayed or rolled-back bundle); delete the held bundle to replace it by hand",
+			ErrInvalidBundle, newSeq, td.Name(), curSeq)
+	case hasSeq && curHasSeq && newSeq == curSeq && !SameKeys(cur, next):
+		return 0, fmt.Errorf("%w: the keys of %s changed but spiffe_sequence stayed %d", ErrInvalidBundle, td.Name(), newSeq)
+	}
+	return max(version, curVersion+1), nil
+}
+
 func refreshHintOf(b *spiffebundle.Bundle) time.Duration {
 	h, _ := b.RefreshHint()
 	return h
@@ -356,49 +388,105 @@ func curSeqOr0(b *spiffebundle.Bundle) uint64 {
 	return s
 }
 
-// Shared takes a bundle another host of the fleet fetched (Sharing) as if this host had
-// fetched it, for a relationship with a bundle endpoint; for any other trust domain it does
-// nothing. A bundle older than the one held is refused as a fetched one would be.
-func (m *Manager) Shared(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error {
-	m.mu.Lock()
-	rel, ok := m.rels[td]
-	m.mu.Unlock()
-	if !ok || rel.URL == "" {
-		return nil
+// Shared takes a bundle the fleet shares (Sharing), src as stored with it. One fetched
+// from an endpoint by another host is taken as if this host had fetched it, for a
+// relationship with a bundle endpoint (for any other trust domain it does nothing); one the
+// operator set by hand on any host (BundleManual) is taken as if set here, whatever the
+// relationships. A bundle older than the one held is refused as a fetched one would be.
+func (m *Manager) Shared(ctx context.Context, td spiffeid.TrustDomain, doc []byte, src store.BundleSource) error {
+	if src != store.BundleManual {
+		m.mu.Lock()
+		rel, ok := m.rels[td]
+		m.mu.Unlock()
+		if !ok || rel.URL == "" {
+			return nil
+		}
+		src = store.BundleFromEndpoint
 	}
 	b, err := spiffebundle.Parse(td, doc)
 	if err != nil {
 		return fmt.Errorf("%w: shared bundle of %s: %v", ErrInvalidBundle, td.Name(), err)
 	}
-	_, err = m.accept(ctx, b, store.BundleFromEndpoint)
+	_, err = m.accept(ctx, b, src)
+	return err
+}
+
+// SharedRemoved drops td's bundle: the operator deleted the fleet's shared copy on some
+// host (svidctl bundle delete), as Delete does here.
+func (m *Manager) SharedRemoved(ctx context.Context, td spiffeid.TrustDomain) error {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	_, err := m.deleteLocked(ctx, td)
 	return err
 }
 
 // Set stores a bundle given by the operator (svidctl bundle set) in format FormatSPIFFE or
-// FormatPEM. Errors about the input wrap ErrInvalidBundle.
+// FormatPEM. Errors about the input wrap ErrInvalidBundle. In a fleet (Share) the bundle
+// goes to every host: it is checked against the one held here, then written to the shared
+// copy, then held; a write the registry refuses leaves everything as it was.
 func (m *Manager) Set(ctx context.Context, td spiffeid.TrustDomain, format string, data []byte) error {
 	b, err := ParseBundle(td, format, data)
 	if err != nil {
 		return err
 	}
-	_, err = m.accept(ctx, b, store.BundleManual)
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	if m.cfg.Share != nil {
+		if _, _, err := m.checkLocked(b, store.BundleManual); err != nil {
+			return err
+		}
+		doc, err := Marshal(b)
+		if err != nil {
+			return err
+		}
+		if err := m.cfg.Share.SetManual(ctx, td, doc); err != nil {
+			return err
+		}
+	}
+	_, err = m.acceptLocked(ctx, b, store.BundleManual)
 	return err
 }
 
-// Delete removes td's bundle. A bundle whose federates_with block still names an endpoint
-// comes back at the next refresh: remove the block to end the federation.
+// Delete removes td's bundle (in a fleet, every host's). A bundle whose federates_with block
+// still names an endpoint comes back at the next refresh: remove the block to end the
+// federation.
 func (m *Manager) Delete(ctx context.Context, td spiffeid.TrustDomain) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
-	if _, err := m.cfg.Store.DeleteBundle(ctx, td); err != nil {
+	shared := false
+	if m.cfg.Share != nil {
+		var err error
+		if shared, err = m.cfg.Share.Remove(ctx, td); err != nil {
+			return err
+		}
+	}
+	found, err := m.deleteLocked(ctx, td)
+	if err != nil {
 		return err
 	}
+	if !found && !shared {
+		return fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name())
+	}
+	m.log.Info("federated bundle deleted by the operator", "trust_domain", td.Name())
+	return nil
+}
+
+// deleteLocked removes td's bundle from the store and the Snapshot; found false when none was
+// held. m.wmu must be held.
+func (m *Manager) deleteLocked(ctx context.Context, td spiffeid.TrustDomain) (found bool, err error) {
+	_, err = m.cfg.Store.DeleteBundle(ctx, td)
+	if err != nil && !errors.Is(err, store.ErrBundleNotFound) {
+		return false, err
+	}
+	stored := err == nil
 	m.mu.Lock()
+	_, found = m.current[td]
 	delete(m.current, td)
 	m.mu.Unlock()
-	m.log.Info("federated bundle deleted by the operator", "trust_domain", td.Name())
-	m.publishLocked()
-	return nil
+	if found {
+		m.publishLocked()
+	}
+	return found || stored, nil
 }
 
 // BundleStatus describes one federated trust domain: its bundle (if any) and its

@@ -31,8 +31,12 @@ type SharedBundlesConfig struct {
 	// Prefix is the registry's prefix, ending in "/"; Node this host's name.
 	Prefix, Node string
 	// OnBundle receives every bundle published under Prefix + "bundles/", the first time
-	// each is seen and at every change, on Run's goroutine.
-	OnBundle func(td spiffeid.TrustDomain, doc []byte)
+	// each is seen and at every change, on Run's goroutine, with its source (fetched, or
+	// set by an operator).
+	OnBundle func(td spiffeid.TrustDomain, doc []byte, src store.BundleSource)
+	// OnRemoved, when set, is told, on Run's goroutine, that td's shared bundle was deleted
+	// (svidctl bundle delete on any host).
+	OnRemoved func(td spiffeid.TrustDomain)
 	// FetcherTTL is the lease of the election (default DefaultFetcherTTL, whole seconds).
 	FetcherTTL time.Duration
 	// Reachable says whether the registry is reachable and since when (the host's registry
@@ -57,6 +61,10 @@ type SharedBundles struct {
 	// denied is set once etcd refused this host a fetcher's rights (no svidd-federation
 	// role): it then fetches for itself, as without a fleet.
 	denied bool
+
+	// seen is the trust domains under bundles/ as last delivered (Run's goroutine only): a
+	// reload after a compaction tells which were deleted meanwhile.
+	seen map[string]bool
 }
 
 // NewSharedBundles checks cfg. Run follows the shared bundles.
@@ -74,7 +82,7 @@ func NewSharedBundles(cfg SharedBundlesConfig) (*SharedBundles, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &SharedBundles{cfg: cfg, log: cfg.Logger, bundles: cfg.Prefix + "bundles/"}, nil
+	return &SharedBundles{cfg: cfg, log: cfg.Logger, bundles: cfg.Prefix + "bundles/", seen: map[string]bool{}}, nil
 }
 
 // Run follows the shared bundles until ctx ends, then gives up any fetcher role. It returns
@@ -100,24 +108,48 @@ func (h *sharedHandler) take(kv *mvccpb.KeyValue) {
 	if strings.Contains(name, "/") {
 		return
 	}
+	s.seen[name] = true
 	b, err := etcdstore.DecodeBundle(kv.Value)
 	if err != nil || b.TrustDomain.Name() != name {
 		s.log.Error("skipping an unreadable shared bundle in the registry", "key", string(kv.Key), "error", err)
 		return
 	}
-	s.cfg.OnBundle(b.TrustDomain, b.Doc)
+	s.cfg.OnBundle(b.TrustDomain, b.Doc, b.Source)
+}
+
+func (h *sharedHandler) removed(name string) {
+	s := (*SharedBundles)(h)
+	if !s.seen[name] {
+		return
+	}
+	delete(s.seen, name)
+	td, err := spiffeid.TrustDomainFromString(name)
+	if err == nil && s.cfg.OnRemoved != nil {
+		s.cfg.OnRemoved(td)
+	}
 }
 
 func (h *sharedHandler) Reset(kvs []*mvccpb.KeyValue, _ int64) {
+	was := h.seen
+	h.seen = make(map[string]bool, len(kvs))
 	for _, kv := range kvs {
 		h.take(kv)
+	}
+	for name := range was {
+		if !h.seen[name] {
+			h.seen[name] = true
+			h.removed(name)
+		}
 	}
 }
 
 func (h *sharedHandler) Apply(evs []*clientv3.Event, _ int64) {
 	for _, ev := range evs {
-		if ev.Type == mvccpb.PUT {
+		switch ev.Type {
+		case mvccpb.PUT:
 			h.take(ev.Kv)
+		case mvccpb.DELETE:
+			h.removed(string(ev.Kv.Key[len(h.bundles):]))
 		}
 	}
 }
@@ -265,4 +297,59 @@ func (s *SharedBundles) Publish(ctx context.Context, td spiffeid.TrustDomain, do
 		// Written meanwhile (by a fetcher whose lease had not yet ended): compare again.
 	}
 	return fmt.Errorf("sharing the bundle of %s: the shared copy kept changing", td.Name())
+}
+
+// SetManual implements federation.Sharing: doc, set by the operator, becomes the shared copy
+// (whatever it replaces: the operator's rules were checked by the Manager).
+func (s *SharedBundles) SetManual(ctx context.Context, td spiffeid.TrustDomain, doc []byte) error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	b, err := spiffebundle.Parse(td, doc)
+	if err != nil {
+		return fmt.Errorf("sharing the bundle of %s: %w", td.Name(), err)
+	}
+	seq, _ := b.SequenceNumber()
+	v, err := etcdstore.EncodeBundle(store.FederatedBundle{TrustDomain: td, Doc: doc, Source: store.BundleManual,
+		Sequence: seq, UpdatedAt: store.Timestamp(time.Now())})
+	if err != nil {
+		return err
+	}
+	if _, err := s.cfg.Client.Put(ctx, s.bundles+td.Name(), string(v)); err != nil {
+		return sharedWriteErr("sharing the bundle of "+td.Name(), err)
+	}
+	return nil
+}
+
+// Remove implements federation.Sharing.
+func (s *SharedBundles) Remove(ctx context.Context, td spiffeid.TrustDomain) (bool, error) {
+	if err := s.writable(); err != nil {
+		return false, err
+	}
+	resp, err := s.cfg.Client.Delete(ctx, s.bundles+td.Name())
+	if err != nil {
+		return false, sharedWriteErr("deleting the shared bundle of "+td.Name(), err)
+	}
+	return resp.Deleted > 0, nil
+}
+
+// writable fails at once, rather than when the caller gives up, while the registry is
+// unreachable.
+func (s *SharedBundles) writable() error {
+	if s.cfg.Reachable == nil {
+		return nil
+	}
+	if ok, since := s.cfg.Reachable(); !ok {
+		return fmt.Errorf("the fleet registry (etcd) is unreachable since %s: %w", since.UTC().Format(time.RFC3339), store.ErrUnavailable)
+	}
+	return nil
+}
+
+// sharedWriteErr says what a refused write of bundles/ means: without the svidd-federation
+// role (or the registrar's), this host may not change the fleet's bundles.
+func sharedWriteErr(what string, err error) error {
+	if errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return fmt.Errorf("%s: %w (etcd: %v; role svidd-federation or svidd-registrar)", what, store.ErrReadOnly, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }

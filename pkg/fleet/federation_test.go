@@ -93,8 +93,8 @@ func startFedHostReach(t *testing.T, cli *clientv3.Client, name, url string, rea
 	h := &fedHost{name: name, done: make(chan struct{})}
 	sh, err := fleet.NewSharedBundles(fleet.SharedBundlesConfig{Client: cli, Prefix: prefix, Node: name, FetcherTTL: 2 * time.Second,
 		Reachable: reachable,
-		OnBundle: func(td spiffeid.TrustDomain, doc []byte) {
-			if err := h.m.Shared(context.Background(), td, doc); err != nil {
+		OnBundle: func(td spiffeid.TrustDomain, doc []byte, src store.BundleSource) {
+			if err := h.m.Shared(context.Background(), td, doc, src); err != nil {
 				t.Logf("%s: shared bundle refused: %v", name, err)
 			}
 		}})
@@ -177,7 +177,7 @@ func TestSharedFederatedBundles(t *testing.T) {
 	// A bundle older than the shared one is not written over it.
 	cli := etcdClient(t, c.Endpoints()...)
 	sh, err := fleet.NewSharedBundles(fleet.SharedBundlesConfig{Client: cli, Prefix: prefix, Node: "x",
-		OnBundle: func(spiffeid.TrustDomain, []byte) {}})
+		OnBundle: func(spiffeid.TrustDomain, []byte, store.BundleSource) {}})
 	if err != nil {
 		t.Fatal(err)
 	}

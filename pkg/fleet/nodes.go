@@ -27,6 +27,8 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -85,6 +87,9 @@ type NodeRecordConfig struct {
 	// so that hosts started together do not write together); Heartbeat how often an
 	// unchanged one is written again; TTL the alive key's lease (whole seconds, ≥ 2 s).
 	Every, Heartbeat, TTL time.Duration
+	// OnHeld, when set, is called (on Run's goroutine, not blocking) each time the host
+	// takes its alive key: Holds has become true.
+	OnHeld func()
 	// Timeout bounds each etcd call (default 5 s).
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -92,10 +97,67 @@ type NodeRecordConfig struct {
 }
 
 // NodeRecord keeps a host's node record and alive key.
+//
+// Two hosts configured with the same node name would overwrite each other's record: a host
+// takes the alive key only when no one holds it, and rewrites its record only while the alive
+// key is under its own lease. A host that finds the key under another lease waits: the lease
+// of its own previous run (one that crashed) ends within TTL; one still held after that is
+// another host with the same name, which it logs as an error and reports (Conflict) until
+// that host is gone.
 type NodeRecord struct {
 	cfg         NodeRecordConfig
 	log         *slog.Logger
 	node, alive string
+
+	// foreign is the other lease last found on the alive key and since when (Run's
+	// goroutine only).
+	foreign   clientv3.LeaseID
+	foreignAt time.Time
+
+	held atomic.Bool // the alive key is under this host's lease, as last seen
+
+	mu       sync.Mutex
+	conflict string // why the alive key is another host's; "" when it is not
+}
+
+// Holds reports whether this host holds its node name: its alive key is under its lease.
+func (p *NodeRecord) Holds() bool { return p.held.Load() }
+
+// Conflict says why another host is taken to run with this host's node name (its alive key
+// held under a lease that is not this host's for longer than TTL), or "" when none is.
+func (p *NodeRecord) Conflict() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conflict
+}
+
+func (p *NodeRecord) setConflict(why string) {
+	p.mu.Lock()
+	was := p.conflict
+	p.conflict = why
+	p.mu.Unlock()
+	switch {
+	case why != "" && was == "":
+		p.log.Error("another host runs with this host's node_name: each would overwrite the other's node record; give each host its own agent { node_name }",
+			"node_name", p.cfg.Name, "problem", why)
+	case why == "" && was != "":
+		p.log.Info("the other host with this node_name is gone; this host publishes its node record", "node_name", p.cfg.Name)
+	}
+}
+
+// heldElsewhere handles the alive key found under lease id, not this host's: a conflict once
+// the same lease has held it for longer than TTL (the lease of a crashed run of this host
+// would have ended). It returns the error publish reports meanwhile.
+func (p *NodeRecord) heldElsewhere(id clientv3.LeaseID, sure bool) error {
+	now := p.cfg.Now()
+	if id != p.foreign {
+		p.foreign, p.foreignAt = id, now
+	}
+	why := fmt.Sprintf("%s is held under lease %x, not this host's", p.alive, int64(id))
+	if sure || now.Sub(p.foreignAt) > p.cfg.TTL {
+		p.setConflict(why + fmt.Sprintf(" (since %s)", p.foreignAt.UTC().Format(time.RFC3339)))
+	}
+	return fmt.Errorf("%s: another host may run with node_name %q (or this host's previous run, whose lease ends within %s); waiting", why, p.cfg.Name, p.cfg.TTL)
 }
 
 // NewNodeRecord validates cfg and fills its defaults. Run publishes.
@@ -193,12 +255,14 @@ func (p *NodeRecord) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			p.held.Store(false)
 			p.stop(rec, l.id)
 			return nil
 		case _, ok := <-l.ka:
 			if !ok {
 				// Closed: the lease expired (etcd unreachable for a TTL) or was revoked.
 				p.log.Warn("this host's liveness lease ended; renewing it", "node_name", p.cfg.Name)
+				p.held.Store(false)
 				l.cancel()
 				l = lease{}
 				timer.Reset(0)
@@ -244,30 +308,63 @@ func (p *NodeRecord) publish(ctx context.Context, l *lease, rec Record, written 
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	if l.id != 0 {
-		if _, err := p.cfg.Client.Put(cctx, p.node, string(val)); err != nil {
+		resp, err := p.cfg.Client.Txn(cctx).
+			If(clientv3.Compare(clientv3.LeaseValue(p.alive), "=", l.id)).
+			Then(clientv3.OpPut(p.node, string(val))).
+			Else(clientv3.OpGet(p.alive)).
+			Commit()
+		if err != nil {
 			return err
 		}
-		*written = rec
-		return nil
+		if resp.Succeeded {
+			*written = rec
+			return nil
+		}
+		// The alive key is gone (the lease ended before KeepAlive said so) or another
+		// host's: give the lease up and take the key again when it is free.
+		p.held.Store(false)
+		_, _ = p.cfg.Client.Revoke(cctx, l.id)
+		l.cancel()
+		*l = lease{}
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+			return p.heldElsewhere(clientv3.LeaseID(kvs[0].Lease), true)
+		}
+		return errors.New("this host's alive key is gone; taking it again")
 	}
 	g, err := p.cfg.Client.Grant(cctx, int64((p.cfg.TTL+time.Second-1)/time.Second))
 	if err != nil {
 		return fmt.Errorf("granting a lease: %w", err)
 	}
-	if _, err := p.cfg.Client.Txn(cctx).Then(
-		clientv3.OpPut(p.node, string(val)),
-		clientv3.OpPut(p.alive, "", clientv3.WithLease(g.ID)),
-	).Commit(); err != nil {
+	resp, err := p.cfg.Client.Txn(cctx).
+		If(clientv3.Compare(clientv3.CreateRevision(p.alive), "=", 0)).
+		Then(clientv3.OpPut(p.node, string(val)), clientv3.OpPut(p.alive, "", clientv3.WithLease(g.ID))).
+		Else(clientv3.OpGet(p.alive)).
+		Commit()
+	if err != nil {
 		return err
 	}
+	if !resp.Succeeded {
+		_, _ = p.cfg.Client.Revoke(cctx, g.ID)
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+			return p.heldElsewhere(clientv3.LeaseID(kvs[0].Lease), false)
+		}
+		return errors.New("this host's alive key changed meanwhile")
+	}
+	p.foreign = 0
+	p.setConflict("")
 	kctx, kcancel := context.WithCancel(ctx)
 	ka, err := p.cfg.Client.KeepAlive(kctx, g.ID)
 	if err != nil {
 		kcancel()
+		_, _ = p.cfg.Client.Revoke(cctx, g.ID) // else the next try would find the key another lease's
 		return fmt.Errorf("keeping the lease alive: %w", err)
 	}
 	*l = lease{id: g.ID, ka: ka, cancel: kcancel}
 	*written = rec
+	p.held.Store(true)
+	if p.cfg.OnHeld != nil {
+		p.cfg.OnHeld()
+	}
 	p.log.Info("node record published", "node_name", p.cfg.Name, "lease_ttl", p.cfg.TTL.String())
 	return nil
 }

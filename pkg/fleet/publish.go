@@ -27,7 +27,12 @@ type PublisherConfig struct {
 	// Margin: each key's lease ends this long after its NotAfter (default DefaultMargin).
 	Margin time.Duration
 	// Every is the period of the unprompted check (default DefaultReconcileEvery).
-	Every  time.Duration
+	Every time.Duration
+	// Hold, when set and true, makes Reconcile change nothing: this host does not hold its
+	// node name yet (NodeRecord.Holds), and another host running with the same name would
+	// otherwise delete each of this one's keys as this one deletes each of its (call Trigger
+	// once it holds it).
+	Hold   func() bool
 	Clock  func() time.Time
 	Logger *slog.Logger
 }
@@ -128,6 +133,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 // missing or different is put under a new lease, a record of a key the host no longer has is
 // deleted. A key already expired (past NotAfter + Margin) is not published.
 func (p *Publisher) Reconcile(ctx context.Context) error {
+	if p.cfg.Hold != nil && p.cfg.Hold() {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 10*time.Second)
 	defer cancel()
 	resp, err := p.cfg.Client.Get(ctx, p.dir, clientv3.WithPrefix())

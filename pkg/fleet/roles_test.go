@@ -15,6 +15,7 @@ import (
 
 	"github.com/svidd/svidd/internal/etcdtest"
 	"github.com/svidd/svidd/pkg/fleet"
+	"github.com/svidd/svidd/pkg/store"
 	"github.com/svidd/svidd/pkg/workload/workloadtest"
 )
 
@@ -83,7 +84,7 @@ func TestRoles(t *testing.T) {
 	doc := foreignDoc(t, workloadtest.NewCA(t, otherTD, "o"), 3)
 	shared := func(cli *clientv3.Client, node string) *fleet.SharedBundles {
 		s, err := fleet.NewSharedBundles(fleet.SharedBundlesConfig{Client: cli, Prefix: prefix, Node: node,
-			OnBundle: func(spiffeid.TrustDomain, []byte) {}})
+			OnBundle: func(spiffeid.TrustDomain, []byte, store.BundleSource) {}})
 		if err != nil {
 			t.Fatal(err)
 		}
