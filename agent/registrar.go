@@ -270,12 +270,12 @@ func (a *Agent) registrarStatus() admin.Status {
 // checked against the shared one by the rules a host applies (federation.NextVersion).
 type registrarFederation struct{ r *registrarStore }
 
-func (f registrarFederation) List() []admin.FederatedBundle {
-	ctx, cancel := context.WithTimeout(context.Background(), registrarTimeout)
+func (f registrarFederation) List(ctx context.Context) ([]admin.FederatedBundle, error) {
+	ctx, cancel := context.WithTimeout(ctx, registrarTimeout)
 	defer cancel()
 	rows, err := f.r.ListBundles(ctx)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("listing the fleet's federated bundles: %w", err)
 	}
 	out := make([]admin.FederatedBundle, 0, len(rows))
 	for _, row := range rows {
@@ -286,22 +286,22 @@ func (f registrarFederation) List() []admin.FederatedBundle {
 		}
 		out = append(out, fb)
 	}
-	return out
+	return out, nil
 }
 
-func (f registrarFederation) Get(td spiffeid.TrustDomain) (admin.Bundle, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), registrarTimeout)
+func (f registrarFederation) Get(ctx context.Context, td spiffeid.TrustDomain) (admin.Bundle, error) {
+	ctx, cancel := context.WithTimeout(ctx, registrarTimeout)
 	defer cancel()
 	row, err := f.r.GetBundle(ctx, td)
 	if err != nil {
-		return admin.Bundle{}, false
+		return admin.Bundle{}, err // store.ErrBundleNotFound: 404; unreachable: 503
 	}
 	b, err := spiffebundle.Parse(td, row.Doc)
 	if err != nil {
-		return admin.Bundle{}, false
+		return admin.Bundle{}, fmt.Errorf("the fleet's bundle of %s in etcd is unreadable: %w", td.Name(), err)
 	}
 	return admin.Bundle{TrustDomain: td.Name(), Sequence: row.Sequence, PEM: string(federation.ToWorkload(b, row.Sequence).PEM),
-		SPIFFE: row.Doc}, true
+		SPIFFE: row.Doc}, nil
 }
 
 func (f registrarFederation) Set(ctx context.Context, td spiffeid.TrustDomain, format string, data []byte) error {

@@ -116,6 +116,10 @@ func TestRegistrarOnly(t *testing.T) {
 		t.Fatalf("registrar write with etcd down: %v after %v, want 503 saying etcd is unreachable, at once", err, time.Since(start))
 	}
 	t.Logf("registrar write with etcd down: %v", err)
+	// Reads of the fleet's bundles say so too: never an empty list that looks like "none".
+	if bs, err := reg.ListBundles(context.Background()); !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || !strings.Contains(se.Message, "unreachable") {
+		t.Fatalf("bundle list on the registrar with etcd down: %v, %v; want 503 saying etcd is unreachable", bs, err)
+	}
 	c.Start()
 	eventually(t, "the registrar writes again once etcd is back", func() bool {
 		_, err := reg.CreateEntry(context.Background(), admin.Entry{SPIFFEID: "spiffe://example.org/back", Selectors: []string{"unix:uid:1"}})

@@ -19,9 +19,11 @@ import (
 // list|show|set|delete). Set's errors about the input wrap federation.ErrInvalidBundle;
 // Delete of an unknown trust domain wraps store.ErrBundleNotFound.
 type Federation interface {
-	List() []FederatedBundle
-	// Get returns the bundle of td, or ok false.
-	Get(td spiffeid.TrustDomain) (b Bundle, ok bool)
+	// List and Get fail only where the bundles live elsewhere (a registrar reads etcd): an
+	// unreadable registry is an error, never an empty list. Get of an unknown trust domain
+	// wraps store.ErrBundleNotFound.
+	List(ctx context.Context) ([]FederatedBundle, error)
+	Get(ctx context.Context, td spiffeid.TrustDomain) (Bundle, error)
 	Set(ctx context.Context, td spiffeid.TrustDomain, format string, data []byte) error
 	Delete(ctx context.Context, td spiffeid.TrustDomain) error
 }
@@ -31,7 +33,11 @@ func (s *Server) registerBundles() {
 		return
 	}
 	s.mux.HandleFunc("GET /v1/bundles", func(w http.ResponseWriter, r *http.Request) {
-		out := s.cfg.Federation.List()
+		out, err := s.cfg.Federation.List(r.Context())
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
 		if out == nil {
 			out = []FederatedBundle{}
 		}
@@ -42,9 +48,9 @@ func (s *Server) registerBundles() {
 		if !ok {
 			return
 		}
-		b, found := s.cfg.Federation.Get(td)
-		if !found {
-			s.fail(w, r, fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name()))
+		b, err := s.cfg.Federation.Get(r.Context(), td)
+		if err != nil {
+			s.fail(w, r, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, b)
@@ -63,7 +69,7 @@ func (s *Server) registerBundles() {
 			return
 		}
 		s.log.Info("federated bundle set by the operator", "trust_domain", td.Name())
-		b, _ := s.cfg.Federation.Get(td)
+		b, _ := s.cfg.Federation.Get(r.Context(), td)
 		writeJSON(w, http.StatusOK, b)
 	})
 	s.mux.HandleFunc("DELETE /v1/bundles/{td}", func(w http.ResponseWriter, r *http.Request) {
@@ -135,7 +141,7 @@ func NewFederation(m *federation.Manager) Federation { return managerFederation{
 
 type managerFederation struct{ m *federation.Manager }
 
-func (f managerFederation) List() []FederatedBundle {
+func (f managerFederation) List(context.Context) ([]FederatedBundle, error) {
 	st := f.m.Status()
 	out := make([]FederatedBundle, 0, len(st))
 	for _, s := range st {
@@ -156,15 +162,15 @@ func (f managerFederation) List() []FederatedBundle {
 			LastError:         s.LastError,
 		})
 	}
-	return out
+	return out, nil
 }
 
-func (f managerFederation) Get(td spiffeid.TrustDomain) (Bundle, bool) {
+func (f managerFederation) Get(_ context.Context, td spiffeid.TrustDomain) (Bundle, error) {
 	b, doc, ok := f.m.Bundle(td)
 	if !ok {
-		return Bundle{}, false
+		return Bundle{}, fmt.Errorf("%w: %s", store.ErrBundleNotFound, td.Name())
 	}
-	return Bundle{TrustDomain: td.Name(), Sequence: b.Sequence, PEM: string(b.PEM), SPIFFE: doc}, true
+	return Bundle{TrustDomain: td.Name(), Sequence: b.Sequence, PEM: string(b.PEM), SPIFFE: doc}, nil
 }
 
 func (f managerFederation) Set(ctx context.Context, td spiffeid.TrustDomain, format string, data []byte) error {
