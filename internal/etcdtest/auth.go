@@ -143,6 +143,22 @@ func (c *Cluster) admin(fn func(ctx context.Context, cli *clientv3.Client) error
 	}
 }
 
+// Compact discards the cluster's change history up to now (physically), so a watcher cut off
+// before it must reload.
+func (c *Cluster) Compact() {
+	c.t.Helper()
+	c.admin(func(ctx context.Context, cli *clientv3.Client) error {
+		resp, err := cli.Get(ctx, "compact-probe")
+		if err != nil {
+			return err
+		}
+		if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+			return fmt.Errorf("compacting: %w", err)
+		}
+		return nil
+	})
+}
+
 // Leader returns the index of the member that leads the cluster now.
 func (c *Cluster) Leader() int {
 	c.t.Helper()

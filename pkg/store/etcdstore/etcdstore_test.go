@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/svidd/svidd/internal/etcdtest"
 	"github.com/svidd/svidd/pkg/entry"
 	"github.com/svidd/svidd/pkg/store"
@@ -96,22 +93,7 @@ func (b *backend) Disconnect(t *testing.T, s store.Store) func() {
 	return p.Restore
 }
 
-func (b *backend) Compact(t *testing.T) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: b.c.Endpoints(), TLS: b.tls, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, "compact-probe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
-		t.Fatalf("compacting: %v", err)
-	}
-}
+func (b *backend) Compact(*testing.T) { b.c.Compact() }
 
 func TestShared(t *testing.T) {
 	c, tc := testCluster(t)

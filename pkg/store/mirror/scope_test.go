@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/svidd/svidd/internal/etcdtest"
 	"github.com/svidd/svidd/pkg/entry"
@@ -171,7 +169,7 @@ func TestScopedCopies(t *testing.T) {
 	if _, err := a.m.DeleteEntry(ctx, eu.ID); err != nil {
 		t.Fatal(err)
 	}
-	compact(t, c)
+	c.Compact()
 	b.proxy.Restore()
 	eventually(t, "B reachable after the compaction", func() bool { return reachable(b) })
 	settle(t, a, a, b)
@@ -230,7 +228,7 @@ func TestOwnEntries(t *testing.T) {
 	if _, err := b.m.DeleteEntry(ctx, other.ID); err != nil {
 		t.Fatal(err)
 	}
-	compact(t, c)
+	c.Compact()
 	a.proxy.Restore()
 	eventually(t, "A reachable after the compaction", func() bool { return reachable(a) })
 	settle(t, b, a, b)
@@ -314,23 +312,4 @@ func fleetView(t *testing.T, h *host) []entry.Entry {
 		t.Fatal(err)
 	}
 	return es
-}
-
-// compact compacts the cluster's history up to now.
-func compact(t *testing.T, c *etcdtest.Cluster) {
-	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, "compact-probe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
-		t.Fatalf("compacting: %v", err)
-	}
 }
